@@ -1,0 +1,73 @@
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from adaptreid.engine.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from adaptreid.errors import CheckpointError
+
+
+def test_round_trip_with_rng_state(tmp_path):
+    state = {"model": {"w": torch.arange(6.0)}, "epoch": 3, "rng": rng_state(), "name": "x"}
+    save_checkpoint(state, tmp_path / "a.pt")
+    loaded = load_checkpoint(tmp_path / "a.pt")
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(6.0))
+    # RNG state restores all three generators exactly
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(loaded["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_code_running_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        torch.save({"x": _Evil()}, f, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_empty_corrupt(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file at all" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt.pt"
+    save_checkpoint({"v": 1}, target)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint({"v": 2}, target)
+    monkeypatch.undo()
+    assert load_checkpoint(target)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+def test_atomic_write_creates_parents(tmp_path):
+    atomic_write_bytes(tmp_path / "a" / "b" / "f.bin", b"abc")
+    assert (tmp_path / "a" / "b" / "f.bin").read_bytes() == b"abc"
