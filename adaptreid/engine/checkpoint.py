@@ -9,6 +9,7 @@ leaves a half-written checkpoint behind: the previous file stays intact.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -35,10 +36,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if isinstance(e, OSError):
             raise CheckpointError(
                 f"could not write {path}: {e.strerror or e}. The previous file, if any, is intact."
