@@ -1,0 +1,37 @@
+"""Losses of the two recipes.
+
+* :class:`TripletLoss` / :func:`batch_hard_triplet`: batch-hard triplet (Hermans et al. 2017),
+  MSPLR eq. 5 ``L_tri`` and PAST eq. 3 (CTL); hinge or soft margin.
+* :class:`CenterLoss` + :class:`CenterOptimizer`: centre loss (Wen et al. 2016) in its
+  bag-of-tricks form, MSPLR eq. 5 ``0.005 L_c``, centres learnt by their own SGD.
+* :class:`CrossEntropyLabelSmooth`: label-smoothed cross-entropy, MSPLR eq. 5 ``L_ID``
+  (``epsilon=0`` gives PAST's promoting-stage softmax cross-entropy, eq. 6).
+* :class:`RankingTripletLoss` / :func:`sample_rtl_pairs` / :func:`conservative_loss`:
+  PAST's ranking-based triplet loss (eq. 4) and conservative-stage loss (eq. 5).
+"""
+
+from .center import CenterLoss, CenterOptimizer, rescale_center_grad
+from .cross_entropy import CrossEntropyLabelSmooth, cross_entropy_label_smooth
+from .ranking_triplet import (
+    RankingTripletLoss,
+    conservative_loss,
+    ranking_triplet_loss,
+    sample_rtl_pairs,
+)
+from .triplet import TripletLoss, TripletResult, batch_hard_triplet, pairwise_euclidean
+
+__all__ = [
+    "CenterLoss",
+    "CenterOptimizer",
+    "CrossEntropyLabelSmooth",
+    "RankingTripletLoss",
+    "TripletLoss",
+    "TripletResult",
+    "batch_hard_triplet",
+    "conservative_loss",
+    "cross_entropy_label_smooth",
+    "pairwise_euclidean",
+    "ranking_triplet_loss",
+    "rescale_center_grad",
+    "sample_rtl_pairs",
+]

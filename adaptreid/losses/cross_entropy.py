@@ -1,0 +1,59 @@
+"""Label-smoothed cross-entropy (Szegedy et al. 2016, "Rethinking the Inception
+Architecture", section 7), as used by the re-ID bag of tricks (Luo et al. 2019) and by MSPLR
+(seed 000, section 3.6.1, eq. 5, the ``L_ID`` term with epsilon = 0.1).
+
+With ``C`` classes, logits ``z`` and label ``y``, the smoothed target is
+
+    q_k = (1 - eps) * [k == y] + eps / C
+
+and the loss is ``1/B * sum_i sum_k -q_{i,k} * log_softmax(z_i)_k`` (sum over classes, mean
+over the batch). ``eps = 0`` is the plain softmax cross-entropy, which is PAST's promoting
+stage loss (seed 003, section 2.3, eq. 6).
+
+``C`` is read from the logits each call, so the same criterion serves every pseudo-label round,
+whose number of clusters changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["CrossEntropyLabelSmooth", "cross_entropy_label_smooth"]
+
+
+def cross_entropy_label_smooth(logits: Tensor, labels: Tensor, epsilon: float = 0.1) -> Tensor:
+    """Label-smoothed cross-entropy of ``(B, C)`` logits and ``(B,)`` labels in ``[0, C)``."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
+    labels = labels.reshape(-1).long()
+    if labels.numel() != logits.size(0):
+        raise ValueError(f"{labels.numel()} labels for {logits.size(0)} logits")
+    num_classes = logits.size(1)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]"
+        )
+    log_probs = F.log_softmax(logits, dim=1)
+    target = torch.full_like(log_probs, epsilon / num_classes)
+    target.scatter_add_(1, labels.unsqueeze(1), torch.full_like(log_probs[:, :1], 1.0 - epsilon))
+    return (-target * log_probs).sum(1).mean()
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """``nn.Module`` form of :func:`cross_entropy_label_smooth` (MSPLR eq. 5 ``L_ID``)."""
+
+    def __init__(self, epsilon: float = 0.1):
+        super().__init__()
+        if not 0.0 <= epsilon < 1.0:
+            raise ConfigError(f"label smoothing epsilon must be in [0, 1), got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return cross_entropy_label_smooth(logits, labels, self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
