@@ -1,0 +1,79 @@
+"""Shared test fixtures: the ../shared data folder (optional) and tiny synthetic datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def require_shared(relpath: str) -> Path:
+    """``SHARED / relpath``, or skip the test when it is absent."""
+    path = SHARED / relpath
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{relpath} (absent)")
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The ../shared folder (skips when absent)."""
+    if not SHARED.is_dir():
+        pytest.skip("needs ../shared (absent)")
+    return SHARED
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (8, 16), color: int = 0) -> Path:
+    """A tiny solid-colour JPEG of ``size`` = (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (color % 256, (3 * color) % 256, (7 * color) % 256)).save(path)
+    return path
+
+
+# Default synthetic Market layout: 4 train ids x 2 cameras x 2 images, 2 test ids, junk and a
+# distractor in the gallery.
+MARKET_TRAIN = [
+    f"{pid:04d}_c{cam}s1_{i:06d}_01.jpg" for pid in (2, 7, 9, 12) for cam in (1, 2) for i in (1, 2)
+]
+MARKET_QUERY = ["0003_c1s1_000001_00.jpg", "0005_c2s1_000001_00.jpg"]
+MARKET_GALLERY = [
+    "0003_c2s1_000002_01.jpg",
+    "0005_c1s1_000002_01.jpg",
+    "0000_c3s1_000003_01.jpg",
+    "-1_c1s1_000004_01.jpg",
+    "-1_c3s1_000005_01.jpg",
+]
+
+
+def write_market(
+    root: Path,
+    train: Iterable[str] = MARKET_TRAIN,
+    query: Iterable[str] = MARKET_QUERY,
+    gallery: Iterable[str] = MARKET_GALLERY,
+) -> Path:
+    """Write a Market-style folder (``bounding_box_train``, ``query``, ``bounding_box_test``)
+    of tiny JPEGs with the given file names under ``root``; returns ``root``."""
+    for sub, names in (
+        ("bounding_box_train", train),
+        ("query", query),
+        ("bounding_box_test", gallery),
+    ):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(names):
+            write_jpeg(root / sub / name, color=i)
+    return root
+
+
+@pytest.fixture
+def make_market(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_market(name="Market-1501-v15.09.15", train=..., ...)`` writes a
+    synthetic Market-style folder ``tmp_path/name`` and returns it."""
+
+    def make(name: str = "Market-1501-v15.09.15", **names: Iterable[str]) -> Path:
+        return write_market(tmp_path / name, **names)
+
+    return make
