@@ -70,7 +70,10 @@ def build_train_loader(
         sampler=sampler,
         drop_last=True,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        # workers are re-created each epoch so that their seeds come from ``generator``,
+        # which the trainer re-seeds from (seed, epoch): a resumed run then draws the same
+        # augmentations as an uninterrupted one
+        persistent_workers=False,
         worker_init_fn=seed_worker if num_workers > 0 else None,
         generator=_generator(seed, rank),
         pin_memory=pin_memory,
