@@ -1,0 +1,15 @@
+"""Evaluation: pure functions on arrays/tensors (no models, no files).
+
+* :func:`pairwise_distance`: euclidean / squared euclidean / cosine distances, in blocks.
+* :func:`evaluate_rank`: CMC, mAP and mINP under the Market-1501 protocol (and the old CUHK03
+  single-gallery-shot CMC), vectorised over query chunks; returns a :class:`RankResult`.
+* :func:`top_k_matches`: the ranked lists behind the metrics, for rank-list pictures.
+
+k-reciprocal re-ranking lives in :mod:`adaptreid.evaluation.rerank`.
+"""
+
+from .distance import pairwise_distance
+from .metrics import RankResult, evaluate_rank
+from .ranklist import top_k_matches
+
+__all__ = ["RankResult", "evaluate_rank", "pairwise_distance", "top_k_matches"]
