@@ -1,0 +1,193 @@
+"""``ReidModel`` (backbone + head) and ``build_model``, with the backbone / head registries.
+
+Adding a backbone or a head (e.g. PCB for PAST) is one file::
+
+    from .build import BACKBONES, HEADS
+
+    @BACKBONES.register("my_net")
+    def my_net(last_stride=1) -> nn.Module: ...   # has .out_channels; forward -> (N, C, H, W)
+
+    @HEADS.register("my_head")
+    class MyHead(nn.Module): ...   # see adaptreid.models.heads for the interface
+
+plus one import line in ``adaptreid/models/__init__.py`` so that the registration runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+__all__ = ["BACKBONES", "HEADS", "ReidModel", "build_model", "model_from_arch"]
+
+logger = logging.getLogger("adaptreid")
+
+#: name -> factory ``(last_stride=..., **options) -> nn.Module`` with ``out_channels``.
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+#: name -> class ``(in_channels, num_classes=0, **options) -> nn.Module`` (see ``heads.py``).
+HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
+
+_NECK_FEATS = ("after", "before")
+
+
+class ReidModel(nn.Module):
+    """A re-ID network: ``backbone`` (image -> feature map) + ``head`` (map -> features).
+
+    ``forward(x)``:
+
+    * training mode: the head's dict ``{"feat": pre-BN feature (triplet / centre losses),
+      "bn_feat": BN feature, "logits": classifier output or None}``;
+    * eval mode: the retrieval embedding, ``bn_feat`` (``neck_feat="after"``, default) or
+      ``feat`` (``"before"``), shape ``(N, feat_dim)``.
+
+    ``arch`` is a plain dict such that ``build_model(**model.arch)`` rebuilds the same network
+    (weights aside); checkpoints store it.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        neck_feat: Literal["after", "before"] = "after",
+        arch: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if neck_feat not in _NECK_FEATS:
+            raise ConfigError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")
+        self.backbone = backbone
+        self.head = head
+        self.neck_feat = neck_feat
+        self.feat_dim = int(head.feat_dim)
+        self.arch: dict[str, Any] = dict(arch or {})
+        self._body_frozen = False
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.head, "num_classes", 0))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | None] | Tensor:
+        out = self.head(self.backbone(x))
+        if self.training:
+            return out
+        return out["bn_feat" if self.neck_feat == "after" else "feat"]
+
+    def reset_classifier(self, num_classes: int, weight: Tensor | None = None) -> None:
+        """Replace the head's classifier (see :meth:`BNNeck.reset_classifier`)."""
+        self.head.reset_classifier(num_classes, weight)
+        self.arch["num_classes"] = int(num_classes)
+
+    # -- parameter groups -------------------------------------------------------------------
+    def body_parameters(self) -> Iterator[nn.Parameter]:
+        """The backbone's parameters (all of them; filter on ``requires_grad`` for optimisers)."""
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """The head's parameters, including the frozen BN bias (``requires_grad=False``)."""
+        return self.head.parameters()
+
+    def freeze_body(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the backbone: no gradients and, while frozen, its BatchNorm
+        layers stay in eval mode (running statistics do not drift) even in ``model.train()``.
+        Used by MSPLR for its first fine-tuning epochs."""
+        self._body_frozen = bool(frozen)
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    @property
+    def body_frozen(self) -> bool:
+        return self._body_frozen
+
+    def train(self, mode: bool = True) -> ReidModel:
+        super().train(mode)
+        if self._body_frozen:
+            self.backbone.eval()
+        return self
+
+
+def build_model(
+    backbone: str,
+    *,
+    num_classes: int = 0,
+    last_stride: int = 1,
+    pooling: str = "avg",
+    embedding_dim: int = 0,
+    neck_feat: Literal["after", "before"] = "after",
+    pretrained: str | None = None,
+    head: str = "bnneck",
+    backbone_options: Mapping[str, Any] | None = None,
+    head_options: Mapping[str, Any] | None = None,
+) -> ReidModel:
+    """Build a :class:`ReidModel`.
+
+    Args:
+        backbone: a :data:`BACKBONES` name (``resnet18``, ``resnet50``, ``resnet50_ibn_a``,
+            ``mobilenet_v2``, ...). Case-insensitive; a typo raises ConfigError with a hint.
+        num_classes: classifier size (0: no classifier, e.g. before pseudo-labels exist).
+        last_stride: 1 (re-ID default: final map twice as large) or 2 (ImageNet network).
+        pooling: ``"avg"``, ``"max"`` or ``"gem"``.
+        embedding_dim: > 0 adds a Linear reduction before the BN neck.
+        neck_feat: eval-mode embedding, ``"after"`` (bn_feat) or ``"before"`` (feat) the BN.
+        pretrained: backbone weights: a local file, a URL, or ``"imagenet"`` (the backbone's
+            entry of :data:`adaptreid.models.weights.KNOWN_URLS`, loaded from the torch hub
+            cache or downloaded when a network exists). Classifier keys (``fc.*``) are
+            ignored; the load report is logged.
+        head: a :data:`HEADS` name (``bnneck``).
+        backbone_options / head_options: extra keyword arguments for the factories.
+    """
+    factory = BACKBONES.get(backbone)
+    head_cls = HEADS.get(head)
+    bb_opts = dict(backbone_options or {})
+    hd_opts = dict(head_options or {})
+    try:
+        body = factory(last_stride=last_stride, **bb_opts)
+    except TypeError as e:
+        raise ConfigError(f"backbone {backbone!r}: bad options {bb_opts}: {e}") from e
+    if not hasattr(body, "out_channels"):
+        raise ConfigError(f"backbone {backbone!r} has no out_channels attribute")
+    try:
+        neck = head_cls(
+            body.out_channels,
+            num_classes=num_classes,
+            embedding_dim=embedding_dim,
+            pooling=pooling,
+            **hd_opts,
+        )
+    except TypeError as e:
+        raise ConfigError(f"head {head!r}: bad options {hd_opts}: {e}") from e
+    arch = {
+        "backbone": getattr(factory, "__name__", str(backbone)),
+        "num_classes": int(num_classes),
+        "last_stride": int(last_stride),
+        "pooling": str(pooling).lower(),
+        "embedding_dim": int(embedding_dim),
+        "neck_feat": neck_feat,
+        "head": str(head).lower(),
+        "backbone_options": bb_opts,
+        "head_options": hd_opts,
+    }
+    model = ReidModel(body, neck, neck_feat=neck_feat, arch=arch)
+    if pretrained:
+        from .weights import load_pretrained
+
+        load_pretrained(model.backbone, pretrained, arch=arch["backbone"])
+    return model
+
+
+def model_from_arch(arch: Mapping[str, Any]) -> ReidModel:
+    """Rebuild a (randomly initialised) model from ``ReidModel.arch`` (e.g. a checkpoint's)."""
+    if "backbone" not in arch:
+        raise ConfigError(f"model arch {dict(arch)} has no 'backbone' entry")
+    known = set(build_model.__kwdefaults__ or {}) - {"pretrained"}
+    extra = set(arch) - known - {"backbone"}
+    if extra:
+        raise ConfigError(f"model arch has unknown entries {sorted(extra)}; known: {sorted(known)}")
+    kwargs = {k: v for k, v in arch.items() if k != "backbone"}
+    return build_model(arch["backbone"], **kwargs)
