@@ -94,6 +94,8 @@ def build_test_loader(
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,
+        # its own generator, so that iterating a test loader never consumes the global RNG
+        generator=torch.Generator().manual_seed(0),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,

@@ -1,0 +1,219 @@
+"""The ``adaptreid`` command. Thin: parse the arguments, build the parts, call them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import AdaptReIDError
+
+log = logging.getLogger("adaptreid")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from .data.datasets import build_dataset
+
+    ds = build_dataset(args.dataset, args.root)
+    print(ds.format_summary())
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.datasets import DATASETS
+
+    print("\n".join(DATASETS.names()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.datasets import build_dataset
+    from .engine.evaluator import evaluate_model
+    from .engine.extract import resolve_device
+    from .engine.model_io import model_from_checkpoint
+    from .models import build_model
+
+    if bool(args.checkpoint) == bool(args.backbone):
+        raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
+    device = resolve_device(args.device)
+    t_start = time.perf_counter()
+    dataset = build_dataset(args.dataset, args.root)
+    height, width = args.height, args.width
+    if args.checkpoint:
+        model, info = model_from_checkpoint(args.checkpoint)
+        height = height or info.get("height", 256)
+        width = width or info.get("width", 128)
+        source = f"checkpoint {args.checkpoint}"
+    else:
+        model = build_model(args.backbone, last_stride=args.last_stride, pretrained=args.weights)
+        source = f"{args.backbone} ({args.weights or 'random init'})"
+    height, width = height or 256, width or 128
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model.to(device)
+    out = evaluate_model(
+        model,
+        dataset,
+        height=height,
+        width=width,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        metric=args.metric,
+        flip=args.flip,
+        rerank=args.rerank,
+        k1=args.k1,
+        k2=args.k2,
+        lambda_value=args.lambda_value,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        verbose=not args.quiet,
+    )
+    wall = time.perf_counter() - t_start
+    title = f"{dataset.name}: {len(dataset.query)} query x {len(dataset.gallery)} gallery, {source}"
+    if args.rerank:
+        title += (
+            f", k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})"
+        )
+    print(title)
+    print(out.result.format_table())
+    print(f"wall time {wall:.1f} s (extract {out.seconds['extract']:.1f} s)")
+    if args.out:
+        outdir = Path(args.out)
+        outdir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "dataset": dataset.name,
+            "root": str(args.root),
+            "model": source,
+            "rerank": args.rerank,
+            "metric": args.metric,
+            "flip": args.flip,
+            **out.metrics(),
+            "wall_time_s": round(wall, 2),
+        }
+        (outdir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"metrics written to {outdir / 'metrics.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .methods.source import train_source
+
+    cfg = load_config(args.config, args.overrides)
+    run = train_source(cfg, resume=args.resume, verbose=not args.quiet)
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML preset (path, or name under configs/)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir/name from its last checkpoint",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adaptreid",
+        description="Unsupervised domain adaptation for person re-identification.",
+    )
+    p.add_argument("--version", action="version", version=f"adaptreid {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    info = dsub.add_parser("info", help="images / identities / cameras per split")
+    info.add_argument("--dataset", required=True, help="registered name (adaptreid data list)")
+    info.add_argument("--root", required=True, help="dataset folder")
+    info.set_defaults(func=cmd_data_info)
+    lst = dsub.add_parser("list", help="registered dataset names")
+    lst.set_defaults(func=cmd_data_list)
+    data.set_defaults(func=lambda a: (data.print_help(), 0)[1])
+
+    ev = sub.add_parser("evaluate", help="CMC / mAP / mINP of a model on a query/gallery split")
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--root", required=True)
+    src = ev.add_argument_group("model (one of)")
+    src.add_argument("--checkpoint", help="a checkpoint written by adaptreid train/adapt")
+    src.add_argument("--backbone", help="a backbone name, e.g. mobilenet_v2, resnet50_ibn_a")
+    ev.add_argument(
+        "--weights", help="with --backbone: local weight file (ImageNet, torchvision keys)"
+    )
+    ev.add_argument("--last-stride", type=int, default=1)
+    ev.add_argument(
+        "--height", type=int, default=0, help="input height (default: checkpoint's or 256)"
+    )
+    ev.add_argument(
+        "--width", type=int, default=0, help="input width (default: checkpoint's or 128)"
+    )
+    ev.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
+    ev.add_argument("--flip", action="store_true", help="average features with the mirrored image")
+    ev.add_argument(
+        "--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017)"
+    )
+    ev.add_argument("--k1", type=int, default=20)
+    ev.add_argument("--k2", type=int, default=6)
+    ev.add_argument("--lambda-value", type=float, default=0.3)
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--num-workers", type=int, default=2)
+    ev.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    ev.add_argument("--channels-last", action="store_true")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ev.add_argument("--out", help="folder to write metrics.json into")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="supervised training on the labelled source dataset")
+    _add_run_args(tr)
+    tr.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except AdaptReIDError as e:
+        print(f"adaptreid: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adaptreid: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Feature extraction: batched, optional flip averaging, L2-normalised, AMP, channels_last."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import TrainingError
+
+
+@dataclass
+class Features:
+    """Features of a list of samples, in the list's order."""
+
+    feats: torch.Tensor
+    """(N, D) float32 on the CPU."""
+    pids: np.ndarray
+    camids: np.ndarray
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: str = "none"):
+    """An autocast context for ``amp`` in none | bf16 | fp16 (fp16 only on CUDA)."""
+    if amp in (None, "none", "fp32"):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; use amp=bf16 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def l2_normalize(feats: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """L2-normalise each row; with ``parts`` > 1 each of the equal-width chunks is normalised
+    separately and the chunks stay concatenated (PAST section 3.1, PCB parts)."""
+    if parts <= 1:
+        return F.normalize(feats, dim=1)
+    n, d = feats.shape
+    if d % parts:
+        raise ValueError(f"feature width {d} is not divisible by parts={parts}")
+    return F.normalize(feats.view(n, parts, d // parts), dim=2).reshape(n, d)
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device | str = "cpu",
+    flip: bool = False,
+    normalize: bool = True,
+    amp: str = "none",
+    channels_last: bool = False,
+    desc: str = "extract",
+    verbose: bool = True,
+) -> Features:
+    """Run ``model`` in eval mode over ``loader`` (batches of dicts with ``img``, ``pid``,
+    ``camid``). With ``flip`` the features of the image and its mirror are averaged. Features
+    are L2-normalised per part when ``normalize`` (``model.num_parts`` parts, default 1).
+    Raises :class:`TrainingError` if a feature is NaN or infinite."""
+    device = torch.device(device) if isinstance(device, str) else device
+    was_training = model.training
+    model.eval()
+    feats, pids, camids = [], [], []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not verbose, leave=False, unit="batch"):
+            x = batch["img"].to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                f = model(x).float()
+                if flip:
+                    f = (f + model(torch.flip(x, dims=[3])).float()) / 2
+            feats.append(f.cpu())
+            pids.append(
+                batch["pid"].numpy() if torch.is_tensor(batch["pid"]) else np.asarray(batch["pid"])
+            )
+            camids.append(
+                batch["camid"].numpy()
+                if torch.is_tensor(batch["camid"])
+                else np.asarray(batch["camid"])
+            )
+    finally:
+        model.train(was_training)
+    out = torch.cat(feats) if feats else torch.empty(0, 0)
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).any(dim=1).sum())
+        raise TrainingError(
+            f"{bad} of {len(out)} extracted features contain NaN or inf: the model diverged "
+            "or its weights are corrupt"
+        )
+    if normalize and len(out):
+        out = l2_normalize(out, getattr(model, "num_parts", 1))
+    return Features(
+        out,
+        np.concatenate(pids) if pids else np.empty(0, int),
+        np.concatenate(camids) if camids else np.empty(0, int),
+    )

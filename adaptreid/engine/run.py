@@ -1,0 +1,161 @@
+"""A run folder: everything one train / adapt run writes, and what a resume reads back.
+
+Layout::
+
+    runs/<name>/
+      config.yaml        the resolved config (what was really run)
+      log.txt            the log (appended to on resume)
+      metrics.jsonl      one JSON record per line: {"step": ..., "epoch": ..., ...}
+      checkpoints/last.pt  the newest state, for resuming (atomic writes)
+      checkpoints/best.pt  the best model so far (by the run's selection metric)
+      report.md, plots    written by the report step
+
+Only rank 0 writes. A killed run resumes from ``checkpoints/last.pt``: metric records written
+after that checkpoint are dropped, so the history has no duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, config_from_saved, save_config, to_dict
+from ..errors import ConfigError
+from . import distributed as D
+from .checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("adaptreid")
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.ckpt_dir = self.path / "checkpoints"
+
+    # ------------------------------------------------------------------ files
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    def has_checkpoint(self) -> bool:
+        return self.last.is_file()
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def prepare(cls, cfg: Config, *, resume: bool) -> tuple[RunDir, Config]:
+        """Create (or reopen, with ``resume``) the folder ``cfg.output_dir / cfg.name``.
+
+        A new run refuses a folder that already holds a checkpoint (so nothing is overwritten);
+        a resumed run takes its config from the folder, not from the command line."""
+        run = cls(Path(cfg.output_dir) / cfg.name)
+        if resume:
+            if not run.config_file.is_file():
+                raise ConfigError(
+                    f"--resume: {run.path} has no config.yaml; nothing to resume (start the run "
+                    "without --resume)"
+                )
+            import yaml
+
+            saved = config_from_saved(yaml.safe_load(run.config_file.read_text()))
+            if to_dict(saved) != to_dict(cfg):
+                changed = _diff(to_dict(saved), to_dict(cfg))
+                log.warning(
+                    "resuming with the config saved in %s; ignoring differences: %s",
+                    run.config_file,
+                    ", ".join(changed[:8]),
+                )
+            cfg = saved
+        elif run.has_checkpoint():
+            raise ConfigError(
+                f"{run.path} already holds a run with a checkpoint. Continue it with --resume, "
+                f"or choose another name (name=...) or output_dir"
+            )
+        if D.is_main():
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.ckpt_dir.mkdir(exist_ok=True)
+            if not resume:
+                save_config(cfg, run.config_file)
+            run._attach_log_file()
+        D.barrier()
+        return run, cfg
+
+    def _attach_log_file(self) -> None:
+        root = logging.getLogger("adaptreid")
+        target = str((self.path / "log.txt").resolve())
+        if any(getattr(h, "baseFilename", None) == target for h in root.handlers):
+            return
+        h = logging.FileHandler(target)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(h)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    # ------------------------------------------------------------------ metrics
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON record (rank 0 only), flushed to disk."""
+        if not D.is_main():
+            return
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.is_file():
+            return []
+        out = []
+        for line in self.metrics_file.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: drop it
+                continue
+        return out
+
+    def truncate_metrics(self, keep: Any) -> None:
+        """Keep only records for which ``keep(record)`` is true (used on resume)."""
+        if not D.is_main() or not self.metrics_file.is_file():
+            return
+        records = [r for r in self.read_metrics() if keep(r)]
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+        os.replace(tmp, self.metrics_file)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, state: dict[str, Any], *, best: bool = False) -> None:
+        if not D.is_main():
+            return
+        save_checkpoint(state, self.last)
+        if best:
+            save_checkpoint(state, self.best)
+
+    def load_last(self) -> dict[str, Any]:
+        return load_checkpoint(self.last)
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(f"{prefix}{k}={vb!r} (saved {va!r})")
+    return out

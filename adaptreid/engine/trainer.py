@@ -1,0 +1,233 @@
+"""The training loop every method reuses: epochs of P x K batches.
+
+The :class:`Trainer` knows nothing about re-ID losses or datasets: it is given a model, a
+criterion ``(outputs, batch) -> (loss, {name: value})``, optimisers and a loader, and runs
+epochs with optional autocast (bf16 / fp16), channels_last, a frozen body for the first
+epochs (MSPLR section 3.6.2), DDP across ranks, a progress bar (loss, lr, images/s) and a
+non-finite-loss guard. Its :meth:`state_dict` holds everything needed to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import TrainingError
+from . import distributed as D
+from .extract import autocast
+
+log = logging.getLogger("adaptreid")
+
+Criterion = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict]]
+
+
+class Trainer:
+    """Run training epochs.
+
+    Args:
+        model: a :class:`adaptreid.models.ReidModel` (train mode returns a dict of outputs).
+        criterion: ``(outputs, batch) -> (total loss, {part: float})``. If it is an
+            ``nn.Module`` with parameters (e.g. centre loss), those are averaged across ranks.
+        optimizer: the model's optimiser.
+        loader: yields dict batches with ``img`` and ``pid`` (pseudo-)labels.
+        scheduler: stepped once per epoch (after the epoch), optional.
+        extra_optimizers: stepped after ``optimizer`` (e.g. the centre loss's own SGD).
+        freeze_epochs: the body is frozen while ``epoch <= freeze_epochs`` (1-based epochs).
+        amp: ``none`` | ``bf16`` | ``fp16`` (fp16 uses a GradScaler; CUDA only).
+        iters_per_epoch: cap on batches per epoch (0: the loader's length).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Criterion,
+        optimizer: torch.optim.Optimizer,
+        loader: DataLoader,
+        *,
+        device: torch.device,
+        scheduler: Any = None,
+        extra_optimizers: list[Any] | None = None,
+        freeze_epochs: int = 0,
+        amp: str = "none",
+        channels_last: bool = False,
+        iters_per_epoch: int = 0,
+        seed: int = 0,
+        desc: str = "train",
+        verbose: bool = True,
+    ) -> None:
+        self.model = model.to(device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.loader = loader
+        self.device = device
+        self.scheduler = scheduler
+        self.extra_optimizers = list(extra_optimizers or [])
+        self.freeze_epochs = int(freeze_epochs)
+        self.amp = amp
+        self.channels_last = channels_last
+        self.iters_per_epoch = int(iters_per_epoch)
+        self.seed = int(seed)
+        self.desc = desc
+        self.verbose = verbose and D.is_main()
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self._ddp: nn.Module | None = None
+        self._ddp_frozen: bool | None = None
+        self.epoch = 0  # last completed epoch
+
+    # ------------------------------------------------------------------ DDP
+    def _net(self) -> nn.Module:
+        """The module to call: the model itself, or a DDP wrapper built for the current set
+        of trainable parameters (rebuilt when the body is frozen or unfrozen)."""
+        if not D.is_dist():
+            return self.model
+        frozen = bool(getattr(self.model, "body_frozen", False))
+        if self._ddp is None or self._ddp_frozen != frozen:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, broadcast_buffers=False
+            )
+            self._ddp_frozen = frozen
+        return self._ddp
+
+    # ------------------------------------------------------------------ epochs
+    def _set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "batch_sampler", None)
+        for s in (
+            sampler,
+            getattr(sampler, "sampler", None),
+            getattr(self.loader, "sampler", None),
+        ):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+        # Augmentations depend only on (seed, epoch), whatever ran before (evaluation,
+        # clustering, a resume): the loader's generator seeds the worker processes, and the
+        # global torch RNG serves augmentation when there are no workers.
+        epoch_seed = (self.seed * 100_003 + epoch) % 2**63
+        gen = getattr(self.loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (``epoch`` is 1-based). Returns averaged statistics."""
+        frozen = epoch <= self.freeze_epochs
+        if hasattr(self.model, "freeze_body"):
+            self.model.freeze_body(frozen)
+        self._set_epoch(epoch)
+        self.model.train()
+        net = self._net()
+        total_iters = len(self.loader)
+        if self.iters_per_epoch:
+            total_iters = min(total_iters, self.iters_per_epoch)
+        sums: dict[str, float] = {}
+        n_batches, n_images = 0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=total_iters,
+            desc=f"{self.desc} epoch {epoch}",
+            disable=not self.verbose,
+            leave=False,
+            unit="it",
+        )
+        crit_params = [p for p in getattr(self.criterion, "parameters", lambda: [])()]
+        for it, batch in enumerate(self.loader):
+            if it >= total_iters:
+                break
+            x = batch["img"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            with autocast(self.device, self.amp):
+                outputs = net(x)
+            outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
+            loss, parts = self.criterion(outputs, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{self.desc}: the loss became {loss.item()} at epoch {epoch}, iteration "
+                    f"{it} ({parts}); stopping. The last checkpoint is kept; lower the learning "
+                    "rate or check the data"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            for opt in self.extra_optimizers:
+                opt.zero_grad()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            D.all_reduce_grads(crit_params)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            for opt in self.extra_optimizers:
+                opt.step()
+            n_batches += 1
+            n_images += x.shape[0]
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if self.verbose:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / n_batches:.3f}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    img_s=f"{n_images * D.world_size() / elapsed:.1f}",
+                )
+                bar.update(1)
+        bar.close()
+        if n_batches == 0:
+            raise TrainingError(f"{self.desc}: the loader produced no batch at epoch {epoch}")
+        seconds = time.perf_counter() - t0
+        stats = {k: v / n_batches for k, v in sums.items()}
+        stats = D.all_reduce_mean(stats)
+        stats["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        stats["images_per_s"] = n_images * D.world_size() / max(seconds, 1e-9)
+        stats["epoch_s"] = seconds
+        stats["body_frozen"] = float(frozen)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.epoch = epoch
+        if any(not math.isfinite(v) for v in stats.values()):
+            raise TrainingError(f"{self.desc}: non-finite statistics at epoch {epoch}: {stats}")
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "extra_optimizers": [o.state_dict() for o in self.extra_optimizers],
+        }
+        if isinstance(self.criterion, nn.Module):
+            state["criterion"] = self.criterion.state_dict()
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if isinstance(self.criterion, nn.Module) and "criterion" in state:
+            self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for opt, s in zip(self.extra_optimizers, state.get("extra_optimizers", [])):
+            opt.load_state_dict(s)
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])

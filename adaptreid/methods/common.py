@@ -1,0 +1,121 @@
+"""Parts every recipe shares: seeding, loaders and model from the config, evaluation rounds."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.datasets import ReidDataset, Sample, build_dataset
+from ..data.loaders import build_train_loader
+from ..data.transforms import build_transforms
+from ..engine import distributed as D
+from ..engine.evaluator import evaluate_model
+from ..engine.optim import WarmupMultiStepLR, build_optimizer
+from ..models import ReidModel, build_model
+
+log = logging.getLogger("adaptreid")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_dataset(name: str, root: str, role: str) -> ReidDataset:
+    if not name:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"data.{role} is empty: name a dataset (adaptreid data list)")
+    return build_dataset(name, root)
+
+
+def train_loader(cfg: Config, samples: Sequence[Sample]):
+    """A P x K loader over ``samples`` (pids already in [0, C)) with the configured augmentation."""
+    d = cfg.data
+    tf = build_transforms(
+        d.height,
+        d.width,
+        train=True,
+        flip=d.flip,
+        pad=d.pad,
+        random_erasing=d.random_erasing,
+        color_change=d.color_change,
+    )
+    p = max(1, d.batch_size // d.num_instances)
+    return build_train_loader(
+        list(samples),
+        tf,
+        p,
+        d.num_instances,
+        seed=cfg.seed,
+        num_workers=d.num_workers,
+        rank=D.rank(),
+        world_size=D.world_size(),
+    )
+
+
+def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
+    m = cfg.model
+    return build_model(
+        m.backbone,
+        num_classes=num_classes,
+        last_stride=m.last_stride,
+        pooling=m.pooling,
+        embedding_dim=m.embedding_dim,
+        neck_feat=m.neck_feat,
+        pretrained=m.pretrained,
+    )
+
+
+def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None):
+    """Adam / SGD with the body at ``lr`` and the head at ``lr * head_lr_mult``, plus the
+    warm-up multi-step schedule (MSPLR eq. 6 by default)."""
+    o = cfg.optim
+    base = o.lr if lr is None else lr
+    groups = [
+        {"params": list(model.body_parameters()), "lr": base, "name": "body"},
+        {"params": list(model.head_parameters()), "lr": base * o.head_lr_mult, "name": "head"},
+    ]
+    opt = build_optimizer(
+        groups, name=o.name, lr=base, weight_decay=o.weight_decay, momentum=o.momentum
+    )
+    sched = WarmupMultiStepLR(
+        opt,
+        milestones=o.milestones,
+        gamma=o.gamma,
+        warmup_factor=o.warmup_factor,
+        warmup_epochs=o.warmup_epochs,
+    )
+    return opt, sched
+
+
+def evaluate_on(cfg: Config, model: ReidModel, dataset: ReidDataset, device) -> dict[str, float]:
+    """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery (rank 0 computes; the
+    result is broadcast so every rank takes the same decisions)."""
+    metrics = None
+    if D.is_main():
+        out = evaluate_model(
+            model,
+            dataset,
+            height=cfg.data.height,
+            width=cfg.data.width,
+            device=device,
+            batch_size=cfg.data.test_batch_size,
+            num_workers=cfg.data.num_workers,
+            metric=cfg.eval.metric,
+            flip=cfg.eval.flip,
+            rerank=cfg.eval.rerank,
+            k1=cfg.eval.k1,
+            k2=cfg.eval.k2,
+            lambda_value=cfg.eval.lambda_value,
+            amp=cfg.train.amp,
+            channels_last=cfg.train.channels_last,
+        )
+        metrics = out.metrics()
+    return D.broadcast_object(metrics)
