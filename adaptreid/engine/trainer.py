@@ -93,9 +93,7 @@ class Trainer:
         frozen = bool(getattr(self.model, "body_frozen", False))
         if self._ddp is None or self._ddp_frozen != frozen:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, broadcast_buffers=False
-            )
+            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self._ddp_frozen = frozen
         return self._ddp
 
