@@ -116,6 +116,48 @@ class EvalConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Pseudo-label generation (``adaptreid/pseudo``): MSPLR sections 3.3-3.5, PAST eq. 1-2."""
+
+    camera_norm: bool = True
+    """MSPLR eq. 4: per-camera z-score of the target features before clustering (CN)."""
+    method: str = "dbscan"
+    """dbscan | kmeans | hdbscan"""
+    distance: str = "euclidean"
+    """euclidean (on the normalised features) | jaccard (k-reciprocal, Zhong et al. 2017)"""
+    eps: float = 0.42
+    """DBSCAN radius (MSPLR: 0.42 with Market-1501 as target, 0.35 with DukeMTMC)."""
+    min_samples: int = 4
+    kmeans_k: int = 0
+    """k-means clusters; 0 means N // 15 (MSPLR eq. 1)."""
+    min_cluster_size: int = 4
+    """HDBSCAN S_min (PAST)."""
+    k1: int = 20
+    k2: int = 6
+    select: bool = True
+    """Cluster selection (MSPLR section 3.4); the two rules below can be switched singly."""
+    min_size: int = 4
+    """Keep clusters with at least this many images (the K of P x K)."""
+    min_cameras: int = 2
+    enforce_size: bool = True
+    enforce_cameras: bool = True
+
+
+@dataclass
+class AdaptConfig:
+    """The progressive-learning loop shared by the adaptation methods."""
+
+    init_checkpoint: str = ""
+    """Source-trained checkpoint to adapt (``adaptreid train`` output)."""
+    max_steps: int = 10
+    """Pseudo-label refinement steps; 1 = a single round (Table 3 "+DA" without "+PL")."""
+    patience: int = 3
+    """Stop after this many steps without a better target mAP (label-free runs: never)."""
+    epochs_per_step: int = 30
+    extract_flip: bool = False
+
+
+@dataclass
 class Config:
     name: str = "run"
     output_dir: str = "runs"
@@ -128,6 +170,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    method: str = "msplr"
+    """Adaptation recipe for ``adaptreid adapt``: msplr | past."""
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -37,6 +37,11 @@ def _write_market(root, ids=(1, 2, 3, 4, 5, 6), test_ids=(20, 21, 22), seed=0):
     return root
 
 
+def _epochs(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
+
+
 def _cfg(tmp_path, *extra):
     data = _write_market(tmp_path / "market")
     return load_config(
@@ -67,11 +72,12 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
     torch.set_num_threads(1)
     cfg = _cfg(tmp_path)
     run = train_source(cfg, verbose=False)
-    records = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    records = _epochs(run.path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert "source_mAP" in records[1] and "source_mAP" in records[2]
-    assert (run.path / "config.yaml").is_file() and (run.path / "log.txt").is_file()
+    for name in ("config.yaml", "log.txt", "report.md", "loss.png", "ranklist.png"):
+        assert (run.path / name).is_file(), name
     full = load_checkpoint(run.last)
     assert full["epoch"] == 3 and load_checkpoint(run.best)["epoch"] in (2, 3)
 
@@ -86,7 +92,7 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
     assert resumed["epoch"] == 3
     for k, v in full["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
-    records2 = [json.loads(x) for x in (run2.path / "metrics.jsonl").read_text().splitlines()]
+    records2 = _epochs(run2.path)
     assert [r["epoch"] for r in records2] == [1, 2, 3]
     assert records2[-1]["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
 

@@ -119,3 +119,45 @@ def evaluate_on(cfg: Config, model: ReidModel, dataset: ReidDataset, device) -> 
         )
         metrics = out.metrics()
     return D.broadcast_object(metrics)
+
+
+def finish_run(cfg: Config, run, dataset: ReidDataset | None, device, *, stage: str) -> None:
+    """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
+    rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
+    from ..engine.model_io import model_from_checkpoint
+    from ..engine.report import draw_ranklist, write_report
+    from ..evaluation import top_k_matches
+
+    if not D.is_main():
+        return
+    if dataset is not None and dataset.query and dataset.gallery:
+        ckpt = run.best if run.best.is_file() else run.last
+        model, _ = model_from_checkpoint(ckpt)
+        out = evaluate_model(
+            model.to(device),
+            dataset,
+            height=cfg.data.height,
+            width=cfg.data.width,
+            device=device,
+            batch_size=cfg.data.test_batch_size,
+            num_workers=cfg.data.num_workers,
+            metric=cfg.eval.metric,
+            flip=cfg.eval.flip,
+            amp=cfg.train.amp,
+            channels_last=cfg.train.channels_last,
+        )
+        run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
+        q, g = dataset.query, dataset.gallery
+        picks = np.linspace(0, len(q) - 1, num=min(8, len(q))).round().astype(int)
+        idx, match = top_k_matches(
+            out.distmat[picks],
+            out.query.pids[picks],
+            out.gallery.pids,
+            out.query.camids[picks],
+            out.gallery.camids,
+            k=10,
+        )
+        draw_ranklist(
+            [q[i].path for i in picks], [s.path for s in g], idx, match, run.path / "ranklist.png"
+        )
+    write_report(run.path)

@@ -21,6 +21,7 @@ from ..engine.trainer import Trainer
 from ..losses.reid_loss import build_reid_loss
 from .common import (
     evaluate_on,
+    finish_run,
     load_dataset,
     model_from_cfg,
     optimizer_from_cfg,
@@ -66,14 +67,16 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         trainer.load_state_dict({**state["trainer"], "model": state["model"]})
         set_rng_state(state["rng"])
         best = float(state.get("best_map", -1.0))
-        run.truncate_metrics(lambda r: r.get("epoch", 0) <= trainer.epoch)
+        run.truncate_metrics(
+            lambda r: r.get("kind") == "epoch" and r.get("epoch", 0) <= trainer.epoch
+        )
         log.info("resumed %s at epoch %d", run.path, trainer.epoch)
 
     has_test = bool(source.query and source.gallery)
     for epoch in range(trainer.epoch + 1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
         stats = trainer.train_epoch(epoch)
-        record = {"stage": "source", "epoch": epoch, **stats}
+        record = {"kind": "epoch", "stage": "source", "epoch": epoch, **stats}
         last = epoch == cfg.train.epochs
         due = cfg.train.eval_every and epoch % cfg.train.eval_every == 0
         is_best = False
@@ -103,8 +106,11 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         target = load_dataset(cfg.data.target, cfg.data.target_root, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
         metrics = evaluate_on(cfg, best_model.to(device), target, device)
-        run.log_metrics({"stage": "direct_transfer", "dataset": target.name, **metrics})
+        run.log_metrics(
+            {"kind": "final", "stage": "direct_transfer", "dataset": target.name, **metrics}
+        )
         log.info("direct transfer to %s: %s", target.name, _fmt(metrics))
+    finish_run(cfg, run, source if has_test else None, device, stage="source")
     D.barrier()
     return run
 

@@ -1,0 +1,247 @@
+"""Run reports: plots and a ``report.md`` built from a run folder's ``metrics.jsonl``.
+
+``write_report(run_dir)`` can be called at any time (``adaptreid report RUN_DIR``): it only
+reads the folder. Pictures: ``steps.png`` (target metrics and pseudo-label statistics per
+adaptation step, the MSPLR paper's Figure 2), ``loss.png`` (training loss per epoch), and
+``ranklist.png`` when the run saved one (query + top-10 gallery, green = same identity).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_steps(records: Sequence[dict], path: str | Path) -> Path | None:
+    """Target rank-1 / mAP per step (step 0 = direct transfer) and the pseudo-labels' portion
+    kept / pairwise F1 per step."""
+    steps = [r for r in records if r.get("kind") == "step" and "mAP" in r]
+    labels = [r for r in records if r.get("kind") == "labels"]
+    if not steps and not labels:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    if steps:
+        x = [r["step"] for r in steps]
+        for key, style in (("rank1", "o-"), ("mAP", "s-")):
+            ax.plot(x, [100 * r[key] for r in steps], style, label=key)
+        best = max(steps, key=lambda r: r["mAP"])
+        ax.axvline(best["step"], color="k", lw=0.8, ls="--")
+        ax.annotate(
+            "best",
+            (best["step"], 100 * best["mAP"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
+        ax.set_xticks(x)
+    ax.set_xlabel("adaptation step (0 = direct transfer)")
+    ax.set_ylabel("target metric (%)")
+    ax.set_title("target query / gallery")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    if labels:
+        x = [r["step"] for r in labels]
+        ax.plot(
+            x, [100 * r.get("portion_kept", np.nan) for r in labels], "o-", label="portion kept"
+        )
+        if any("quality_f1" in r for r in labels):
+            ax.plot(
+                x,
+                [100 * r.get("quality_f1", np.nan) for r in labels],
+                "s-",
+                label="pairwise F1 (analysis)",
+            )
+        ax2 = ax.twinx()
+        ax2.plot(
+            x, [r.get("num_clusters", np.nan) for r in labels], "^:", color="gray", label="clusters"
+        )
+        ax2.set_ylabel("clusters kept", color="gray")
+        ax.set_xticks(x)
+    ax.set_xlabel("adaptation step")
+    ax.set_ylabel("%")
+    ax.set_title("pseudo-labels")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_loss(records: Sequence[dict], path: str | Path) -> Path | None:
+    """Training loss per epoch (all stages of the run in order)."""
+    ep = [r for r in records if "loss" in r and "epoch" in r]
+    if not ep:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(range(1, len(ep) + 1), [r["loss"] for r in ep], "-", lw=1.2)
+    bounds = [i for i in range(1, len(ep)) if ep[i].get("step") != ep[i - 1].get("step")]
+    for b in bounds:
+        ax.axvline(b + 0.5, color="gray", lw=0.6, ls=":")
+    ax.set_xlabel("epoch (dotted lines: new pseudo-labels)" if bounds else "epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def draw_ranklist(
+    query_paths: Sequence[str],
+    gallery_paths: Sequence[str],
+    indices: np.ndarray,
+    matches: np.ndarray,
+    path: str | Path,
+    *,
+    cell: tuple[int, int] = (64, 128),
+    border: int = 4,
+) -> Path:
+    """One row per query: the query image, then its top-k gallery images framed green
+    (same identity) or red (another identity)."""
+    w, h = cell
+    nq = indices.shape[0]
+    k = int((indices >= 0).sum(1).max()) if indices.size else 0
+    gap = 10
+    canvas = Image.new("RGB", (w + gap + k * w, nq * h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(nq):
+        canvas.paste(_thumb(query_paths[i], w, h, (60, 60, 200), border), (0, i * h))
+        for j in range(k):
+            g = int(indices[i, j])
+            if g < 0:
+                continue
+            colour = (30, 170, 60) if matches[i, j] else (210, 40, 40)
+            canvas.paste(_thumb(gallery_paths[g], w, h, colour, border), (w + gap + j * w, i * h))
+    draw.line([(w + gap // 2, 0), (w + gap // 2, nq * h)], fill=(0, 0, 0), width=1)
+    canvas.save(path)
+    return Path(path)
+
+
+def _thumb(path: str, w: int, h: int, colour, border: int) -> Image.Image:
+    img = Image.open(path).convert("RGB").resize((w - 2 * border, h - 2 * border))
+    framed = Image.new("RGB", (w, h), colour)
+    framed.paste(img, (border, border))
+    return framed
+
+
+def _fmt_pct(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, int | float) else "-"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``report.md`` and its plots in ``run_dir``; returns the report's path."""
+    run_dir = Path(run_dir)
+    records = read_records(run_dir)
+    lines = [f"# Run report: {run_dir.name}", ""]
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        d = cfg.get("data", {})
+        is_source = any(r.get("stage") == "source" for r in records)
+        method = "supervised source training" if is_source else cfg.get("method", "-")
+        lines += [
+            f"- method: {method}; backbone `{cfg.get('model', {}).get('backbone')}`",
+            f"- source: `{d.get('source') or '-'}`; target: `{d.get('target') or '-'}`",
+            f"- input {d.get('height')}x{d.get('width')}, seed {cfg.get('seed')}",
+            "",
+        ]
+    summary = _summary_rows(records)
+    if summary:
+        lines += [
+            "## Results",
+            "",
+            "| stage | rank-1 | rank-5 | rank-10 | mAP | mINP |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in summary:
+            lines.append(f"| {name} | " + " | ".join(_fmt_pct(r.get(m)) for m in METRICS) + " |")
+        lines.append("")
+    steps = [r for r in records if r.get("kind") == "step"]
+    labels = {r["step"]: r for r in records if r.get("kind") == "labels"}
+    if labels:
+        lines += [
+            "## Adaptation steps",
+            "",
+            "| step | clusters | outliers | portion kept | multi-camera | F1 | NMI | rank-1 | mAP |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        by_step = {r["step"]: r for r in steps}
+        for s in sorted(set(labels) | set(by_step)):
+            lab, st = labels.get(s, {}), by_step.get(s, {})
+            lines.append(
+                f"| {s} | {lab.get('num_clusters', '-')} | {lab.get('num_outliers', '-')} | "
+                f"{_fmt_pct(lab.get('portion_kept'))} | "
+                f"{_fmt_pct(lab.get('multi_camera_fraction'))} | "
+                f"{_fmt_pct(lab.get('quality_f1'))} | {_fmt_pct(lab.get('quality_nmi'))} | "
+                f"{_fmt_pct(st.get('rank1'))} | {_fmt_pct(st.get('mAP'))} |"
+            )
+        lines += [
+            "",
+            "Step 0 is direct transfer. F1 / NMI use the target's identities, which "
+            "training never sees (analysis only).",
+            "",
+        ]
+    figs = []
+    if plot_steps(records, run_dir / "steps.png"):
+        figs.append(("Metric and pseudo-labels per step", "steps.png"))
+    if plot_loss(records, run_dir / "loss.png"):
+        figs.append(("Training loss", "loss.png"))
+    if (run_dir / "ranklist.png").is_file():
+        figs.append(
+            ("Rank lists (query, then top-10 gallery; green = same identity)", "ranklist.png")
+        )
+    for title, name in figs:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def _summary_rows(records: Sequence[dict]) -> list[tuple[str, dict]]:
+    rows = []
+    direct = [r for r in records if r.get("stage") == "direct_transfer" and "mAP" in r]
+    if direct:
+        rows.append(("direct transfer", direct[-1]))
+    steps = [r for r in records if r.get("kind") == "step" and r.get("step", 0) > 0 and "mAP" in r]
+    if steps:
+        best = max(steps, key=lambda r: r["mAP"])
+        rows.append((f"adapted (best step {best['step']})", best))
+    src = [r for r in records if "source_mAP" in r]
+    if src:
+        best = max(src, key=lambda r: r["source_mAP"])
+        rows.append(
+            (
+                f"source in-domain (epoch {best['epoch']})",
+                {k[len("source_") :]: v for k, v in best.items() if k.startswith("source_")},
+            )
+        )
+    return rows
