@@ -191,7 +191,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += [
             "## Adaptation steps",
             "",
-            "| step | clusters | outliers | portion kept | multi-camera | F1 | NMI | rank-1 | mAP |",
+            "| step | clusters | outliers | portion kept | multi-cam | F1 | NMI | rank-1 | mAP |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         by_step = {r["step"]: r for r in steps}
