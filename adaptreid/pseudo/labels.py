@@ -1,0 +1,408 @@
+"""The pseudo-label pipeline of MSPLR (seed 000, sections 3.3-3.5) in one call, and eps tuning.
+
+:func:`make_pseudo_labels`::
+
+    features --(eq. 4, camera normalisation)--> distance (euclidean / cosine / Jaccard)
+             --(DBSCAN | k-means (eq. 1) | HDBSCAN)--> clusters
+             --(>= K images, >= 2 cameras: section 3.4)--> pseudo-labels + statistics
+             (+ label quality against true identities when given: analysis only)
+
+:func:`sweep_eps` runs the same pipeline for many DBSCAN eps values, computing the expensive
+part (the neighbourhood graph, or the Jaccard distance) once, and :func:`recommend_eps` picks
+one without ground truth. Together they answer "how do I tune eps": MSPLR itself "performed a
+simple search in an early training step to determine a value that would balance the number of
+clusters selected and the number of outliers" (section 3.3.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from adaptreid.errors import ConfigError, TrainingError
+from adaptreid.pseudo import clustering
+from adaptreid.pseudo.camera_norm import camera_normalize
+from adaptreid.pseudo.quality import label_quality, pseudo_label_stats
+from adaptreid.pseudo.selection import select_clusters
+
+__all__ = ["PseudoLabels", "make_pseudo_labels", "recommend_eps", "sweep_eps"]
+
+_DISTANCES = ("euclidean", "cosine", "jaccard")
+
+
+@dataclass
+class PseudoLabels:
+    """Pseudo-labels of the target training images and how they were made.
+
+    Attributes:
+        labels: (N,) int64, ``0..C-1`` for the selected clusters, -1 for images left out
+            (outliers and dropped clusters).
+        stats: label-free statistics (:func:`adaptreid.pseudo.quality.pseudo_label_stats`)
+            plus ``clusters_before_selection`` and the selection counts.
+        quality: :func:`adaptreid.pseudo.quality.label_quality` of ``labels`` when true
+            identities were given (analysis only), else None.
+        params: the resolved parameters (method, eps, k, ...), for logs and reports.
+    """
+
+    labels: np.ndarray
+    stats: dict
+    quality: dict | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.stats["num_clusters"])
+
+    @property
+    def kept(self) -> np.ndarray:
+        """(N,) bool: images with a pseudo-label (the training set of this iteration)."""
+        return self.labels >= 0
+
+
+# --------------------------------------------------------------------------------------------
+# shared steps
+# --------------------------------------------------------------------------------------------
+
+
+def _check_common(features, camids, distance, true_pids):
+    if distance not in _DISTANCES:
+        raise ConfigError(f"distance must be one of {_DISTANCES}, got {distance!r}")
+    n = len(features)
+    if camids is not None and len(camids) != n:
+        raise ConfigError(f"{len(camids)} camera ids for {n} features")
+    if true_pids is not None and len(true_pids) != n:
+        raise ConfigError(f"{len(true_pids)} true identities for {n} features")
+
+
+def _array1d(values):
+    """(N,) numpy copy-free view of camera ids / identities (numpy, list or tensor)."""
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values).reshape(-1)
+
+
+def _prepare(features, camids, camera_norm: bool, l2_after: bool):
+    """Eq. 4 (or plain L2 normalisation when camera normalisation is off and l2_after on)."""
+    if camera_norm:
+        if camids is None:
+            raise ConfigError("camera normalisation needs camera ids (or camera_norm=False)")
+        return camera_normalize(features, camids, l2_after=l2_after)
+    if not l2_after:
+        return features
+    if isinstance(features, torch.Tensor):
+        return torch.nn.functional.normalize(features.detach().float(), dim=1)
+    x = np.asarray(features, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def _jaccard(x, k1: int, k2: int) -> sp.csr_matrix:
+    from adaptreid.pseudo.kreciprocal import jaccard_distance
+
+    return jaccard_distance(x, k1=k1, k2=k2)
+
+
+def _selected(labels, camids, select, min_size, min_cameras):
+    if not select:
+        n = int(len(np.unique(labels[labels >= 0])))
+        info = {
+            "clusters_before": n,
+            "clusters_after": n,
+            "dropped_by_size": 0,
+            "dropped_by_cameras": 0,
+            "camera_rule_skipped": False,
+        }
+        return labels, info
+    return select_clusters(
+        labels,
+        camids,
+        min_size=min_size,
+        min_cameras=min_cameras,
+        enforce_size=min_size > 1,
+        enforce_cameras=min_cameras > 1,
+    )
+
+
+def _suggest_eps(kth: np.ndarray, eps: float, distance: str) -> float | None:
+    """A larger eps from the distances to the min_samples-th neighbour: their median (about
+    half the images become core points), else their 90% quantile, rounded up to 2 decimals;
+    None when neither is above the current eps."""
+    for value in np.quantile(kth, [0.5, 0.9]):
+        suggestion = max(math.ceil(float(value) * 100 - 1e-9) / 100, 0.01)
+        if distance == "jaccard":
+            suggestion = min(suggestion, 0.99)
+        if suggestion > eps:
+            return suggestion
+    return None
+
+
+def _no_cluster_error(method, raw, info, params, kth=None) -> TrainingError:
+    n_raw = int(len(np.unique(raw[raw >= 0])))
+    name = {"dbscan": "DBSCAN", "kmeans": "k-means", "hdbscan": "HDBSCAN"}[method]
+    msg = f"no pseudo-label cluster survived: {name} found {n_raw} cluster(s)"
+    if n_raw:
+        msg += (
+            f" before selection, and cluster selection dropped all of them "
+            f"({info['dropped_by_size']} with < {params['min_size']} images, "
+            f"{info['dropped_by_cameras']} seen by < {params['min_cameras']} cameras)"
+        )
+        if info["dropped_by_cameras"]:
+            msg += (
+                "; camera normalisation (camera_norm=True) helps clusters span cameras"
+                if not params["camera_norm"]
+                else "; a smaller min_cameras relaxes the camera rule"
+            )
+    msg += "."
+    if method == "dbscan" and kth is not None:
+        ms = params["min_samples"]
+        q10, med, q90 = np.quantile(kth, [0.1, 0.5, 0.9])
+        suggestion = _suggest_eps(kth, params["eps"], params["distance"])
+        msg += (
+            f" With eps={params['eps']} and min_samples={ms}, the distance of each image to "
+            f"its {ms}-th neighbour (itself included) has median {med:.3f} (10%: {q10:.3f}, "
+            f"90%: {q90:.3f}); at eps = the median about half the images are core points: "
+        )
+        msg += f"try eps={suggestion:.2f}" if suggestion is not None else "try a larger eps"
+        msg += ", or run `adaptreid cluster --eps-sweep` to choose."
+        if params["distance"] == "jaccard" and med >= 1.0:
+            msg += " Most images share no k-reciprocal neighbour: increase k1."
+    elif method == "hdbscan":
+        msg += f" Try a smaller min_cluster_size (now {params['min_cluster_size']})."
+    elif method == "kmeans":
+        msg += " Try a smaller k (larger clusters) or relax the selection rules."
+    return TrainingError(msg)
+
+
+def _kth(x, graph, params) -> np.ndarray:
+    if params["distance"] == "jaccard":
+        return clustering.kth_neighbor_distance(distance=graph, k=params["min_samples"])
+    return clustering.kth_neighbor_distance(x, k=params["min_samples"], metric=params["distance"])
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def make_pseudo_labels(
+    features,
+    camids,
+    *,
+    camera_norm: bool = True,
+    l2_after: bool = True,
+    method: str = "dbscan",
+    distance: str = "euclidean",
+    eps: float = 0.42,
+    min_samples: int | None = None,
+    k: int | None = None,
+    min_cluster_size: int = 10,
+    k1: int = 20,
+    k2: int = 6,
+    select: bool = True,
+    min_size: int = 4,
+    min_cameras: int = 2,
+    true_pids=None,
+    seed: int = 0,
+    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+) -> PseudoLabels:
+    """Pseudo-labels of the target training set: the MSPLR pipeline (seed 000, Fig. 1).
+
+    1. camera-guided normalisation (section 3.5, eq. 4), rows re-L2-normalised by default
+       (``l2_after``; see :mod:`adaptreid.pseudo.camera_norm` for why);
+    2. clustering (section 3.3): DBSCAN (``eps``, ``min_samples`` = 4) on the euclidean or
+       cosine distance of the normalised features or on their k-reciprocal Jaccard distance
+       (``k1``, ``k2``); k-means with ``k = N // 15`` by default (eq. 1); or HDBSCAN
+       (``min_cluster_size``, PAST's S_min; on the Jaccard distance with
+       ``distance="jaccard"``, as PAST section 2.2 does);
+    3. cluster selection (section 3.4): keep clusters with >= ``min_size`` images (the
+       sampler's K) and >= ``min_cameras`` cameras; ``min_size=1`` / ``min_cameras=1`` switch
+       a rule off, ``select=False`` both;
+    4. statistics, and label quality when ``true_pids`` is given (analysis only: the true
+       identities never influence the labels).
+
+    Args:
+        features: (N, D) target training features (numpy or torch, any device).
+        camids: (N,) camera ids (may be None with ``camera_norm=False`` and no camera rule).
+        true_pids: optional (N,) true identities, for ``quality`` only.
+        Other arguments: as above, and :func:`adaptreid.pseudo.clustering.cluster`.
+
+    Returns:
+        :class:`PseudoLabels`.
+
+    Raises:
+        ConfigError: invalid options.
+        TrainingError: no cluster survives; the message reports the clusters found before
+            selection, the distribution of distances to the ``min_samples``-th neighbour and
+            a suggested eps.
+    """
+    _check_common(features, camids, distance, true_pids)
+    cams = _array1d(camids)
+    if method not in ("dbscan", "kmeans", "hdbscan"):
+        raise ConfigError(f"method must be 'dbscan', 'kmeans' or 'hdbscan', got {method!r}")
+    if method == "kmeans" and distance != "euclidean":
+        raise ConfigError(f"k-means clusters features (distance='euclidean'), not {distance!r}")
+    if method == "dbscan" and distance == "jaccard" and not 0 < eps < 1:
+        raise ConfigError(
+            f"DBSCAN on the Jaccard distance needs 0 < eps < 1 (distances lie in [0, 1]), "
+            f"got {eps!r}"
+        )
+    if min_samples is None and method == "dbscan":
+        min_samples = 4
+    n = len(features)
+    params = {
+        "method": method,
+        "distance": distance,
+        "camera_norm": bool(camera_norm),
+        "l2_after": bool(l2_after),
+        "eps": float(eps) if method == "dbscan" else None,
+        "min_samples": min_samples,
+        "k": (k if k is not None else max(1, n // 15)) if method == "kmeans" else None,
+        "min_cluster_size": int(min_cluster_size) if method == "hdbscan" else None,
+        "k1": int(k1) if distance == "jaccard" else None,
+        "k2": int(k2) if distance == "jaccard" else None,
+        "select": bool(select),
+        "min_size": int(min_size),
+        "min_cameras": int(min_cameras),
+        "seed": int(seed),
+    }
+
+    x = _prepare(features, cams, camera_norm, l2_after)
+    graph = _jaccard(x, k1, k2) if distance == "jaccard" else None
+    metric = "cosine" if distance == "cosine" else "euclidean"
+    raw = clustering.cluster(
+        None if graph is not None and method == "dbscan" else x,
+        method=method,
+        distance=graph,
+        eps=eps,
+        min_samples=min_samples,
+        k=params["k"],
+        min_cluster_size=min_cluster_size,
+        seed=seed,
+        metric=metric,
+        block_size=block_size,
+    )
+    labels, info = _selected(raw, cams, select, min_size, min_cameras)
+    if not (labels >= 0).any():
+        kth = _kth(x, graph, params) if method == "dbscan" else None
+        raise _no_cluster_error(method, raw, info, params, kth)
+
+    stats = pseudo_label_stats(labels, cams)
+    stats["clusters_before_selection"] = info["clusters_before"]
+    stats["dropped_by_size"] = info["dropped_by_size"]
+    stats["dropped_by_cameras"] = info["dropped_by_cameras"]
+    stats["camera_rule_skipped"] = info["camera_rule_skipped"]
+    quality = None if true_pids is None else label_quality(labels, _array1d(true_pids))
+    return PseudoLabels(labels=labels, stats=stats, quality=quality, params=params)
+
+
+def sweep_eps(
+    features,
+    camids,
+    eps_values,
+    *,
+    camera_norm: bool = True,
+    l2_after: bool = True,
+    distance: str = "euclidean",
+    min_samples: int = 4,
+    k1: int = 20,
+    k2: int = 6,
+    select: bool = True,
+    min_size: int = 4,
+    min_cameras: int = 2,
+    true_pids=None,
+    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+) -> list[dict]:
+    """DBSCAN pseudo-labels for each eps in ``eps_values``: one row of statistics per eps.
+
+    The normalisation and the distance graph are computed once: the euclidean / cosine
+    radius graph at the largest eps (each smaller eps is a filter of it), or the Jaccard
+    distance (independent of eps). Each eps then only costs a DBSCAN pass over a sparse graph.
+
+    Returns:
+        rows sorted by eps, each a dict: ``eps``, ``clusters_before`` (DBSCAN's clusters),
+        ``clusters`` (after selection), ``outliers`` (images left out), ``portion_kept``,
+        ``multi_camera_fraction``, ``images_kept``, ``score`` (the label-free criterion of
+        :func:`recommend_eps`) and, with ``true_pids``, ``precision``, ``recall``, ``f1``,
+        ``nmi``, ``ari`` of the selected labels.
+    """
+    _check_common(features, camids, distance, true_pids)
+    cams = _array1d(camids)
+    eps_values = sorted({round(float(e), 10) for e in eps_values})  # arange noise: 0.88000..02
+    if not eps_values or eps_values[0] <= 0:
+        raise ConfigError(f"eps values must be positive, got {eps_values!r}")
+    if distance == "jaccard" and eps_values[-1] >= 1:
+        raise ConfigError(f"Jaccard distances lie in [0, 1]: eps must be < 1, got {eps_values}")
+    x = _prepare(features, cams, camera_norm, l2_after)
+    if distance == "jaccard":
+        graph = _jaccard(x, k1, k2)
+    else:
+        graph = clustering.radius_neighbors_graph(
+            x, eps_values[-1], metric=distance, block_size=block_size
+        )
+    truth = _array1d(true_pids)
+    rows = []
+    for eps in eps_values:
+        raw = clustering.cluster(distance=graph, method="dbscan", eps=eps, min_samples=min_samples)
+        labels, info = _selected(raw, cams, select, min_size, min_cameras)
+        stats = pseudo_label_stats(labels, cams)
+        row = {
+            "eps": eps,
+            "clusters_before": info["clusters_before"],
+            "clusters": stats["num_clusters"],
+            "outliers": stats["num_outliers"],
+            "portion_kept": stats["portion_kept"],
+            "multi_camera_fraction": stats["multi_camera_fraction"],
+            "images_kept": stats["num_images"] - stats["num_outliers"],
+            "score": stats["num_clusters"] * stats["portion_kept"],
+        }
+        if truth is not None:
+            q = label_quality(labels, truth)
+            row.update({key: q[key] for key in ("precision", "recall", "f1", "nmi", "ari")})
+        rows.append(row)
+    return rows
+
+
+def recommend_eps(rows: list[dict]) -> tuple[float, str]:
+    """Pick an eps from :func:`sweep_eps` rows without ground truth.
+
+    Rule: maximise ``score = selected clusters x portion of images kept``; ties go to the
+    smaller eps. This is MSPLR's "balance the number of clusters selected and the number of
+    outliers" (section 3.3.2) made explicit: growing eps first adds images to clusters and
+    lets more clusters pass the >= K images / >= 2 cameras rules (both terms grow), until
+    clusters of different people start merging and the cluster count - hence the score -
+    collapses. The peak is the largest eps before identities merge. Equivalently the score is
+    ``kept^2 / (N x mean cluster size)``: many images kept, in clusters not larger than needed.
+
+    The rule never reads ``precision`` / ``f1``: with ground truth, the sweep table shows them
+    next to the score so that users can judge the rule on their data.
+
+    Raises:
+        TrainingError: no eps of the sweep produced a selected cluster.
+    """
+    if not rows:
+        raise ConfigError("recommend_eps needs at least one sweep row")
+    best = max(rows, key=lambda r: (r["score"], -r["eps"]))
+    if best["score"] <= 0:
+        top = max(r["eps"] for r in rows)
+        raise TrainingError(
+            f"no eps in the sweep ({min(r['eps'] for r in rows)} .. {top}) gave a selected "
+            f"cluster; try larger eps values (above {top})"
+        )
+    reason = (
+        f"eps={best['eps']:g} maximises selected clusters x portion kept "
+        f"({best['clusters']} clusters x {best['portion_kept']:.1%} kept = {best['score']:.1f}); "
+        "a label-free rule balancing clusters and outliers (MSPLR section 3.3.2)"
+    )
+    if "f1" in best:
+        f1_best = max(rows, key=lambda r: r["f1"])
+        reason += (
+            f"; with ground truth its pairwise F1 is {best['f1']:.3f} "
+            f"(best F1 {f1_best['f1']:.3f} at eps={f1_best['eps']:g})"
+        )
+    return float(best["eps"]), reason
