@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -121,6 +122,116 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .methods import ADAPT_METHODS
+
+    cfg = load_config(args.config, args.overrides)
+    run = ADAPT_METHODS.get(cfg.method)(cfg, resume=args.resume, verbose=not args.quiet)
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .config import load_config
+    from .data.datasets import build_dataset
+    from .data.loaders import build_test_loader
+    from .data.transforms import build_transforms
+    from .engine.extract import extract_features, resolve_device
+    from .engine.model_io import model_from_checkpoint
+    from .methods.msplr import pseudo_label_kwargs
+    from .pseudo.labels import recommend_eps, sweep_eps
+
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(args.device)
+    model, info = model_from_checkpoint(args.checkpoint)
+    dataset = build_dataset(args.dataset, args.root)
+    height = info.get("height", cfg.data.height)
+    width = info.get("width", cfg.data.width)
+    tf = build_transforms(height, width, train=False)
+    loader = build_test_loader(dataset.train, tf, args.batch_size, args.num_workers)
+    feats = extract_features(
+        model.to(device), loader, device=device, normalize=False, verbose=not args.quiet
+    )
+    pids = np.array([s.pid for s in dataset.train])
+    gt = pids if (pids >= 0).all() else None
+    if cfg.pseudo.method != "dbscan":
+        raise AdaptReIDError(
+            f"adaptreid cluster sweeps DBSCAN's eps; pseudo.method is {cfg.pseudo.method!r}"
+        )
+    accepted = inspect.signature(sweep_eps).parameters
+    kwargs = {k: v for k, v in pseudo_label_kwargs(cfg).items() if k in accepted}
+    if args.eps_sweep:
+        try:
+            a, b, step = (float(v) for v in args.eps_sweep.split(":"))
+        except ValueError:
+            raise AdaptReIDError(
+                f"--eps-sweep {args.eps_sweep!r}: expected start:stop:step, e.g. 0.3:0.7:0.05"
+            ) from None
+        eps_values = [round(v, 6) for v in np.arange(a, b + step / 2, step)]
+    else:
+        eps_values = [cfg.pseudo.eps]
+    rows = sweep_eps(feats.feats, feats.camids, eps_values, true_pids=gt, **kwargs)
+    print(
+        f"{dataset.name} train: {len(dataset.train)} images; DBSCAN on "
+        f"{kwargs['distance']} distance, camera normalisation "
+        f"{'on' if kwargs['camera_norm'] else 'off'}"
+    )
+    print(format_sweep(rows))
+    eps, reason = recommend_eps(rows)
+    print(f"recommended eps: {eps}  ({reason})")
+    if gt is not None:
+        print("(precision / recall / F1 / NMI use the dataset's identities: analysis only)")
+    if args.out:
+        import json
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "eps_sweep.json").write_text(
+            json.dumps(
+                {"rows": rows, "recommended": eps, "reason": reason}, indent=2, default=float
+            )
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .engine.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise AdaptReIDError(f"{run_dir} is not a run folder (no metrics.jsonl in it)")
+    print(f"report written to {write_report(run_dir)}")
+    return 0
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """The eps sweep as an aligned table (quality columns only when ground truth exists)."""
+    cols = [
+        ("eps", "eps", "{:.3f}"),
+        ("clusters_before", "DBSCAN clusters", "{:d}"),
+        ("clusters", "kept clusters", "{:d}"),
+        ("outliers", "images left out", "{:d}"),
+        ("portion_kept", "portion kept", "{:.1%}"),
+        ("multi_camera_fraction", "multi-camera", "{:.1%}"),
+    ]
+    if rows and "f1" in rows[0]:
+        cols += [
+            ("precision", "precision", "{:.3f}"),
+            ("recall", "recall", "{:.3f}"),
+            ("f1", "F1", "{:.3f}"),
+            ("nmi", "NMI", "{:.3f}"),
+        ]
+    table = [[title for _, title, _ in cols]]
+    for r in rows:
+        table.append([fmt.format(r[key]) if key in r else "-" for key, _, fmt in cols])
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML preset (path, or name under configs/)")
     p.add_argument(
@@ -191,6 +302,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="supervised training on the labelled source dataset")
     _add_run_args(tr)
     tr.set_defaults(func=cmd_train)
+
+    ad = sub.add_parser("adapt", help="unsupervised adaptation to the target dataset (msplr, past)")
+    _add_run_args(ad)
+    ad.set_defaults(func=cmd_adapt)
+
+    cl = sub.add_parser(
+        "cluster", help="pseudo-labels of a dataset without training; sweep eps and recommend one"
+    )
+    cl.add_argument("--checkpoint", required=True)
+    cl.add_argument("--dataset", required=True)
+    cl.add_argument("--root", required=True)
+    cl.add_argument("--eps-sweep", help="start:stop:step, e.g. 0.3:0.7:0.05")
+    cl.add_argument("--config", help="preset whose pseudo.* settings to use")
+    cl.add_argument("--batch-size", type=int, default=128)
+    cl.add_argument("--num-workers", type=int, default=2)
+    cl.add_argument("--device", default="auto")
+    cl.add_argument("--out", help="folder to write eps_sweep.json into")
+    cl.add_argument("-q", "--quiet", action="store_true")
+    cl.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. pseudo.camera_norm=false"
+    )
+    cl.set_defaults(func=cmd_cluster)
+
+    rp = sub.add_parser("report", help="(re)write report.md and plots of a run folder")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,13 @@
+"""Recipes: source training and the adaptation methods, each a short function over shared
+parts. ``ADAPT_METHODS`` maps ``cfg.method`` to the recipe ``(cfg, *, resume, verbose)``."""
+
+from ..registry import Registry
+
+ADAPT_METHODS = Registry("adaptation method")
+
+
+@ADAPT_METHODS.register("msplr")
+def _msplr(cfg, *, resume=False, verbose=True):
+    from .msplr import adapt_msplr
+
+    return adapt_msplr(cfg, resume=resume, verbose=verbose)

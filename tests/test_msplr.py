@@ -1,0 +1,162 @@
+"""MSPLR end to end on tiny synthetic folders: source training, adaptation through the CLI,
+resume in the middle of a step, and the eps sweep of ``adaptreid cluster``."""
+
+import json
+
+import numpy as np
+import torch
+from test_train import _write_market
+
+from adaptreid.cli import main
+from adaptreid.config import load_config
+from adaptreid.engine.checkpoint import load_checkpoint
+from adaptreid.methods.msplr import adapt_msplr
+
+COMMON = [
+    "data.height=32",
+    "data.width=16",
+    "data.batch_size=8",
+    "data.num_instances=2",
+    "data.num_workers=0",
+    "model.backbone=resnet18",
+    "optim.warmup_epochs=1",
+    "optim.milestones=[50]",
+]
+
+
+def _source(tmp_path):
+    src = _write_market(tmp_path / "src", ids=tuple(range(1, 9)))
+    args = [
+        "train",
+        "--config",
+        "configs/source/base.yaml",
+        "-q",
+        f"output_dir={tmp_path / 'runs'}",
+        "name=src",
+        "data.source=market1501",
+        f"data.source_root={src}",
+        "train.epochs=2",
+        *COMMON,
+    ]
+    assert main(args) == 0
+    return tmp_path / "runs" / "src" / "checkpoints" / "best.pt"
+
+
+def _adapt_args(tmp_path, ckpt, tgt, name, *extra):
+    return [
+        f"output_dir={tmp_path / 'runs'}",
+        f"name={name}",
+        "data.target=market1501",
+        f"data.target_root={tgt}",
+        f"adapt.init_checkpoint={ckpt}",
+        "adapt.epochs_per_step=2",
+        "adapt.max_steps=2",
+        "adapt.patience=0",
+        "train.freeze_epochs=1",
+        "pseudo.method=kmeans",
+        "pseudo.kmeans_k=8",
+        "pseudo.min_size=2",
+        *COMMON,
+        *extra,
+    ]
+
+
+def _records(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
+    torch.set_num_threads(1)
+    ckpt = _source(tmp_path)
+    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    code = main(
+        [
+            "adapt",
+            "--config",
+            "configs/msplr/base.yaml",
+            "-q",
+            *_adapt_args(tmp_path, ckpt, tgt, "full"),
+        ]
+    )
+    assert code == 0
+    run = tmp_path / "runs" / "full"
+    recs = _records(run)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    assert steps[0]["stage"] == "direct_transfer"
+    labels = [r for r in recs if r["kind"] == "labels"]
+    assert [r["step"] for r in labels] == [1, 2]
+    assert all(0 < r["portion_kept"] <= 1 for r in labels)
+    assert all("quality_f1" in r for r in labels)  # target ids known: analysis only
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert [(r["step"], r["epoch"]) for r in epochs] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [r["body_frozen"] for r in epochs] == [1.0, 0.0, 1.0, 0.0]
+    for name in ("report.md", "steps.png", "loss.png", "ranklist.png"):
+        assert (run / name).is_file(), name
+    assert "Adaptation steps" in (run / "report.md").read_text()
+    final = load_checkpoint(run / "checkpoints" / "last.pt")
+
+    # the same run, stopped after the first epoch of step 2, then resumed
+    cfg = load_config("configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "cut"))
+    cfg.adapt.max_steps = 2
+    cut = tmp_path / "runs" / "cut"
+
+    class Stop(Exception):
+        pass
+
+    from adaptreid.engine import trainer as trainer_mod
+
+    original = trainer_mod.Trainer.train_epoch
+
+    def stop_in_step_two(self, epoch):
+        if self.desc == "step 2" and epoch == 2:
+            raise Stop
+        return original(self, epoch)
+
+    trainer_mod.Trainer.train_epoch = stop_in_step_two
+    try:
+        adapt_msplr(cfg, verbose=False)
+    except Stop:
+        pass
+    finally:
+        trainer_mod.Trainer.train_epoch = original
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["loop"]["step"] == 2
+    adapt_msplr(cfg, resume=True, verbose=False)
+    resumed = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert np.array_equal(resumed["loop"]["labels"].numpy(), final["loop"]["labels"].numpy())
+    for k, v in final["model"].items():
+        assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
+    cut_epochs = [(r["step"], r["epoch"]) for r in _records(cut) if r["kind"] == "epoch"]
+    assert cut_epochs == [(1, 1), (1, 2), (2, 1), (2, 2)]  # no duplicate after the resume
+
+
+def test_cluster_command_prints_sweep_and_recommendation(tmp_path, capsys):
+    torch.set_num_threads(1)
+    ckpt = _source(tmp_path)
+    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), seed=5)
+    capsys.readouterr()
+    code = main(
+        [
+            "cluster",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "market1501",
+            "--root",
+            str(tgt),
+            "--eps-sweep",
+            "0.2:1.0:0.2",
+            "--num-workers",
+            "0",
+            "-q",
+            "--out",
+            str(tmp_path / "sweep"),
+            "pseudo.min_size=2",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "recommended eps:" in out and "F1" in out
+    saved = json.loads((tmp_path / "sweep" / "eps_sweep.json").read_text())
+    assert [round(r["eps"], 3) for r in saved["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert saved["recommended"] in [r["eps"] for r in saved["rows"]]
