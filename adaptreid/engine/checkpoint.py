@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from .faults import crash_point
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -34,6 +35,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("checkpoint_write")
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

@@ -88,6 +88,9 @@ class RunDir:
         if D.is_main():
             run.path.mkdir(parents=True, exist_ok=True)
             run.ckpt_dir.mkdir(exist_ok=True)
+            for stale in run.ckpt_dir.glob(".*.tmp"):  # left by a kill during a write
+                log.info("removing %s (an interrupted checkpoint write)", stale.name)
+                stale.unlink()
             if not resume:
                 save_config(cfg, run.config_file)
             run._attach_log_file()

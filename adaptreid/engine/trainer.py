@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..errors import TrainingError
 from . import distributed as D
 from .extract import autocast
+from .faults import crash_point
 
 log = logging.getLogger("adaptreid")
 
@@ -171,6 +172,7 @@ class Trainer:
                 self.optimizer.step()
             for opt in self.extra_optimizers:
                 opt.step()
+            crash_point("train_step")
             n_batches += 1
             n_images += x.shape[0]
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())

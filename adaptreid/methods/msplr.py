@@ -24,6 +24,7 @@ import time
 
 from ..config import Config
 from ..engine import distributed as D
+from ..engine.faults import crash_point
 from ..engine.run import RunDir
 from ..engine.trainer import Trainer
 from ..errors import TrainingError
@@ -86,6 +87,7 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
                     feats.feats, feats.camids, true_pids=gt, **pseudo_label_kwargs(cfg)
                 )
             result = D.broadcast_object(result)
+            crash_point("cluster")
             s.labels = result.labels
             record = {"kind": "labels", "step": s.step, **result.stats}
             record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
