@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import sys
@@ -141,7 +140,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .data.transforms import build_transforms
     from .engine.extract import extract_features, resolve_device
     from .engine.model_io import model_from_checkpoint
-    from .methods.msplr import pseudo_label_kwargs
+    from .methods.msplr import pseudo_label_kwargs, sweep_kwargs
     from .pseudo.labels import recommend_eps, sweep_eps
 
     cfg = load_config(args.config, args.overrides)
@@ -161,8 +160,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise AdaptReIDError(
             f"adaptreid cluster sweeps DBSCAN's eps; pseudo.method is {cfg.pseudo.method!r}"
         )
-    accepted = inspect.signature(sweep_eps).parameters
-    kwargs = {k: v for k, v in pseudo_label_kwargs(cfg).items() if k in accepted}
+    kwargs = sweep_kwargs(pseudo_label_kwargs(cfg))
     if args.eps_sweep:
         try:
             a, b, step = (float(v) for v in args.eps_sweep.split(":"))

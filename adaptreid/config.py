@@ -60,6 +60,10 @@ class ModelConfig:
     neck_feat: str = "after"
     pretrained: str | None = None
     """Local weight file (torchvision / official IBN-Net key layout), or null."""
+    head: str = "bnneck"
+    """bnneck | pcb (PAST section 3.1: p stripes, ``embedding_dim`` per part, 256 if 0)."""
+    head_options: dict[str, Any] = field(default_factory=dict)
+    """Extra head arguments, e.g. ``{num_parts: 9}`` for pcb."""
 
 
 @dataclass
@@ -127,6 +131,9 @@ class PseudoConfig:
     """euclidean (on the normalised features) | jaccard (k-reciprocal, Zhong et al. 2017)"""
     eps: float = 0.42
     """DBSCAN radius (MSPLR: 0.42 with Market-1501 as target, 0.35 with DukeMTMC)."""
+    auto_eps: bool = False
+    """Choose eps at every step by the label-free sweep of ``adaptreid cluster``
+    (``pseudo.labels.auto_eps``) instead of using ``eps``."""
     min_samples: int = 4
     kmeans_k: int = 0
     """k-means clusters; 0 means N // 15 (MSPLR eq. 1)."""
@@ -158,6 +165,43 @@ class AdaptConfig:
 
 
 @dataclass
+class PASTConfig:
+    """PAST (seed 003): Algorithm 1 and section 3.1. ``adapt.max_steps`` is I_max (4),
+    ``pseudo.min_cluster_size`` is HDBSCAN's S_min (10), ``pseudo.k1`` / ``k2`` the
+    k-reciprocal encoding of eq. 1, ``loss.margin`` the m of eq. 3-4 (0.3), ``optim`` the SGD
+    (momentum 0.9, weight decay 5e-4). Table 1's rows are ``use_ctl`` / ``use_rtl`` /
+    ``use_promoting``."""
+
+    conservative_epochs: int = 40
+    """Epochs (passes of the P x K sampler over T_U) of each conservative stage. Not given in
+    the paper; 40 is the authors' released training script."""
+    promoting_epochs: int = 40
+    use_ctl: bool = True
+    """Clustering-based triplet loss, eq. 3."""
+    use_rtl: bool = True
+    """Ranking-based triplet loss, eq. 4."""
+    use_promoting: bool = True
+    """Promoting stage (eq. 6-7); off = the "C" rows of Table 1."""
+    eta: int = 20
+    """RTL: positives from ranks 1..eta, negatives from eta+1..2 eta (appendix, Table 4)."""
+    lambda_ctl: float = 0.5
+    """lambda of eq. 5, L_C = L_RTL + lambda L_CTL (section 3.4)."""
+    lr_trunk_conservative: float = 1.0e-4
+    lr_embedding_conservative: float = 2.0e-4
+    lr_classifier_promoting: float = 1.0e-3
+    lr_rest_promoting: float = 5.0e-5
+    lr_decay_after: int = 3
+    """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
+    lr_decay: float = 0.1
+    classifier_init: str = "normalized"
+    """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
+    features (raw), or a random classifier (random; an ablation)."""
+    eval_after_conservative: bool = False
+    """Also evaluate on the target after each conservative stage (logged in that stage's
+    last epoch record as ``conservative_mAP`` ...)."""
+
+
+@dataclass
 class Config:
     name: str = "run"
     output_dir: str = "runs"
@@ -174,6 +218,7 @@ class Config:
     """Adaptation recipe for ``adaptreid adapt``: msplr | past."""
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    past: PASTConfig = field(default_factory=PASTConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -160,3 +160,30 @@ def test_cluster_command_prints_sweep_and_recommendation(tmp_path, capsys):
     saved = json.loads((tmp_path / "sweep" / "eps_sweep.json").read_text())
     assert [round(r["eps"], 3) for r in saved["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert saved["recommended"] in [r["eps"] for r in saved["rows"]]
+
+
+def test_auto_eps_picks_eps_per_step_without_labels(tmp_path):
+    torch.set_num_threads(1)
+    ckpt = _source(tmp_path)
+    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    code = main(
+        [
+            "adapt",
+            "--config",
+            "configs/msplr/base.yaml",
+            "-q",
+            *_adapt_args(
+                tmp_path,
+                ckpt,
+                tgt,
+                "auto",
+                "pseudo.method=dbscan",
+                "pseudo.auto_eps=true",
+                "pseudo.eps=0.0001",
+                "adapt.max_steps=1",
+            ),
+        ]
+    )
+    assert code == 0  # eps=0.0001 alone finds no cluster; auto eps replaces it
+    labels = [r for r in _records(tmp_path / "runs" / "auto") if r["kind"] == "labels"]
+    assert labels[0]["eps"] > 0.0001 and labels[0]["num_clusters"] > 0

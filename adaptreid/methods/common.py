@@ -70,6 +70,8 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
         embedding_dim=m.embedding_dim,
         neck_feat=m.neck_feat,
         pretrained=m.pretrained,
+        head=m.head,
+        head_options=m.head_options,
     )
 
 

@@ -19,6 +19,7 @@ Steps repeat until ``adapt.patience`` steps bring no gain or ``adapt.max_steps``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -29,7 +30,7 @@ from ..engine.run import RunDir
 from ..engine.trainer import Trainer
 from ..errors import TrainingError
 from ..losses.reid_loss import build_reid_loss
-from ..pseudo.labels import make_pseudo_labels
+from ..pseudo.labels import auto_eps, make_pseudo_labels, sweep_eps
 from .common import finish_run, load_dataset, optimizer_from_cfg, seed_everything, train_loader
 from .progressive import ProgressiveRun, ground_truth, pseudo_samples
 
@@ -54,6 +55,12 @@ def pseudo_label_kwargs(cfg: Config) -> dict:
         min_cameras=p.min_cameras if p.enforce_cameras else 1,
         seed=cfg.seed,
     )
+
+
+def sweep_kwargs(kwargs: dict) -> dict:
+    """The subset of make_pseudo_labels' arguments that the eps sweep takes."""
+    accepted = inspect.signature(sweep_eps).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted and k != "true_pids"}
 
 
 def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> RunDir:
@@ -83,13 +90,19 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
             feats = loop.target_features(model, target, normalize=False)
             result = None
             if D.is_main():
-                result = make_pseudo_labels(
-                    feats.feats, feats.camids, true_pids=gt, **pseudo_label_kwargs(cfg)
-                )
+                kwargs = pseudo_label_kwargs(cfg)
+                if cfg.pseudo.auto_eps and cfg.pseudo.method == "dbscan":
+                    kwargs["eps"], _, reason = auto_eps(
+                        feats.feats, feats.camids, **sweep_kwargs(kwargs)
+                    )
+                    log.info("step %d auto eps: %s", s.step, reason.split(";")[0])
+                result = make_pseudo_labels(feats.feats, feats.camids, true_pids=gt, **kwargs)
             result = D.broadcast_object(result)
             crash_point("cluster")
             s.labels = result.labels
             record = {"kind": "labels", "step": s.step, **result.stats}
+            if cfg.pseudo.method == "dbscan":
+                record["eps"] = result.params["eps"]
             record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
             run.log_metrics(record)
             log.info("step %d pseudo-labels: %s", s.step, _fmt_stats(result.stats, result.quality))
@@ -163,4 +176,4 @@ def _fmt_stats(stats: dict, quality: dict | None) -> str:
     return out
 
 
-__all__ = ["adapt_msplr", "pseudo_label_kwargs"]
+__all__ = ["adapt_msplr", "pseudo_label_kwargs", "sweep_kwargs"]

@@ -406,3 +406,65 @@ def recommend_eps(rows: list[dict]) -> tuple[float, str]:
             f"(best F1 {f1_best['f1']:.3f} at eps={f1_best['eps']:g})"
         )
     return float(best["eps"]), reason
+
+
+def auto_eps(
+    features,
+    camids,
+    *,
+    camera_norm: bool = True,
+    l2_after: bool = True,
+    distance: str = "euclidean",
+    min_samples: int = 4,
+    k1: int = 20,
+    k2: int = 6,
+    select: bool = True,
+    min_size: int = 4,
+    min_cameras: int = 2,
+    num: int = 15,
+    true_pids=None,
+    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+) -> tuple[float, list[dict], str]:
+    """Choose DBSCAN's eps without labels: sweep ``num`` candidates and apply
+    :func:`recommend_eps`. Returns ``(eps, sweep rows, reason)``.
+
+    The candidates are quantiles (5% .. 95%) of each image's distance to its
+    ``min_samples``-th neighbour in the space DBSCAN will see: the range where DBSCAN goes from
+    "almost no core point" to "almost every image a core point", so the sweep brackets the
+    useful eps whatever the backbone's feature scale, and its radius graph stays bounded.
+    ``true_pids`` only adds quality columns to the rows (never used to choose).
+    """
+    _check_common(features, camids, distance, true_pids)
+    cams = _array1d(camids)
+    x = _prepare(features, cams, camera_norm, l2_after)
+    params = {"distance": distance, "min_samples": min_samples}
+    graph = _jaccard(x, k1, k2) if distance == "jaccard" else None
+    kth = _kth(x, graph, params)
+    kth = kth[np.isfinite(kth) & (kth > 0)]
+    if distance == "jaccard":
+        kth = kth[kth < 1]
+    if not len(kth):
+        raise TrainingError(
+            "auto eps: no image has a neighbour at a usable distance (all features identical, "
+            "or no k-reciprocal neighbours: increase k1)"
+        )
+    qs = np.quantile(kth, np.linspace(0.05, 0.95, num))
+    candidates = sorted({round(float(q), 3) for q in qs if q > 0})
+    rows = sweep_eps(
+        features,
+        camids,
+        candidates,
+        camera_norm=camera_norm,
+        l2_after=l2_after,
+        distance=distance,
+        min_samples=min_samples,
+        k1=k1,
+        k2=k2,
+        select=select,
+        min_size=min_size,
+        min_cameras=min_cameras,
+        true_pids=true_pids,
+        block_size=block_size,
+    )
+    eps, reason = recommend_eps(rows)
+    return eps, rows, reason
