@@ -97,7 +97,9 @@ def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None
     return opt, sched
 
 
-def evaluate_on(cfg: Config, model: ReidModel, dataset: ReidDataset, device) -> dict[str, float]:
+def evaluate_on(
+    cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, verbose: bool = True
+) -> dict[str, float]:
     """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery (rank 0 computes; the
     result is broadcast so every rank takes the same decisions)."""
     metrics = None
@@ -118,12 +120,15 @@ def evaluate_on(cfg: Config, model: ReidModel, dataset: ReidDataset, device) -> 
             lambda_value=cfg.eval.lambda_value,
             amp=cfg.train.amp,
             channels_last=cfg.train.channels_last,
+            verbose=verbose,
         )
         metrics = out.metrics()
     return D.broadcast_object(metrics)
 
 
-def finish_run(cfg: Config, run, dataset: ReidDataset | None, device, *, stage: str) -> None:
+def finish_run(
+    cfg: Config, run, dataset: ReidDataset | None, device, *, stage: str, verbose: bool = True
+) -> None:
     """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
     rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
     from ..engine.model_io import model_from_checkpoint
@@ -147,6 +152,7 @@ def finish_run(cfg: Config, run, dataset: ReidDataset | None, device, *, stage: 
             flip=cfg.eval.flip,
             amp=cfg.train.amp,
             channels_last=cfg.train.channels_last,
+            verbose=verbose,
         )
         run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
         q, g = dataset.query, dataset.gallery

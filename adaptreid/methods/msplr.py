@@ -70,7 +70,7 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
     seed_everything(cfg.seed)
     target = load_dataset(cfg.data.target, cfg.data.target_root, "target")
     gt = ground_truth(target.train)
-    loop = ProgressiveRun(cfg, run, device, "msplr")
+    loop = ProgressiveRun(cfg, run, device, "msplr", verbose=verbose)
     model = loop.resume() if resume else None
     if model is None:
         model = loop.initial_model()
@@ -100,6 +100,10 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
             result = D.broadcast_object(result)
             crash_point("cluster")
             s.labels = result.labels
+            if cfg.loss.rtl_weight > 0:  # PAST's RTL mixed in: D_R of these features
+                from .past import rtl_ranking_state
+
+                s.extra["rtl_ranked"] = rtl_ranking_state(feats, cfg)
             record = {"kind": "labels", "step": s.step, **result.stats}
             if cfg.pseudo.method == "dbscan":
                 record["eps"] = result.params["eps"]
@@ -117,11 +121,17 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
         criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
         optimizer, scheduler = optimizer_from_cfg(cfg, model)
         center_opt = criterion.center_optimizer(cfg.loss.center_lr)
+        loader = train_loader(cfg, samples)
+        if cfg.loss.rtl_weight > 0:  # + w L_RTL, with RTL triplets in the batches
+            from .past import mix_rtl
+
+            rtl = (target.train, s.labels, s.extra["rtl_ranked"], cfg.seed * 1000 + s.step)
+            criterion, loader = mix_rtl(cfg, criterion, *rtl)
         trainer = Trainer(
             model,
             criterion,
             optimizer,
-            train_loader(cfg, samples),
+            loader,
             device=device,
             scheduler=scheduler,
             extra_optimizers=[center_opt] if center_opt else [],
@@ -154,7 +164,7 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
             _fmt(metrics) if metrics else "(no query/gallery to evaluate)",
             " (best)" if is_best else f" (best: step {s.best_step})",
         )
-    finish_run(cfg, run, target, device, stage="msplr")
+    finish_run(cfg, run, target, device, stage="msplr", verbose=verbose)
     D.barrier()
     return run
 

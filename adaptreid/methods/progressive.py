@@ -76,8 +76,11 @@ class LoopState:
 class ProgressiveRun:
     """Run-folder bookkeeping for a progressive adaptation loop."""
 
-    def __init__(self, cfg: Config, run: RunDir, device: torch.device, method: str) -> None:
+    def __init__(
+        self, cfg: Config, run: RunDir, device: torch.device, method: str, *, verbose: bool = True
+    ) -> None:
         self.cfg = cfg
+        self.verbose = verbose and D.is_main()
         self.run = run
         self.device = device
         self.method = method
@@ -162,13 +165,13 @@ class ProgressiveRun:
             amp=self.cfg.train.amp,
             channels_last=self.cfg.train.channels_last,
             desc=f"step {self.state.step} features",
-            verbose=D.is_main(),
+            verbose=self.verbose,
         )
 
     def evaluate(self, model: ReidModel, target: ReidDataset) -> dict[str, float] | None:
         if not (target.query and target.gallery):
             return None
-        return evaluate_on(self.cfg, model, target, self.device)
+        return evaluate_on(self.cfg, model, target, self.device, verbose=self.verbose)
 
     def track(self, metrics: dict[str, float] | None) -> bool:
         """Update best / stale counters after a step; returns whether this step is the best.

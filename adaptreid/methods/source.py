@@ -81,7 +81,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         due = cfg.train.eval_every and epoch % cfg.train.eval_every == 0
         is_best = False
         if has_test and (due or last):
-            metrics = evaluate_on(cfg, model, source, device)
+            metrics = evaluate_on(cfg, model, source, device, verbose=verbose)
             record.update({f"source_{k}": v for k, v in metrics.items()})
             if metrics["mAP"] > best:
                 best, is_best = metrics["mAP"], True
@@ -105,12 +105,12 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
 
         target = load_dataset(cfg.data.target, cfg.data.target_root, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
-        metrics = evaluate_on(cfg, best_model.to(device), target, device)
+        metrics = evaluate_on(cfg, best_model.to(device), target, device, verbose=verbose)
         run.log_metrics(
             {"kind": "final", "stage": "direct_transfer", "dataset": target.name, **metrics}
         )
         log.info("direct transfer to %s: %s", target.name, _fmt(metrics))
-    finish_run(cfg, run, source if has_test else None, device, stage="source")
+    finish_run(cfg, run, source if has_test else None, device, stage="source", verbose=verbose)
     D.barrier()
     return run
 
