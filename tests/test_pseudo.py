@@ -482,3 +482,25 @@ def test_sweep_jaccard_and_failures():
         sweep_eps(x, cam, [0.5, 1.0], distance="jaccard")
     with pytest.raises(TrainingError, match="larger eps"):
         recommend_eps(sweep_eps(x, cam, [0.01, 0.02]))
+
+
+def test_recommend_eps_skips_chained_giant_clusters():
+    from adaptreid.pseudo.labels import recommend_eps
+
+    def row(eps, clusters, kept, mx, med):
+        return {
+            "eps": eps,
+            "clusters": clusters,
+            "portion_kept": kept,
+            "score": clusters * kept,
+            "max_cluster_size": mx,
+            "median_cluster_size": med,
+        }
+
+    rows = [row(0.8, 10, 0.2, 20, 8), row(0.9, 11, 0.3, 30, 12), row(1.0, 9, 0.7, 300, 14)]
+    eps, reason = recommend_eps(rows)
+    assert eps == 0.9  # 1.0 scores higher (6.3) but one cluster is 21x the median: chained
+    assert "giant" in reason
+    # with no admissible eps, the plain score decides
+    eps, _ = recommend_eps([row(1.0, 9, 0.7, 300, 14)])
+    assert eps == 1.0
