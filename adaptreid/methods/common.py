@@ -48,6 +48,16 @@ def train_loader(cfg: Config, samples: Sequence[Sample]):
         color_change=d.color_change,
     )
     p = max(1, d.batch_size // d.num_instances)
+    num_ids = len({s.pid for s in samples if s.pid >= 0})
+    if 0 < num_ids < p:
+        # few pseudo-identities (small target, early step): smaller batches rather than a stop
+        log.warning(
+            "only %d (pseudo-)identities for P=%d identities per batch: using P=%d",
+            num_ids,
+            p,
+            num_ids,
+        )
+        p = num_ids
     return build_train_loader(
         list(samples),
         tf,
