@@ -504,3 +504,30 @@ def test_recommend_eps_skips_chained_giant_clusters():
     # with no admissible eps, the plain score decides
     eps, _ = recommend_eps([row(1.0, 9, 0.7, 300, 14)])
     assert eps == 1.0
+
+
+def test_one_cluster_holding_most_images_counts_as_chained():
+    from adaptreid.pseudo.labels import recommend_eps
+
+    rows = [
+        {
+            "eps": 0.9,
+            "clusters": 10,
+            "portion_kept": 0.15,
+            "score": 1.5,
+            "images_kept": 90,
+            "max_cluster_size": 15,
+            "median_cluster_size": 8,
+        },
+        # 2 clusters, 98% of 600 images kept, one of them huge: the median is giant too
+        {
+            "eps": 1.0,
+            "clusters": 2,
+            "portion_kept": 0.98,
+            "score": 1.96,
+            "images_kept": 588,
+            "max_cluster_size": 580,
+            "median_cluster_size": 294,
+        },
+    ]
+    assert recommend_eps(rows)[0] == 0.9
