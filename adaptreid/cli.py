@@ -19,9 +19,9 @@ log = logging.getLogger("adaptreid")
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from .data.datasets import build_dataset
+    from .data.datasets import open_dataset
 
-    ds = build_dataset(args.dataset, args.root)
+    ds = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
     print(ds.format_summary())
     return 0
 
@@ -39,7 +39,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .data.datasets import build_dataset
+    from .data.datasets import open_dataset
     from .engine.evaluator import evaluate_model
     from .engine.extract import resolve_device
     from .engine.model_io import model_from_checkpoint
@@ -49,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
     device = resolve_device(args.device)
     t_start = time.perf_counter()
-    dataset = build_dataset(args.dataset, args.root)
+    dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
     height, width = args.height, args.width
     if args.checkpoint:
         model, info = model_from_checkpoint(args.checkpoint)
@@ -135,7 +135,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .config import load_config
-    from .data.datasets import build_dataset
+    from .data.datasets import open_dataset
     from .data.loaders import build_test_loader
     from .data.transforms import build_transforms
     from .engine.extract import extract_features, resolve_device
@@ -146,7 +146,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
     model, info = model_from_checkpoint(args.checkpoint)
-    dataset = build_dataset(args.dataset, args.root)
+    dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
     height = info.get("height", cfg.data.height)
     width = info.get("width", cfg.data.width)
     tf = build_transforms(height, width, train=False)
@@ -258,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = dsub.add_parser("info", help="images / identities / cameras per split")
     info.add_argument("--dataset", required=True, help="registered name (adaptreid data list)")
     info.add_argument("--root", required=True, help="dataset folder")
+    info.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="CSV manifests: allow paths outside the manifest's folder",
+    )
     info.set_defaults(func=cmd_data_info)
     lst = dsub.add_parser("list", help="registered dataset names")
     lst.set_defaults(func=cmd_data_list)
@@ -295,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ev.add_argument("--out", help="folder to write metrics.json into")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ev.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="CSV manifests: allow paths outside the manifest's folder",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("train", help="supervised training on the labelled source dataset")
@@ -320,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("-q", "--quiet", action="store_true")
     cl.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. pseudo.camera_norm=false"
+    )
+    cl.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="CSV manifests: allow paths outside the manifest's folder",
     )
     cl.set_defaults(func=cmd_cluster)
 

@@ -49,6 +49,8 @@ class DataConfig:
     random_erasing: bool = True
     color_change: bool = False
     """MSPLR section 3.6.1: brightness +-20% or contrast +-15%."""
+    allow_absolute_paths: bool = False
+    """CSV manifests only: allow paths that leave the manifest's folder."""
 
 
 @dataclass
@@ -77,6 +79,8 @@ class LossConfig:
     label_smoothing: float = 0.1
     center_weight: float = 0.005
     center_lr: float = 0.5
+    rtl_weight: float = 0.0
+    """> 0 adds ``rtl_weight * L_RTL`` (PAST eq. 4, eta = ``past.eta``) to MSPLR's loss."""
 
 
 @dataclass

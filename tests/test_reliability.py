@@ -215,3 +215,25 @@ def test_unknown_config_key_on_the_command_line(capsys):
     code = main(["train", "--config", "configs/source/base.yaml", "trian.epochs=1"])
     assert code == 2
     assert "Did you mean 'train'" in capsys.readouterr().err
+
+
+def test_manifest_paths_outside_the_folder_need_explicit_permission(tmp_path, capsys):
+    from conftest import write_jpeg
+
+    outside = tmp_path / "elsewhere"
+    for i in range(2):
+        write_jpeg(outside / f"a{i}.jpg", color=i)
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "manifest.csv").write_text(
+        "path,pid,camid,split\n"
+        f"{outside / 'a0.jpg'},1,1,query\n"
+        "../elsewhere/a1.jpg,1,2,gallery\n"
+    )
+    assert main(["data", "info", "--dataset", "manifest", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "leaves the manifest folder" in err and "--allow-absolute-paths" in err
+    code = main(["data", "info", "--dataset", "manifest", "--root", str(root),
+                 "--allow-absolute-paths"])
+    assert code == 0
+    assert "query" in capsys.readouterr().out

@@ -157,6 +157,18 @@ def build_dataset(name: str, root: str | Path, **kwargs: object) -> ReidDataset:
     return factory(root, **kwargs)
 
 
+def open_dataset(name: str, root: str | Path, *, allow_absolute_paths: bool = False) -> ReidDataset:
+    """:func:`build_dataset` with the options that the command line and configs expose:
+    ``allow_absolute_paths`` lets a manifest's paths leave its folder (other datasets have no
+    paths to allow and ignore it)."""
+    kwargs = {}
+    if allow_absolute_paths:
+        factory = DATASETS.get(name)
+        if "allow_absolute" in inspect.signature(factory).parameters:
+            kwargs["allow_absolute"] = True
+    return build_dataset(name, root, **kwargs)
+
+
 def dataset_info(name: str, root: str | Path, **kwargs: object) -> str:
     """Text for ``adaptreid data info``: the dataset's summary table."""
     return build_dataset(name, root, **kwargs).format_summary()
@@ -529,7 +541,8 @@ def load_manifest(
         if escapes and not allow_absolute:
             problems["path"].append(
                 f"line {lineno}: path {path_text!r} leaves the manifest folder {base} "
-                f"(absolute or '..'); pass allow_absolute=True to allow it"
+                f"(absolute or '..'); allow it with --allow-absolute-paths (CLI), "
+                "data.allow_absolute_paths=true (config) or allow_absolute=True (Python)"
             )
             continue
         full = os.path.normpath(os.path.join(base, path_text))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.datasets import ReidDataset, Sample, build_dataset
+from ..data.datasets import ReidDataset, Sample, open_dataset
 from ..data.loaders import build_train_loader
 from ..data.transforms import build_transforms
 from ..engine import distributed as D
@@ -27,12 +27,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_dataset(name: str, root: str, role: str) -> ReidDataset:
+def load_dataset(name: str, root: str, role: str, *, allow_absolute: bool = False) -> ReidDataset:
     if not name:
         from ..errors import ConfigError
 
         raise ConfigError(f"data.{role} is empty: name a dataset (adaptreid data list)")
-    return build_dataset(name, root)
+    return open_dataset(name, root, allow_absolute_paths=allow_absolute)
 
 
 def train_loader(cfg: Config, samples: Sequence[Sample]):
