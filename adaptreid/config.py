@@ -111,6 +111,9 @@ class TrainConfig:
     """Train only the head for the first N epochs (MSPLR section 3.6.2 uses 20)."""
     log_every: int = 20
     checkpoint_every: int = 1
+    tensorboard: bool = False
+    """Also write every metric record to TensorBoard (``runs/<name>/tb``; needs the
+    ``tensorboard`` package). metrics.jsonl is always written."""
 
 
 @dataclass

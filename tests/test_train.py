@@ -147,3 +147,13 @@ def test_cli_train_then_evaluate_checkpoint(tmp_path, capsys):
     assert "mAP" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here; this checks the message when it is not")
+    cfg = _cfg(tmp_path, "train.tensorboard=true", "train.epochs=1")
+    with pytest.raises(ConfigError, match="tensorboard package"):
+        train_source(cfg, verbose=False)

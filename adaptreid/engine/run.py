@@ -34,6 +34,7 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.ckpt_dir = self.path / "checkpoints"
+        self._tb = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -94,6 +95,8 @@ class RunDir:
             if not resume:
                 save_config(cfg, run.config_file)
             run._attach_log_file()
+            if cfg.train.tensorboard:
+                run._open_tensorboard()
         D.barrier()
         return run, cfg
 
@@ -108,6 +111,16 @@ class RunDir:
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
 
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError(
+                "train.tensorboard=true needs the tensorboard package (pip install tensorboard); "
+                "metrics.jsonl is written either way"
+            ) from e
+        self._tb = SummaryWriter(str(self.path / "tb"))
+
     # ------------------------------------------------------------------ metrics
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON record (rank 0 only), flushed to disk."""
@@ -117,6 +130,17 @@ class RunDir:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._tb is not None:
+            self._write_tensorboard(record)
+
+    def _write_tensorboard(self, record: dict[str, Any]) -> None:
+        """Scalars under ``<kind>/<name>``, indexed by a global epoch / step counter."""
+        kind = record.get("kind", "record")
+        index = int(record.get("step", 0)) * 1000 + int(record.get("epoch", 0))
+        for key, value in record.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._tb.add_scalar(f"{kind}/{key}", value, index)
+        self._tb.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.is_file():
