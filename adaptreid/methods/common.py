@@ -107,6 +107,30 @@ def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None
     return opt, sched
 
 
+def evaluate_cfg(
+    cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, verbose: bool = True
+):
+    """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, AMP)."""
+    return evaluate_model(
+        model,
+        dataset,
+        height=cfg.data.height,
+        width=cfg.data.width,
+        device=device,
+        batch_size=cfg.data.test_batch_size,
+        num_workers=cfg.data.num_workers,
+        metric=cfg.eval.metric,
+        flip=cfg.eval.flip,
+        rerank=cfg.eval.rerank,
+        k1=cfg.eval.k1,
+        k2=cfg.eval.k2,
+        lambda_value=cfg.eval.lambda_value,
+        amp=cfg.train.amp,
+        channels_last=cfg.train.channels_last,
+        verbose=verbose,
+    )
+
+
 def evaluate_on(
     cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, verbose: bool = True
 ) -> dict[str, float]:
@@ -114,25 +138,7 @@ def evaluate_on(
     result is broadcast so every rank takes the same decisions)."""
     metrics = None
     if D.is_main():
-        out = evaluate_model(
-            model,
-            dataset,
-            height=cfg.data.height,
-            width=cfg.data.width,
-            device=device,
-            batch_size=cfg.data.test_batch_size,
-            num_workers=cfg.data.num_workers,
-            metric=cfg.eval.metric,
-            flip=cfg.eval.flip,
-            rerank=cfg.eval.rerank,
-            k1=cfg.eval.k1,
-            k2=cfg.eval.k2,
-            lambda_value=cfg.eval.lambda_value,
-            amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last,
-            verbose=verbose,
-        )
-        metrics = out.metrics()
+        metrics = evaluate_cfg(cfg, model, dataset, device, verbose=verbose).metrics()
     return D.broadcast_object(metrics)
 
 
@@ -150,20 +156,7 @@ def finish_run(
     if dataset is not None and dataset.query and dataset.gallery:
         ckpt = run.best if run.best.is_file() else run.last
         model, _ = model_from_checkpoint(ckpt)
-        out = evaluate_model(
-            model.to(device),
-            dataset,
-            height=cfg.data.height,
-            width=cfg.data.width,
-            device=device,
-            batch_size=cfg.data.test_batch_size,
-            num_workers=cfg.data.num_workers,
-            metric=cfg.eval.metric,
-            flip=cfg.eval.flip,
-            amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last,
-            verbose=verbose,
-        )
+        out = evaluate_cfg(cfg, model.to(device), dataset, device, verbose=verbose)
         run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
         q, g = dataset.query, dataset.gallery
         picks = np.linspace(0, len(q) - 1, num=min(8, len(q))).round().astype(int)
