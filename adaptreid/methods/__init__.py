@@ -11,3 +11,10 @@ def _msplr(cfg, *, resume=False, verbose=True):
     from .msplr import adapt_msplr
 
     return adapt_msplr(cfg, resume=resume, verbose=verbose)
+
+
+@ADAPT_METHODS.register("past")
+def _past(cfg, *, resume=False, verbose=True):
+    from .past import adapt_past
+
+    return adapt_past(cfg, resume=resume, verbose=verbose)

@@ -72,6 +72,11 @@ class ReidModel(nn.Module):
     def num_classes(self) -> int:
         return int(getattr(self.head, "num_classes", 0))
 
+    @property
+    def num_parts(self) -> int:
+        """Parts of the embedding, each L2-normalised separately at extraction (PCB: p)."""
+        return int(getattr(self.head, "num_parts", 1))
+
     def forward(self, x: Tensor) -> dict[str, Tensor | None] | Tensor:
         out = self.head(self.backbone(x))
         if self.training:
