@@ -355,33 +355,34 @@ _CAMERAS: dict[str, tuple[CameraStyle, ...]] = {
            wall=(0.8, 0.76, 0.72), floor=(0.62, 0.56, 0.52), horizon=0.77, texture="bricks",
            texture_color=(0.7, 0.66, 0.62), gain=0.92, cast=(1.06, 0.98, 0.94)),
     ),
-    # Night: dark textured backgrounds; each camera its own strong colour cast; blurred and
-    # low resolution.
+    # Evening: dimmer, textured backgrounds; each camera its own clear colour cast; blurred
+    # and low resolution. Tuned (see the module docstring) so that a source model transfers
+    # poorly but not hopelessly; ``camera_shift`` scales the gap.
     "target": (
-        _C("sodium street (front)", mirror=True, shear=0.05, scale=0.85, dy=0.05,
-           wall=(0.3, 0.26, 0.22), floor=(0.2, 0.18, 0.16), horizon=0.7, texture="bricks",
-           texture_color=(0.22, 0.14, 0.1), blotches=0.25, gain=0.75, cast=(1.25, 0.95, 0.6),
-           gamma=1.15, haze=0.02, blur=1, downsample=1.5, noise=0.03),
-        _C("metro (back)", view="back", shear=-0.06, scale=0.8, dy=0.06,
-           wall=(0.18, 0.24, 0.3), floor=(0.1, 0.12, 0.15), horizon=0.66, texture="stripes",
-           texture_color=(0.32, 0.38, 0.46), blotches=0.2, gain=0.7, cast=(0.75, 0.95, 1.3),
-           gamma=1.1, haze=0.03, blur=1, downsample=2.0, noise=0.035),
-        _C("car park (front)", scale=0.9, dy=0.04, wall=(0.26, 0.3, 0.22),
-           floor=(0.22, 0.22, 0.2), horizon=0.72, texture="tiles",
-           texture_color=(0.14, 0.16, 0.12), blotches=0.3, gain=0.85, cast=(0.85, 1.18, 0.8),
-           haze=0.06, blur=1, downsample=1.5, noise=0.03),
-        _C("night market (back)", view="back", mirror=True, shear=0.07, scale=0.82, dy=0.03,
-           wall=(0.25, 0.12, 0.2), floor=(0.15, 0.1, 0.12), horizon=0.68, texture="windows",
-           texture_color=(0.5, 0.3, 0.1), blotches=0.3, gain=0.65, cast=(1.15, 0.78, 1.1),
-           gamma=1.2, haze=0.02, blur=1, downsample=2.0, noise=0.04),
-        _C("tunnel (front)", mirror=True, shear=-0.04, scale=0.78, dy=0.07,
-           wall=(0.2, 0.2, 0.2), floor=(0.12, 0.12, 0.12), horizon=0.65, texture="bricks",
-           texture_color=(0.1, 0.1, 0.1), blotches=0.25, gain=0.7, cast=(1.0, 0.85, 0.7),
-           gamma=1.2, haze=0.05, blur=1, downsample=2.0, noise=0.04),
-        _C("underpass (back)", view="back", shear=0.03, scale=0.88, dy=0.04,
-           wall=(0.15, 0.2, 0.18), floor=(0.1, 0.12, 0.1), horizon=0.7, texture="stripes",
-           texture_color=(0.05, 0.3, 0.25), blotches=0.3, gain=0.72, cast=(0.75, 1.05, 1.2),
-           gamma=1.1, haze=0.04, blur=1, downsample=1.5, noise=0.035),
+        _C("sodium street (front)", mirror=True, shear=0.03, scale=0.92, dy=0.03,
+           wall=(0.53, 0.51, 0.48), floor=(0.42, 0.41, 0.38), horizon=0.74, texture="bricks",
+           texture_color=(0.36, 0.3, 0.28), blotches=0.16, gain=0.86, cast=(1.14, 0.97, 0.78),
+           gamma=1.08, haze=0.01, blur=1, downsample=1.5, noise=0.03),
+        _C("metro (back)", view="back", scale=0.89, dy=0.03, wall=(0.47, 0.5, 0.53),
+           floor=(0.37, 0.37, 0.37), horizon=0.71, texture="stripes",
+           texture_color=(0.58, 0.62, 0.68), blotches=0.13, gain=0.83, cast=(0.86, 0.97, 1.17),
+           gamma=1.06, haze=0.02, blur=1, downsample=2.0, noise=0.035),
+        _C("car park (front)", scale=0.95, dy=0.02, wall=(0.51, 0.53, 0.48),
+           floor=(0.44, 0.43, 0.4), horizon=0.75, texture="tiles",
+           texture_color=(0.3, 0.31, 0.29), blotches=0.19, gain=0.92, cast=(0.92, 1.1, 0.89),
+           haze=0.03, blur=1, downsample=1.5, noise=0.03),
+        _C("night market (back)", view="back", mirror=True, shear=0.04, scale=0.9, dy=0.02,
+           wall=(0.51, 0.43, 0.47), floor=(0.4, 0.36, 0.35), horizon=0.73, texture="windows",
+           texture_color=(0.7, 0.52, 0.3), blotches=0.19, gain=0.81, cast=(1.08, 0.88, 1.06),
+           gamma=1.11, haze=0.01, blur=1, downsample=2.0, noise=0.04),
+        _C("tunnel (front)", mirror=True, scale=0.88, dy=0.04, wall=(0.48, 0.48, 0.47),
+           floor=(0.38, 0.37, 0.35), horizon=0.71, texture="bricks",
+           texture_color=(0.3, 0.3, 0.3), blotches=0.16, gain=0.83, cast=(1.0, 0.92, 0.83),
+           gamma=1.11, haze=0.03, blur=1, downsample=2.0, noise=0.04),
+        _C("underpass (back)", view="back", shear=0.02, scale=0.93, dy=0.02,
+           wall=(0.45, 0.48, 0.46), floor=(0.37, 0.37, 0.34), horizon=0.74, texture="stripes",
+           texture_color=(0.26, 0.42, 0.38), blotches=0.19, gain=0.85, cast=(0.86, 1.03, 1.11),
+           gamma=1.06, haze=0.02, blur=1, downsample=1.5, noise=0.035),
     ),
 }  # fmt: skip
 
@@ -400,7 +401,7 @@ def camera_styles(domain: str, shift: float = 1.0) -> tuple[CameraStyle, ...]:
 
     ``shift`` moves every numeric setting from a neutral daylight camera (``CameraStyle``'s
     defaults; ``shift=0``: all cameras alike but for their background texture and view) to
-    the built-in style (``1``, the default) and beyond (up to 1.5).
+    the built-in style (``1``, the default) and beyond (up to 1.5, a harder gap).
     """
     if domain not in _CAMERAS:
         raise DatasetError(f"synthetic: domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
