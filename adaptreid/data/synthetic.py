@@ -33,15 +33,22 @@ a lower sensor resolution (drawn small, then upsampled); sensor noise.
 brightness jitter, background crop and noise.
 
 The two domains share the identity model (different people: disjoint random streams) but not
-the cameras: *source* cameras are bright, nearly neutral, sharp and full-resolution; *target*
-cameras are dark, with strong and different colour casts per camera, blurred, low-resolution,
-over dark textured backgrounds. A model trained on the source transfers poorly; identity is
-still visible in the target, and the per-camera shift there is what camera-aware feature
-normalisation (MSPLR) is for.
+the cameras: *source* cameras are bright daylight cameras, sharp and full-resolution, whose
+white balance and exposure vary a little (as Market-1501's do); *target* cameras are dimmer,
+each with its own clear colour cast, blurred, low-resolution, over textured backgrounds.
+
+The gap was tuned with a small CNN (4 conv blocks, 128-d, trained 12 epochs from scratch on
+the source, no colour augmentation) on the ``demo`` preset: source rank-1 99.5%; direct
+transfer to the target rank-1 28% / mAP 17% (57% / 41% after per-camera feature z-scoring);
+k-means pseudo-labels on target features (3 rounds) raise it to 52% / 26%; a model trained
+on the target's true labels reaches 95%. Raw 16x8 pixels (euclidean) give rank-1 13% on the
+source and 4.5% on the target. ``camera_shift`` scales the gap: 0.5 is easy, 1.3 is hard
+(direct transfer 3%), for that small CNN.
 
 Determinism: each image is drawn from its own random stream seeded by ``(seed, domain, pid,
 camera, frame)``, so a spec gives byte-identical PNG files whatever the generation order.
-Speed: a few thousand 64x32 images per second or two (vectorised numpy, 2x supersampling).
+Speed: about 2-3 ms per 64x32 image on one CPU core (vectorised numpy drawing at 2x
+supersampling, PNG writing): a ``demo`` domain (1,800 images, ~15 MB) takes about 5 s.
 """
 
 from __future__ import annotations
