@@ -142,10 +142,11 @@ class PseudoConfig:
     """Choose eps at every step by the label-free sweep of ``adaptreid cluster``
     (``pseudo.labels.auto_eps``) instead of using ``eps``."""
     min_samples: int = 4
+    """DBSCAN's core-point size (MSPLR: 4); HDBSCAN's min_samples (PAST's S_min, 10)."""
     kmeans_k: int = 0
     """k-means clusters; 0 means N // 15 (MSPLR eq. 1)."""
     min_cluster_size: int = 4
-    """HDBSCAN S_min (PAST)."""
+    """HDBSCAN's smallest cluster (PAST: 5, the library default its released code keeps)."""
     k1: int = 20
     k2: int = 6
     select: bool = True
@@ -174,7 +175,7 @@ class AdaptConfig:
 @dataclass
 class PASTConfig:
     """PAST (seed 003): Algorithm 1 and section 3.1. ``adapt.max_steps`` is I_max (4),
-    ``pseudo.min_cluster_size`` is HDBSCAN's S_min (10), ``pseudo.k1`` / ``k2`` the
+    ``pseudo.min_samples`` is HDBSCAN's S_min (10), ``pseudo.k1`` / ``k2`` the
     k-reciprocal encoding of eq. 1, ``loss.margin`` the m of eq. 3-4 (0.3), ``optim`` the SGD
     (momentum 0.9, weight decay 5e-4). Table 1's rows are ``use_ctl`` / ``use_rtl`` /
     ``use_promoting``."""

@@ -296,6 +296,7 @@ def _past_args(tmp_path, ckpt, tgt, name, *extra):
         "pseudo.k1=6",
         "pseudo.k2=2",
         "pseudo.min_cluster_size=3",
+        "pseudo.min_samples=3",
         "past.eta=3",
         "past.conservative_epochs=1",
         "past.promoting_epochs=2",

@@ -43,8 +43,10 @@ Design decisions (the paper leaves them open):
 * **Eq. 7 features**: by default the cluster means of the per-part L2-normalised features,
   i.e. of F_U extracted exactly as the features that were clustered (Algorithm 1 line 7 is the
   same extraction as line 3); ``past.classifier_init: raw`` uses un-normalised features.
-* **HDBSCAN**: ``min_cluster_size = S_min`` (``pseudo.min_cluster_size``, 10 in section 3.4)
-  and ``min_samples = S_min`` (scikit-learn's default); ``pseudo.min_samples`` is DBSCAN's.
+* **HDBSCAN's S_min** ("minimum samples", 10, section 3.4) is HDBSCAN's ``min_samples``
+  (``pseudo.min_samples``), as the authors' released code passes it; their smallest cluster
+  is the library default, 5 (``pseudo.min_cluster_size``). (With ``min_cluster_size = 10``
+  and ``min_samples`` = 10 too, weak source features chain into a few giant clusters.)
 * **Epochs per stage** are not in the paper: ``past.conservative_epochs`` /
   ``past.promoting_epochs`` (40 each in the authors' released script).
 * **Evaluation** once per iteration, after its last stage (``past.eval_after_conservative``
@@ -263,9 +265,7 @@ def past_pseudo_labels(
     the ranking): a few seconds at N = 13k, kept for the sake of one pseudo-label pipeline.
     """
     kwargs = pseudo_label_kwargs(cfg)
-    if cfg.pseudo.method == "hdbscan":
-        kwargs["min_samples"] = None  # HDBSCAN's min_samples = S_min
-    elif cfg.pseudo.method == "dbscan" and cfg.pseudo.auto_eps:  # as MSPLR does
+    if cfg.pseudo.method == "dbscan" and cfg.pseudo.auto_eps:  # as MSPLR does
         kwargs["eps"], _, reason = auto_eps(feats, camids, **sweep_kwargs(kwargs))
         log.info("auto eps: %s", reason.split(";")[0])
     result = make_pseudo_labels(feats, camids, true_pids=true_pids, **kwargs)

