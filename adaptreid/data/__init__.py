@@ -1,5 +1,6 @@
 """Data: datasets -> samples ``(path, pid, camid)``; images; transforms; PK sampler; loaders."""
 
+from . import synthetic  # noqa: F401  (registers synthetic-source / synthetic-target)
 from .datasets import (
     DATASETS,
     ReidDataset,

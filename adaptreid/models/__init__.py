@@ -5,7 +5,7 @@ New backbones or heads register themselves in :data:`BACKBONES` / :data:`HEADS`;
 module below so that the registration runs.
 """
 
-from . import heads, mobilenet_v2, pcb, resnet  # noqa: F401  (registers backbones and heads)
+from . import heads, mobilenet_v2, pcb, resnet, small_cnn  # noqa: F401  (registers backbones and heads)
 from .build import BACKBONES, HEADS, ReidModel, build_model, model_from_arch
 from .heads import BNNeck
 from .weights import KNOWN_URLS, LoadReport, load_pretrained
