@@ -51,6 +51,10 @@ class DataConfig:
     """MSPLR section 3.6.1: brightness +-20% or contrast +-15%."""
     allow_absolute_paths: bool = False
     """CSV manifests only: allow paths that leave the manifest's folder."""
+    source_options: dict[str, Any] = field(default_factory=dict)
+    """Extra arguments of the source dataset's factory, e.g. ``{preset: tiny}`` for
+    ``synthetic-source`` (see ``adaptreid data list`` / the dataset's docstring)."""
+    target_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -226,14 +226,13 @@ def test_manifest_paths_outside_the_folder_need_explicit_permission(tmp_path, ca
     root = tmp_path / "ds"
     root.mkdir()
     (root / "manifest.csv").write_text(
-        "path,pid,camid,split\n"
-        f"{outside / 'a0.jpg'},1,1,query\n"
-        "../elsewhere/a1.jpg,1,2,gallery\n"
+        f"path,pid,camid,split\n{outside / 'a0.jpg'},1,1,query\n../elsewhere/a1.jpg,1,2,gallery\n"
     )
     assert main(["data", "info", "--dataset", "manifest", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "leaves the manifest folder" in err and "--allow-absolute-paths" in err
-    code = main(["data", "info", "--dataset", "manifest", "--root", str(root),
-                 "--allow-absolute-paths"])
+    code = main(
+        ["data", "info", "--dataset", "manifest", "--root", str(root), "--allow-absolute-paths"]
+    )
     assert code == 0
     assert "query" in capsys.readouterr().out

@@ -278,3 +278,20 @@ def test_camera_shift_scales_the_domain_gap(tmp_path):
         )
         means[shift] = np.mean([p.mean() for p in _pixels(root, "query").values()])
     assert means[0.3] > means[1.0] + 20
+
+
+def test_registered_dataset_reuses_what_is_there_without_options(tmp_path):
+    folder = tmp_path / "tgt"
+    generate_synthetic_reid(folder, domain="target", preset="tiny")
+    stamp = (folder / "spec.json").stat().st_mtime_ns
+    ds = build_dataset("synthetic-target", folder)  # no option: the tiny dataset as it is
+    assert len(ds.train) == 8 * 3 * 2 and (folder / "spec.json").stat().st_mtime_ns == stamp
+    # an option that differs from what is there redraws it
+    ds = build_dataset("synthetic-target", folder, preset="tiny", num_train_ids=5)
+    assert len(ds.train) == 5 * 3 * 2
+    # a source folder is never taken for the target
+    from adaptreid.data.synthetic import _existing_spec
+
+    generate_synthetic_reid(tmp_path / "src", domain="source", preset="tiny")
+    assert _existing_spec(tmp_path / "src", "target") is None
+    assert _existing_spec(tmp_path / "src", "source").num_train_ids == 8

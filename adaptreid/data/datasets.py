@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError, DatasetError
 from ..registry import Registry
@@ -157,15 +157,31 @@ def build_dataset(name: str, root: str | Path, **kwargs: object) -> ReidDataset:
     return factory(root, **kwargs)
 
 
-def open_dataset(name: str, root: str | Path, *, allow_absolute_paths: bool = False) -> ReidDataset:
+def open_dataset(
+    name: str,
+    root: str | Path,
+    *,
+    allow_absolute_paths: bool = False,
+    options: dict[str, Any] | None = None,
+    field: str = "options",
+) -> ReidDataset:
     """:func:`build_dataset` with the options that the command line and configs expose:
     ``allow_absolute_paths`` lets a manifest's paths leave its folder (other datasets have no
-    paths to allow and ignore it)."""
-    kwargs = {}
-    if allow_absolute_paths:
-        factory = DATASETS.get(name)
-        if "allow_absolute" in inspect.signature(factory).parameters:
-            kwargs["allow_absolute"] = True
+    paths to allow and ignore it); ``options`` are extra keyword arguments of the dataset's
+    factory (e.g. ``{preset: tiny}`` for ``synthetic-source``), checked against its
+    signature; ``field`` names them in errors (``data.source_options``)."""
+    factory = DATASETS.get(name)
+    params = inspect.signature(factory).parameters
+    kwargs = dict(options or {})
+    allowed = [p for p in params if p != "root"]
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown:
+        raise DatasetError(
+            f"{field}: dataset {name!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(allowed) or 'none'}"
+        )
+    if allow_absolute_paths and "allow_absolute" in params:
+        kwargs["allow_absolute"] = True
     return build_dataset(name, root, **kwargs)
 
 

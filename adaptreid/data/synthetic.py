@@ -905,16 +905,36 @@ def _ensure(out: Path, spec: SyntheticSpec) -> Path:
 # Registered datasets
 
 
+def _existing_spec(folder: Path, domain: str) -> SyntheticSpec | None:
+    """The spec of the complete synthetic ``domain`` dataset in ``folder``, if there is one."""
+    marker = _read_marker(folder)
+    if not marker or marker.get("version") != GENERATOR_VERSION:
+        return None
+    try:
+        spec = SyntheticSpec(**marker["spec"])  # type: ignore[arg-type]
+    except (TypeError, DatasetError):
+        return None
+    return spec if spec.domain == domain and _is_complete(folder, spec) else None
+
+
 def _load(name: str, domain: str, root: str | os.PathLike[str], **kw: object) -> ReidDataset:
-    base = generate_synthetic_reid(root, domain=domain, **kw)  # type: ignore[arg-type]
+    """Load (drawing it first if needed) the ``domain`` dataset in ``root``. With no option
+    given, a complete synthetic dataset already in ``root`` is used as it is, whatever its
+    size (e.g. the one ``adaptreid demo`` drew with ``data.target_options``); options that
+    differ from what is there redraw it."""
+    folder = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+    if all(v is None for v in kw.values()) and _existing_spec(folder, domain) is not None:
+        return _load_named_folders(name, folder, _BBOX_FOLDERS)
+    kw["preset"] = kw.get("preset") or "demo"
+    base = generate_synthetic_reid(folder, domain=domain, **kw)  # type: ignore[arg-type]
     return _load_named_folders(name, base, _BBOX_FOLDERS)
 
 
 @DATASETS.register("synthetic-source", "syn-source")
 def synthetic_source(
     root: str | os.PathLike[str],
-    preset: str = "demo",
-    seed: int = 0,
+    preset: str | None = None,
+    seed: int | None = None,
     num_train_ids: int | None = None,
     num_test_ids: int | None = None,
     images_per_id_per_camera: int | None = None,
@@ -924,7 +944,8 @@ def synthetic_source(
     camera_shift: float | None = None,
 ) -> ReidDataset:
     """The built-in synthetic *source* domain (bright, neutral cameras), drawn into ``root``
-    on first use (see :func:`generate_synthetic_reid`); labelled."""
+    on first use (see :func:`generate_synthetic_reid`; ``preset`` ``demo`` unless given, or
+    the dataset already in ``root`` when no option is given); labelled."""
     return _load(
         "synthetic-source", "source", root, preset=preset, seed=seed,
         num_train_ids=num_train_ids, num_test_ids=num_test_ids,
@@ -936,8 +957,8 @@ def synthetic_source(
 @DATASETS.register("synthetic-target", "syn-target")
 def synthetic_target(
     root: str | os.PathLike[str],
-    preset: str = "demo",
-    seed: int = 0,
+    preset: str | None = None,
+    seed: int | None = None,
     num_train_ids: int | None = None,
     num_test_ids: int | None = None,
     images_per_id_per_camera: int | None = None,

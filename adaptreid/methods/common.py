@@ -16,6 +16,7 @@ from ..data.transforms import build_transforms
 from ..engine import distributed as D
 from ..engine.evaluator import evaluate_model
 from ..engine.optim import WarmupMultiStepLR, build_optimizer
+from ..errors import ConfigError
 from ..models import ReidModel, build_model
 
 log = logging.getLogger("adaptreid")
@@ -27,12 +28,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_dataset(name: str, root: str, role: str, *, allow_absolute: bool = False) -> ReidDataset:
+def load_dataset(cfg: Config, role: str) -> ReidDataset:
+    """The ``role`` ("source" or "target") dataset of ``cfg.data``: its name, ``*_root``,
+    ``*_options`` (extra arguments of the dataset's factory) and ``allow_absolute_paths``."""
+    d = cfg.data
+    name, root = getattr(d, role), getattr(d, f"{role}_root")
     if not name:
-        from ..errors import ConfigError
-
         raise ConfigError(f"data.{role} is empty: name a dataset (adaptreid data list)")
-    return open_dataset(name, root, allow_absolute_paths=allow_absolute)
+    return open_dataset(
+        name,
+        root,
+        allow_absolute_paths=d.allow_absolute_paths,
+        options=getattr(d, f"{role}_options"),
+        field=f"data.{role}_options",
+    )
 
 
 def train_loader(cfg: Config, samples: Sequence[Sample]):

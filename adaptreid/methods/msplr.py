@@ -68,12 +68,7 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
     _, _, device = D.init(cfg.device)
     run, cfg = RunDir.prepare(cfg, resume=resume)
     seed_everything(cfg.seed)
-    target = load_dataset(
-        cfg.data.target,
-        cfg.data.target_root,
-        "target",
-        allow_absolute=cfg.data.allow_absolute_paths,
-    )
+    target = load_dataset(cfg, "target")
     gt = ground_truth(target.train)
     loop = ProgressiveRun(cfg, run, device, "msplr", verbose=verbose)
     model = loop.resume() if resume else None

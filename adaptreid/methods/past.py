@@ -450,7 +450,7 @@ def adapt_past(cfg: Config, *, resume: bool = False, verbose: bool = True) -> Ru
     _, _, device = D.init(cfg.device)
     run, cfg = RunDir.prepare(cfg, resume=resume)
     seed_everything(cfg.seed)
-    target = load_dataset(cfg.data.target, cfg.data.target_root, "target")
+    target = load_dataset(cfg, "target")
     gt = ground_truth(target.train)
     loop = ProgressiveRun(cfg, run, device, "past")
     model = loop.resume() if resume else None

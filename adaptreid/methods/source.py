@@ -37,12 +37,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     _, _, device = D.init(cfg.device)
     run, cfg = RunDir.prepare(cfg, resume=resume)
     seed_everything(cfg.seed)
-    source = load_dataset(
-        cfg.data.source,
-        cfg.data.source_root,
-        "source",
-        allow_absolute=cfg.data.allow_absolute_paths,
-    )
+    source = load_dataset(cfg, "source")
     train, pid_map = relabel(source.train)
     num_classes = len(pid_map)
     log.info("source %s: %d images, %d identities", source.name, len(train), num_classes)
@@ -108,12 +103,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     if cfg.data.target and D.is_main():
         from ..engine.model_io import model_from_checkpoint
 
-        target = load_dataset(
-            cfg.data.target,
-            cfg.data.target_root,
-            "target",
-            allow_absolute=cfg.data.allow_absolute_paths,
-        )
+        target = load_dataset(cfg, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
         metrics = evaluate_on(cfg, best_model.to(device), target, device, verbose=verbose)
         run.log_metrics(

@@ -1,0 +1,104 @@
+"""``adaptreid demo``: source training -> direct transfer -> MSPLR -> table, on the built-in
+synthetic data (its ``tiny`` size, so that the test takes seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adaptreid.cli import main
+from adaptreid.methods.demo import DemoResult, demo_configs, format_demo_table, run_demo
+
+TINY = [
+    "data.source_options.preset=tiny",
+    "data.target_options.preset=tiny",
+    "data.num_workers=0",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "adapt.max_steps=2",
+    "adapt.epochs_per_step=1",
+    "train.freeze_epochs=0",
+    "optim.warmup_epochs=0",
+]
+
+
+def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "-q", *TINY]) == 0
+    printed = capsys.readouterr().out
+    for row in ("source model, supervised", "direct transfer", "MSPLR (best step"):
+        assert row in printed
+    assert "synthetic-target" in printed and "report.md" in printed
+
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["source_name"] == "synthetic-source"
+    assert summary["target_name"] == "synthetic-target"
+    assert 1 <= summary["num_steps"] <= 2
+    for key in ("source_in_domain", "direct_transfer", "adapted"):
+        assert 0.0 <= summary[key]["mAP"] <= 1.0 and 0.0 <= summary[key]["rank1"] <= 1.0
+    # the adapted row is the best step's, and never below direct transfer (step 0 competes)
+    steps = [
+        json.loads(line)
+        for line in (out / "msplr" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "step"' in line
+    ]
+    assert summary["direct_transfer"]["mAP"] == pytest.approx(steps[0]["mAP"])
+    assert summary["adapted"]["mAP"] == pytest.approx(max(s["mAP"] for s in steps[1:]))
+    # both runs are normal run folders with their reports and pictures
+    for run in ("source", "msplr"):
+        for name in ("report.md", "ranklist.png", "metrics.jsonl", "config.yaml"):
+            assert (out / run / name).is_file(), f"{run}/{name}"
+    assert (out / "msplr" / "steps.png").is_file()
+    assert "| direct transfer" in (out / "demo.md").read_text()
+    # the synthetic domains were drawn inside the demo folder
+    assert (out / "data" / "synthetic-source" / "spec.json").is_file()
+
+    # running it again continues the finished runs instead of refusing or retraining
+    before = (out / "msplr" / "metrics.jsonl").read_text()
+    result = run_demo(out, overrides=TINY, verbose=False)
+    assert result.adapted["mAP"] == pytest.approx(summary["adapted"]["mAP"])
+    assert (out / "msplr" / "metrics.jsonl").read_text().startswith(before.splitlines()[0])
+
+
+def test_demo_data_folder_errors(tmp_path, capsys):
+    (tmp_path / "market1501").mkdir()
+    assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pku-reid" in err and "missing" in err
+    (tmp_path / "pku-reid").mkdir()
+    assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_demo_configs_real_pair(tmp_path):
+    for name in ("market1501", "pku-reid"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    w = tmp_path / "weights" / "mobilenet_v2_imagenet_features.pth"
+    w.parent.mkdir()
+    w.write_bytes(b"")
+    src, ada = demo_configs(tmp_path / "out", tmp_path / "data")
+    assert src.data.source == "market1501" and ada.data.target == "pku-reid"
+    assert Path(src.data.source_root) == tmp_path / "data" / "market1501"
+    assert src.model.pretrained == str(w)
+    assert ada.adapt.init_checkpoint == str(tmp_path / "out" / "source" / "checkpoints" / "best.pt")
+
+
+def test_format_demo_table():
+    r = DemoResult(
+        "a",
+        "b",
+        {"rank1": 0.9, "mAP": 0.8},
+        {"rank1": 0.3, "mAP": 0.175},
+        {"rank1": 0.835, "mAP": 0.368},
+        5,
+        6,
+        Path("s"),
+        Path("m"),
+        150.0,
+    )
+    text = format_demo_table(r)
+    assert "|   30.0 |  17.5 |" in text and "|   83.5 |  36.8 |" in text
+    assert "MSPLR (best step 5 of 6)" in text
+    assert "+19.3 points" in text and "2.5 min" in text

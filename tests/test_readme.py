@@ -1,0 +1,108 @@
+"""The README's commands run as written.
+
+Every ``adaptreid`` command in the README's bash blocks must parse, and its ``--config`` preset
+must load with its overrides; every ``make`` target must exist. The quick ones are run for
+real: the quick-start follow-ups on a (shrunk) demo run, and the ``data`` commands on
+``../shared`` when it is there.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from adaptreid.cli import build_parser, main
+from adaptreid.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SHARED = ROOT.parent / "shared"
+
+
+def readme_commands() -> list[str]:
+    """Command lines of the README's ```bash blocks (continuations joined, comments cut)."""
+    text = README.read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        block = block.replace("\\\n", " ")
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def adaptreid_argv(command: str) -> list[str] | None:
+    """The argv after ``adaptreid`` (or ``-m adaptreid.cli``), else None."""
+    words = shlex.split(command)
+    for i, w in enumerate(words):
+        if w == "adaptreid" or (w == "adaptreid.cli" and i and words[i - 1] == "-m"):
+            return words[i + 1 :]
+    return None
+
+
+def test_readme_has_the_two_quick_start_commands():
+    commands = readme_commands()
+    assert commands[:2] == ["make demo", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/adaptreid demo" in makefile and "pytest" in makefile
+    for cmd in commands:
+        if cmd.startswith("make "):
+            target = cmd.split()[1]
+            assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), cmd
+
+
+def test_every_readme_command_parses_and_its_config_loads():
+    parser = build_parser()
+    seen = 0
+    for cmd in readme_commands():
+        argv = adaptreid_argv(cmd)
+        if argv is None:
+            continue
+        seen += 1
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse's way of refusing
+            pytest.fail(f"README command does not parse ({e}): {cmd}")
+        config = getattr(args, "config", None)
+        if config and args.command in ("train", "adapt"):
+            load_config(config, args.overrides)  # raises on a bad path or key
+    assert seen >= 15
+
+
+def test_quick_start_follow_ups_run_as_written(tmp_path, monkeypatch, capsys):
+    """``adaptreid demo`` (shrunk with overrides to take seconds), then the README's
+    follow-up commands exactly as written, from the same folder."""
+    from test_demo import TINY
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "-q", *TINY]) == 0
+    follow_ups = [
+        c
+        for c in readme_commands()
+        if (argv := adaptreid_argv(c)) and any("runs/demo/" in a for a in argv)
+    ]
+    assert {adaptreid_argv(c)[0] for c in follow_ups} >= {"report", "export", "cluster", "evaluate"}
+    for cmd in follow_ups:
+        assert main(adaptreid_argv(cmd)) == 0, cmd
+    out = capsys.readouterr().out
+    assert "recommended eps:" in out
+    assert (tmp_path / "runs/demo/msplr/checkpoints/best.onnx").is_file()
+    assert (tmp_path / "runs/demo/msplr/report.md").is_file()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (real data) is not beside the repo")
+def test_data_commands_on_shared_run_as_written(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    ran = 0
+    for cmd in readme_commands():
+        argv = adaptreid_argv(cmd)
+        if argv and argv[0] == "data":
+            assert main(argv) == 0, cmd
+            ran += 1
+    assert ran >= 2
+    out = capsys.readouterr().out
+    assert "market1501" in out and "train" in out
