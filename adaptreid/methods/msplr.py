@@ -71,15 +71,7 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
     target = load_dataset(cfg, "target")
     gt = ground_truth(target.train)
     loop = ProgressiveRun(cfg, run, device, "msplr", verbose=verbose)
-    model = loop.resume() if resume else None
-    if model is None:
-        model = loop.initial_model()
-        metrics = loop.evaluate(model.to(device), target)
-        loop.track(metrics)
-        run.log_metrics({"kind": "step", "step": 0, "stage": "direct_transfer", **(metrics or {})})
-        if metrics:
-            log.info("step 0 (direct transfer): %s", _fmt(metrics))
-        loop.save(model, best=True)
+    model = loop.start(target, resume=resume)
     s = loop.state
 
     while not (s.step_done and loop.should_stop()):
@@ -151,26 +143,10 @@ def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> R
             run.log_metrics({"kind": "epoch", "step": s.step, "epoch": epoch, **stats})
             loop.save(model)
 
-        metrics = loop.evaluate(model, target)
-        s.step_done, s.trainer = True, None
-        is_best = loop.track(metrics)
-        record = {"kind": "step", "step": s.step, "stage": "msplr", **(metrics or {})}
-        record["best_step"], record["time_s"] = s.best_step, time.perf_counter() - t_step
-        run.log_metrics(record)
-        loop.save(model, best=is_best)
-        log.info(
-            "step %d: %s%s",
-            s.step,
-            _fmt(metrics) if metrics else "(no query/gallery to evaluate)",
-            " (best)" if is_best else f" (best: step {s.best_step})",
-        )
+        loop.finish_step(model, target, t_step)
     finish_run(cfg, run, target, device, stage="msplr", verbose=verbose)
     D.barrier()
     return run
-
-
-def _fmt(m: dict) -> str:
-    return " ".join(f"{k} {m[k]:.4f}" for k in ("rank1", "rank5", "mAP", "mINP") if k in m)
 
 
 def _fmt_stats(stats: dict, quality: dict | None) -> str:

@@ -95,7 +95,7 @@ from ..pseudo.kreciprocal import jaccard_distance
 from ..pseudo.labels import PseudoLabels, auto_eps, make_pseudo_labels
 from ..pseudo.ranking import ranked_neighbors
 from .common import finish_run, load_dataset, seed_everything
-from .msplr import _fmt, _fmt_stats, pseudo_label_kwargs, sweep_kwargs
+from .msplr import _fmt_stats, pseudo_label_kwargs, sweep_kwargs
 from .progressive import ProgressiveRun, ground_truth
 
 log = logging.getLogger("adaptreid")
@@ -452,16 +452,8 @@ def adapt_past(cfg: Config, *, resume: bool = False, verbose: bool = True) -> Ru
     seed_everything(cfg.seed)
     target = load_dataset(cfg, "target")
     gt = ground_truth(target.train)
-    loop = ProgressiveRun(cfg, run, device, "past")
-    model = loop.resume() if resume else None
-    if model is None:
-        model = loop.initial_model()
-        metrics = loop.evaluate(model.to(device), target)
-        loop.track(metrics)
-        run.log_metrics({"kind": "step", "step": 0, "stage": "direct_transfer", **(metrics or {})})
-        if metrics:
-            log.info("step 0 (direct transfer): %s", _fmt(metrics))
-        loop.save(model, best=True)
+    loop = ProgressiveRun(cfg, run, device, "past", verbose=verbose)
+    model = loop.start(target, resume=resume)
     s = loop.state
     p = cfg.past
     c_end = p.conservative_epochs
@@ -536,20 +528,8 @@ def adapt_past(cfg: Config, *, resume: bool = False, verbose: bool = True) -> Ru
                 verbose,
             )
 
-        metrics = loop.evaluate(model, target)
-        s.step_done, s.trainer = True, None
-        is_best = loop.track(metrics)
-        record = {"kind": "step", "step": s.step, "stage": "past", **(metrics or {})}
-        record["best_step"], record["time_s"] = s.best_step, time.perf_counter() - t_step
-        run.log_metrics(record)
-        loop.save(model, best=is_best)
-        log.info(
-            "iteration %d: %s%s",
-            s.step,
-            _fmt(metrics) if metrics else "(no query/gallery to evaluate)",
-            " (best)" if is_best else f" (best: iteration {s.best_step})",
-        )
-    finish_run(cfg, run, target, device, stage="past")
+        loop.finish_step(model, target, t_step, unit="iteration")
+    finish_run(cfg, run, target, device, stage="past", verbose=verbose)
     D.barrier()
     return run
 

@@ -9,6 +9,7 @@ every epoch, so that a killed run resumes in the middle of a step without cluste
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,10 +189,53 @@ class ProgressiveRun:
         s.stale += 1
         return False
 
+    def start(self, target: ReidDataset, *, resume: bool) -> ReidModel:
+        """The model to adapt: the run folder's last one when resuming, else
+        :meth:`initial_model`, evaluated on the target as step 0 (direct transfer)."""
+        model = self.resume() if resume else None
+        if model is not None:
+            return model
+        model = self.initial_model()
+        metrics = self.evaluate(model.to(self.device), target)
+        self.track(metrics)
+        self.run.log_metrics(
+            {"kind": "step", "step": 0, "stage": "direct_transfer", **(metrics or {})}
+        )
+        if metrics:
+            log.info("step 0 (direct transfer): %s", format_metrics(metrics))
+        self.save(model, best=True)
+        return model
+
+    def finish_step(
+        self, model: ReidModel, target: ReidDataset, started: float, *, unit: str = "step"
+    ) -> None:
+        """Evaluate after a step (an iteration, for PAST), update best / stale, log the step
+        record and save (``best.pt`` when it is the best). ``started``: the step's
+        ``time.perf_counter()`` at its start."""
+        s = self.state
+        metrics = self.evaluate(model, target)
+        s.step_done, s.trainer = True, None
+        is_best = self.track(metrics)
+        record = {"kind": "step", "step": s.step, "stage": self.method, **(metrics or {})}
+        record["best_step"], record["time_s"] = s.best_step, time.perf_counter() - started
+        self.run.log_metrics(record)
+        self.save(model, best=is_best)
+        log.info(
+            "%s %d: %s%s",
+            unit,
+            s.step,
+            format_metrics(metrics) if metrics else "(no query/gallery to evaluate)",
+            " (best)" if is_best else f" (best: {unit} {s.best_step})",
+        )
+
     def should_stop(self) -> bool:
         return self.state.step >= self.cfg.adapt.max_steps or (
             self.state.stale >= self.cfg.adapt.patience > 0
         )
+
+
+def format_metrics(m: dict) -> str:
+    return " ".join(f"{k} {m[k]:.4f}" for k in ("rank1", "rank5", "mAP", "mINP") if k in m)
 
 
 def pseudo_samples(train: list[Sample], labels: np.ndarray) -> list[Sample]:
