@@ -23,7 +23,7 @@ import yaml
 
 from .errors import ConfigError
 
-PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
