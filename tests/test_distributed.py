@@ -79,3 +79,66 @@ def test_two_gloo_ranks_match_each_other_and_single_process(tmp_path):
     # close to the single-process run: same data, same recipe, twice the batch per step
     assert r0["losses"][-1] == pytest.approx(s["losses"][-1], rel=0.25)
     assert r0["losses"][-1] < r0["losses"][0]
+
+
+ADAPT_WORKER = Path(__file__).with_name("ddp_adapt_worker.py")
+
+
+@pytest.mark.slow
+def test_adapt_clusters_once_and_every_rank_trains_on_the_same_labels(tmp_path):
+    """MSPLR under torchrun with 2 gloo processes: only rank 0 runs auto-eps and clustering,
+    once per step, and both ranks train on identical pseudo-labels (broadcast)."""
+    import json
+
+    from adaptreid.config import load_config
+    from adaptreid.methods.source import train_source
+
+    src_root, tgt_root = tmp_path / "syn-src", tmp_path / "syn-tgt"
+    cfg = load_config(
+        "demo/source.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "name=src",
+            f"data.source_root={src_root}",
+            f"data.target_root={tgt_root}",
+            "data.source_options.preset=tiny",
+            "data.target_options.preset=tiny",
+            "data.num_workers=0",
+            "train.epochs=1",
+            "optim.warmup_epochs=0",
+        ],
+    )
+    train_source(cfg, verbose=False)
+    ckpt = tmp_path / "src" / "checkpoints" / "best.pt"
+    out = tmp_path / "out"
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            str(ADAPT_WORKER),
+            str(ckpt),
+            str(tgt_root),
+            str(out),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    r0 = json.loads((out / "adapt_rank0_w2.json").read_text())
+    r1 = json.loads((out / "adapt_rank1_w2.json").read_text())
+    assert r0["world"] == r1["world"] == 2 and (r0["rank"], r1["rank"]) == (0, 1)
+    assert r0["cluster_calls"] == r0["auto_eps_calls"] == 2  # two steps, on rank 0 only
+    assert r1["cluster_calls"] == r1["auto_eps_calls"] == 0
+    assert len(r0["labels"]) == 2 and r0["labels"] == r1["labels"]
+    # one run folder, written by rank 0, with both steps
+    steps = [
+        json.loads(line)
+        for line in (out / "adapt_w2" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "step"' in line
+    ]
+    assert [s["step"] for s in steps] == [0, 1, 2]
