@@ -71,6 +71,7 @@ def test_onnx_matches_pytorch_with_onnxruntime(tmp_path, backbone, kw):
     assert meta["output"]["metric"] == "cosine"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_matches_pytorch(tmp_path):
     model, ckpt = _checkpoint(tmp_path, "mobilenet_v2")
     report = export_checkpoint(ckpt, "torchscript")
