@@ -44,10 +44,10 @@ def load_dataset(cfg: Config, role: str) -> ReidDataset:
     )
 
 
-def train_loader(cfg: Config, samples: Sequence[Sample]):
-    """A P x K loader over ``samples`` (pids already in [0, C)) with the configured augmentation."""
+def train_transform(cfg: Config):
+    """The training augmentation of ``cfg.data`` (flip, pad-crop, erasing, colour change)."""
     d = cfg.data
-    tf = build_transforms(
+    return build_transforms(
         d.height,
         d.width,
         train=True,
@@ -56,10 +56,13 @@ def train_loader(cfg: Config, samples: Sequence[Sample]):
         random_erasing=d.random_erasing,
         color_change=d.color_change,
     )
-    p = max(1, d.batch_size // d.num_instances)
-    num_ids = len({s.pid for s in samples if s.pid >= 0})
+
+
+def identities_per_batch(cfg: Config, num_ids: int) -> int:
+    """P of the P x K batches: ``batch_size // num_instances``, lowered with a warning when
+    there are fewer (pseudo-)identities (small target, early step) rather than a stop."""
+    p = max(1, cfg.data.batch_size // cfg.data.num_instances)
     if 0 < num_ids < p:
-        # few pseudo-identities (small target, early step): smaller batches rather than a stop
         log.warning(
             "only %d (pseudo-)identities for P=%d identities per batch: using P=%d",
             num_ids,
@@ -67,6 +70,14 @@ def train_loader(cfg: Config, samples: Sequence[Sample]):
             num_ids,
         )
         p = num_ids
+    return p
+
+
+def train_loader(cfg: Config, samples: Sequence[Sample]):
+    """A P x K loader over ``samples`` (pids already in [0, C)) with the configured augmentation."""
+    d = cfg.data
+    tf = train_transform(cfg)
+    p = identities_per_batch(cfg, len({s.pid for s in samples if s.pid >= 0}))
     return build_train_loader(
         list(samples),
         tf,

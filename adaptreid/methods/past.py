@@ -80,7 +80,6 @@ from ..data.datasets import ReidDataset, Sample
 from ..data.images import ImageDataset
 from ..data.loaders import seed_worker
 from ..data.sampler import PKSampler
-from ..data.transforms import build_transforms
 from ..engine import distributed as D
 from ..engine.faults import crash_point
 from ..engine.optim import build_optimizer, multistep_factor
@@ -94,7 +93,13 @@ from ..pseudo.camera_norm import camera_normalize
 from ..pseudo.kreciprocal import jaccard_distance
 from ..pseudo.labels import PseudoLabels, auto_eps, make_pseudo_labels
 from ..pseudo.ranking import ranked_neighbors
-from .common import finish_run, load_dataset, seed_everything
+from .common import (
+    finish_run,
+    identities_per_batch,
+    load_dataset,
+    seed_everything,
+    train_transform,
+)
 from .msplr import _fmt_stats, pseudo_label_kwargs, sweep_kwargs
 from .progressive import ProgressiveRun, ground_truth
 
@@ -200,20 +205,8 @@ def past_train_loader(
     if len(labels) != len(train):
         raise ValueError(f"{len(labels)} labels for {len(train)} images")
     samples = [Sample(s.path, int(lab), s.camid) for s, lab in zip(train, labels)]
-    tf = build_transforms(
-        d.height,
-        d.width,
-        train=True,
-        flip=d.flip,
-        pad=d.pad,
-        random_erasing=d.random_erasing,
-        color_change=d.color_change,
-    )
-    p = max(1, d.batch_size // d.num_instances)
-    num_ids = len(np.unique(labels[labels >= 0]))
-    if 0 < num_ids < p:  # as common.train_loader: smaller batches rather than a stop
-        log.warning("only %d pseudo-identities for P=%d per batch: using P=%d", num_ids, p, num_ids)
-        p = num_ids
+    tf = train_transform(cfg)
+    p = identities_per_batch(cfg, len(np.unique(labels[labels >= 0])))
     pk = PKSampler(
         labels.tolist(),
         p,
