@@ -1,9 +1,10 @@
 """Centre loss (Wen et al. 2016, "A Discriminative Feature Learning Approach for Deep Face
 Recognition", eq. 2), in the form used by the re-ID "bag of tricks" (Luo et al. 2019).
 
-MSPLR (seed 000, section 3.6.1, eq. 5) trains with ``L = L_tri + L_ID + 0.005 L_c``; the
-weight 0.005 and the loss itself come from the bag of tricks [21], so we follow its
-definition rather than Wen's original:
+MSPLR (seed 000, section 3.6.1, eq. 5) trains with ``L = L_tri + L_ID + 0.005 L_c``. The
+weight 0.005 is MSPLR's own (the bag of tricks weights its centre loss by 0.0005); MSPLR cites
+Wen et al. [33] for the loss and builds its baseline on the bag of tricks (its reference [21]),
+so we follow the bag-of-tricks definition rather than Wen's original:
 
     L_c = 1/B * sum_i clamp(||f_i - c_{y_i}||_2^2, 1e-12, 1e12)
 
@@ -12,12 +13,14 @@ eq. 2 has a factor 1/2 and a sum, which would silently change what "0.005" means
 
 How the centres learn (the bag-of-tricks recipe)
 ------------------------------------------------
-The centres are an ``nn.Parameter`` learnt by gradient descent with their *own* plain SGD
-optimiser (lr 0.5, no momentum, no weight decay), not by the model's optimiser and not by
-Wen's count-normalised moving-average update. Because the loss enters the total objective
-as ``weight * L_c`` (weight 0.005), the gradient reaching the centres is ``weight`` times too
-small; before the centre step it is multiplied by ``1 / weight``, so the centres move with
-``lr * dL_c/dc`` whatever the weight (the weight only scales the pull on the *features*).
+The MSPLR paper does not say how the centres learn; we use the bag of tricks' recipe. The
+centres are an ``nn.Parameter`` learnt by gradient descent with their *own* plain SGD
+optimiser (lr 0.5, the bag of tricks' value; no momentum, no weight decay), not by the
+model's optimiser and not by Wen's count-normalised moving-average update. Because the loss
+enters the total objective as ``weight * L_c`` (weight 0.005), the gradient reaching the
+centres is ``weight`` times too small; before the centre step it is multiplied by
+``1 / weight``, so the centres move with ``lr * dL_c/dc`` whatever the weight (the weight
+only scales the pull on the *features*).
 :class:`CenterOptimizer` does exactly this::
 
     center = CenterLoss(num_classes, 2048)
@@ -142,7 +145,7 @@ class CenterOptimizer:
 
     Args:
         center_loss: the :class:`CenterLoss` whose centres are optimised.
-        lr: centre learning rate (0.5 in the bag of tricks and MSPLR).
+        lr: centre learning rate (0.5 in the bag of tricks; the MSPLR paper gives none).
         weight: the weight of ``L_c`` in the total loss (0.005 in MSPLR eq. 5).
         momentum: SGD momentum (0 in the bag of tricks).
     """
