@@ -19,10 +19,13 @@ from adaptreid.losses import (
     batch_hard_triplet,
     conservative_loss,
     cross_entropy_label_smooth,
+    parts_cross_entropy,
     ranking_triplet_loss,
     rescale_center_grad,
     sample_rtl_pairs,
 )
+from adaptreid.losses.past_loss import promoting_loss
+from adaptreid.losses.reid_loss import ReidLoss
 
 TOL = 1e-6
 
@@ -216,6 +219,67 @@ def test_label_smoothing_zero_is_cross_entropy_and_class_count_varies():
         CrossEntropyLabelSmooth(1.0)
     with pytest.raises(ValueError):
         cross_entropy_label_smooth(torch.randn(2, 3), torch.tensor([0, 3]))
+
+
+# ------------------------------------------------------------- per-part logits (PCB, PAST 3.1)
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_parts_cross_entropy_is_the_sum_of_per_part_losses(eps):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 4, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    loss = parts_cross_entropy(logits, y, eps)
+    # by hand: for each part k, the batch mean of the smoothed CE, then the sum over k
+    ref = 0.0
+    for k in range(4):
+        part = 0.0
+        for i in range(6):
+            logp = logits[i, k] - torch.logsumexp(logits[i, k], 0)
+            q = torch.full((5,), eps / 5, dtype=torch.float64)
+            q[y[i]] += 1 - eps
+            part = part - (q * logp).sum()
+        ref = ref + part / 6
+    assert loss.item() == pytest.approx(ref.item(), abs=TOL)
+    g1 = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+    assert torch.allclose(g1, torch.autograd.grad(ref, logits)[0], atol=TOL)
+    torch_ref = sum(F.cross_entropy(logits[:, k], y, label_smoothing=eps) for k in range(4))
+    assert loss.item() == pytest.approx(torch_ref.item(), abs=TOL)
+    # the module and the 2-D case are unchanged
+    assert CrossEntropyLabelSmooth(eps)(logits, y).item() == pytest.approx(loss.item(), abs=TOL)
+    flat = logits[:, 0].detach()
+    assert parts_cross_entropy(flat, y, eps).item() == pytest.approx(
+        cross_entropy_label_smooth(flat, y, eps).item(), abs=TOL
+    )
+    with pytest.raises(ValueError):
+        parts_cross_entropy(torch.randn(6, 4, 5, 2), y)
+    with pytest.raises(ValueError):
+        parts_cross_entropy(torch.randn(5, 4, 5), y)
+
+
+def test_reid_and_promoting_losses_take_per_part_logits():
+    g = torch.Generator().manual_seed(4)
+    feat = torch.randn(8, 6, generator=g)
+    logits = torch.randn(8, 3, 5, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 4, 4])
+    batch = {"pid": y}
+    crit = ReidLoss(5, 6, triplet_weight=0.0, center_weight=0.0, label_smoothing=0.1)
+    total, parts = crit({"feat": feat, "logits": logits}, batch)
+    ref = sum(F.cross_entropy(logits[:, k], y, label_smoothing=0.1) for k in range(3))
+    assert total.item() == pytest.approx(ref.item(), abs=1e-5)
+    assert parts["ce"] == pytest.approx(ref.item(), abs=1e-5)
+    acc = (logits.sum(1).argmax(1) == y).float().mean().item()
+    assert parts["acc"] == pytest.approx(acc)
+    # PAST eq. 6 per part: plain softmax CE (no smoothing), summed over the parts
+    total, _ = promoting_loss(5, 6)({"feat": feat, "logits": logits}, batch)
+    ref = sum(F.cross_entropy(logits[:, k], y) for k in range(3))
+    assert total.item() == pytest.approx(ref.item(), abs=1e-5)
+    # one classifier (2-D logits): unchanged
+    total, _ = promoting_loss(5, 6)({"feat": feat, "logits": logits[:, 1]}, batch)
+    assert total.item() == pytest.approx(F.cross_entropy(logits[:, 1], y).item(), abs=1e-5)
+    # with the triplet and centre terms too, CE enters with its weight
+    full = ReidLoss(5, 6, ce_weight=2.0)
+    total, parts = full({"feat": feat, "logits": logits}, batch)
+    expected = parts["triplet"] + 2.0 * parts["ce"] + 0.005 * parts["center"]
+    assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ ranking (RTL)

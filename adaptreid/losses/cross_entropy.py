@@ -1,6 +1,8 @@
 """Label-smoothed cross-entropy (Szegedy et al. 2016, "Rethinking the Inception
 Architecture", section 7), as used by the re-ID bag of tricks (Luo et al. 2019) and by MSPLR
-(seed 000, section 3.6.1, eq. 5, the ``L_ID`` term with epsilon = 0.1).
+(seed 000, section 3.6.1, eq. 5, the ``L_ID`` term, "a cross entropy label smooth loss [40]").
+MSPLR gives no epsilon; the default 0.1 is the bag of tricks' (MSPLR's reference [21], whose
+warm-up schedule its eq. 6 also takes), not a value the MSPLR paper states.
 
 With ``C`` classes, logits ``z`` and label ``y``, the smoothed target is
 
@@ -12,6 +14,14 @@ stage loss (seed 003, section 2.3, eq. 6).
 
 ``C`` is read from the logits each call, so the same criterion serves every pseudo-label round,
 whose number of clusters changes.
+
+Part-based heads (PCB with one classifier per part, PAST section 3.1) give ``(B, p, C)``
+logits: :func:`parts_cross_entropy` is then the **sum** over the ``p`` parts of each part's
+(label-smoothed) cross-entropy, each a mean over the batch. The sum, not the mean, because
+PCB (Sun et al. 2018) trains with the sum of its p softmax cross-entropy losses and
+PAST's released code does the same (``reid/loss/id_loss.py``: ``torch.stack(loss_list).sum()``),
+so PAST's learning rates (section 3.1) go with it; a mean would scale every gradient
+of the promoting stage by ``1 / p``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["CrossEntropyLabelSmooth", "cross_entropy_label_smooth"]
+__all__ = ["CrossEntropyLabelSmooth", "cross_entropy_label_smooth", "parts_cross_entropy"]
 
 
 def cross_entropy_label_smooth(logits: Tensor, labels: Tensor, epsilon: float = 0.1) -> Tensor:
@@ -43,8 +53,26 @@ def cross_entropy_label_smooth(logits: Tensor, labels: Tensor, epsilon: float = 
     return (-target * log_probs).sum(1).mean()
 
 
+def parts_cross_entropy(logits: Tensor, labels: Tensor, epsilon: float = 0.1) -> Tensor:
+    """``(B, C)`` logits: :func:`cross_entropy_label_smooth`. ``(B, p, C)`` logits (one
+    classifier per part): ``sum_k cross_entropy_label_smooth(logits[:, k], labels)``, the
+    sum over parts of the per-part losses (module docstring: why the sum)."""
+    if logits.dim() == 2:
+        return cross_entropy_label_smooth(logits, labels, epsilon)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, C) or (B, parts, C), got {tuple(logits.shape)}")
+    b, p, c = logits.shape
+    labels = labels.reshape(-1)
+    if labels.numel() != b:
+        raise ValueError(f"{labels.numel()} labels for {b} logits")
+    # the mean over the B * p rows, times p: the sum over parts of the per-part batch means
+    flat_labels = labels.repeat_interleave(p)  # row i * p + k is part k of sample i
+    return cross_entropy_label_smooth(logits.reshape(b * p, c), flat_labels, epsilon) * p
+
+
 class CrossEntropyLabelSmooth(nn.Module):
-    """``nn.Module`` form of :func:`cross_entropy_label_smooth` (MSPLR eq. 5 ``L_ID``)."""
+    """``nn.Module`` form of :func:`parts_cross_entropy` (MSPLR eq. 5 ``L_ID``; for ``(B, p,
+    C)`` logits the sum over parts)."""
 
     def __init__(self, epsilon: float = 0.1):
         super().__init__()
@@ -53,7 +81,7 @@ class CrossEntropyLabelSmooth(nn.Module):
         self.epsilon = float(epsilon)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return cross_entropy_label_smooth(logits, labels, self.epsilon)
+        return parts_cross_entropy(logits, labels, self.epsilon)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"

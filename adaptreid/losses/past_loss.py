@@ -123,7 +123,13 @@ class ConservativeLoss(nn.Module):
 def promoting_loss(num_classes: int, feat_dim: int) -> ReidLoss:
     """PAST's promoting-stage loss, eq. 6: plain softmax cross-entropy on the classifier's
     logits (no triplet, no centre loss, no label smoothing): the re-ID loss with only its
-    ``L_ID`` term and ``epsilon = 0``."""
+    ``L_ID`` term and ``epsilon = 0``.
+
+    With one classifier per part (PCB head option ``classifier: per_part``, section 3.1:
+    "following each embedding layer [...] the classifier layer") the logits are ``(B, p, C)``
+    and the loss is the sum over the ``p`` parts of eq. 6 for each part (as PCB and PAST's
+    released code; :func:`~adaptreid.losses.cross_entropy.parts_cross_entropy`); with the
+    joint classifier, ``(B, C)`` logits, it is eq. 6 once."""
     return ReidLoss(
         num_classes,
         feat_dim,

@@ -2,7 +2,15 @@
 
 MSPLR eq. 5: ``L = L_tri + L_ID + 0.005 L_c``, with a batch-hard triplet loss on the pre-BN
 feature, a label-smoothed cross-entropy on the classifier's logits, and a centre loss on the
-pre-BN feature. Each weight is a config value (0 switches the term off).
+pre-BN feature. Each weight is a config value (0 switches the term off). The weight 0.005 is
+MSPLR's (eq. 5); the smoothing 0.1 and the centre learning rate 0.5 are defaults taken from
+the bag of tricks (Luo et al. 2019, MSPLR's reference [21]); the MSPLR paper states neither.
+
+Logits of shape ``(B, C)`` (one classifier) or ``(B, p, C)`` (one classifier per part, e.g.
+PCB for PAST's source model, section 3.1): ``L_ID`` is then the sum over the parts of each
+part's label-smoothed cross-entropy
+(:func:`~adaptreid.losses.cross_entropy.parts_cross_entropy`), and the logged accuracy is that
+of the summed part logits.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ class ReidLoss(nn.Module):
     """``w_tri L_tri + w_id L_ID + w_c L_c`` on a model's training outputs.
 
     Call as ``loss, parts = criterion(outputs, batch)`` with ``outputs`` the model's training
-    dict (``feat``, ``logits``) and ``batch["pid"]`` the (pseudo-)labels in ``[0, C)``.
+    dict (``feat``, ``logits`` of shape ``(B, C)`` or ``(B, p, C)``) and ``batch["pid"]`` the
+    (pseudo-)labels in ``[0, C)``.
     """
 
     def __init__(
@@ -47,6 +56,8 @@ class ReidLoss(nn.Module):
             self.center.reset(num_classes)
 
     def center_optimizer(self, lr: float = 0.5) -> CenterOptimizer | None:
+        """The centres' own SGD (lr 0.5: the bag of tricks' value), or None without a centre
+        loss."""
         if self.center is None:
             return None
         return CenterOptimizer(self.center, lr=lr, weight=self.center_weight)
@@ -66,7 +77,8 @@ class ReidLoss(nn.Module):
             ce = self.ce(logits, labels)
             total = total + self.ce_weight * ce
             parts["ce"] = float(ce.detach())
-            parts["acc"] = float((logits.argmax(1) == labels).float().mean())
+            scores = logits if logits.dim() == 2 else logits.sum(1)
+            parts["acc"] = float((scores.argmax(1) == labels.to(scores.device)).float().mean())
         if self.center is not None:
             c = self.center(feat, labels)
             total = total + self.center_weight * c
