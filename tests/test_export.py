@@ -40,6 +40,16 @@ def _checkpoint(tmp_path, backbone="small_cnn", **kw):
     return model, path
 
 
+#: PCB as the PAST presets build it: EANet's 9 max-pooled regions, one classifier per part
+#: (the 64 x 32 test input gives a 4-row map: regions narrower than a stripe, still exported)
+PCB_PAST = {
+    "head": "pcb",
+    "pooling": "max",
+    "embedding_dim": 16,
+    "head_options": {"parts": "eanet", "classifier": "per_part"},
+}
+
+
 def _onnx_features(path, x):
     ort = pytest.importorskip("onnxruntime")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -52,6 +62,7 @@ def _onnx_features(path, x):
         ("small_cnn", {}),
         ("mobilenet_v2", {}),
         ("resnet18", {"head": "pcb", "head_options": {"num_parts": 4}, "embedding_dim": 32}),
+        ("resnet18", PCB_PAST),
     ],
 )
 def test_onnx_matches_pytorch_with_onnxruntime(tmp_path, backbone, kw):
@@ -72,8 +83,16 @@ def test_onnx_matches_pytorch_with_onnxruntime(tmp_path, backbone, kw):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_torchscript_matches_pytorch(tmp_path):
-    model, ckpt = _checkpoint(tmp_path, "mobilenet_v2")
+@pytest.mark.parametrize(
+    "backbone,kw",
+    [
+        ("mobilenet_v2", {}),
+        ("resnet18", {"head": "pcb", "head_options": {"num_parts": 4}, "embedding_dim": 8}),
+        ("resnet18", PCB_PAST),
+    ],
+)
+def test_torchscript_matches_pytorch(tmp_path, backbone, kw):
+    model, ckpt = _checkpoint(tmp_path, backbone, **kw)
     report = export_checkpoint(ckpt, "torchscript")
     assert report.path == tmp_path / "best.torchscript.pt"
     loaded = torch.jit.load(str(report.path))

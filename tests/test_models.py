@@ -24,6 +24,7 @@ from adaptreid.models import (
 )
 from adaptreid.models import weights as weights_mod
 from adaptreid.models.mobilenet_v2 import mobilenet_v2
+from adaptreid.models.pcb import PCBHead, part_rows
 from adaptreid.models.resnet import IBN, resnet18, resnet50, resnet50_ibn_a
 
 SHARED = Path(os.environ.get("ADAPTREID_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -351,6 +352,187 @@ def test_bf16_autocast_and_channels_last(backbone):
     assert emb.dtype == torch.bfloat16 and emb.shape == (2, model.feat_dim)
     assert torch.isfinite(emb).all()
     assert F.cosine_similarity(emb.float(), ref).min() > 0.98
+
+
+# -- PCB head: part layouts and classifiers (PAST section 3.1) -----------------------------------
+
+
+def _rows_probe(head: PCBHead, height: int) -> list[tuple[int, int]]:
+    """The rows each part actually pools: channel r of the probe map is 1 on row r only, so
+    part k's pooled vector is non-zero exactly at the rows of its region (avg or max)."""
+    fmap = torch.eye(height).reshape(1, height, height, 1).expand(1, height, height, 3)
+    pooled = head.pool_parts(fmap.contiguous())[0]  # (p, C = height)
+    rows = []
+    for k in range(pooled.shape[0]):
+        hit = torch.nonzero(pooled[k] > 0).flatten().tolist()
+        assert hit == list(range(hit[0], hit[-1] + 1)), (k, hit)  # contiguous rows
+        rows.append((hit[0], hit[-1] + 1))
+    return rows
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("height", [1, 3, 4, 8, 9, 24])
+def test_pcb_stripes_are_pytorch_adaptive_bins(pooling, height):
+    head = PCBHead(height, num_parts=9, pooling=pooling)
+    assert head.parts == "stripes" and head.classifier_type == "joint"  # the defaults
+    assert _rows_probe(head, height) == part_rows("stripes", height, 9)
+
+
+def test_pcb_stripe_bins_over_24_rows_are_uneven_and_overlap():
+    rows = part_rows("stripes", 24, 9)
+    assert [b - a for a, b in rows] == [3, 4, 3, 3, 4, 3, 3, 4, 3]
+    shared = [rows[k][1] - rows[k + 1][0] for k in range(8)]
+    assert shared == [1, 1, 0, 1, 1, 0, 1, 1]
+    assert [b - a for a, b in part_rows("stripes", 24, 6)] == [4] * 6
+
+
+@pytest.mark.parametrize("layout", ["eanet", "past_code"])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("height", [1, 3, 4, 7, 8, 9, 24])
+def test_pcb_nine_region_layouts_pool_their_rows(layout, pooling, height):
+    head = PCBHead(height, parts=layout, pooling=pooling)
+    assert head.num_parts == 9
+    assert _rows_probe(head, height) == part_rows(layout, height)
+
+
+def test_eanet_regions_by_hand():
+    # ResNet-50, last stride 1, 384 x 128: H = 24, six stripes of 4 rows (EANet, PAST code)
+    stripes = [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20), (20, 24)]
+    assert part_rows("eanet", 24) == [*stripes, (0, 12), (12, 24), (0, 24)]
+    # PAST's released PCBPool_nine: the second union is stripes 1-5
+    assert part_rows("past_code", 24) == [*stripes, (0, 12), (4, 24), (0, 24)]
+    # MobileNetV2, last stride 1, 128 x 64: H = 8, boundaries round(k * 8 / 6)
+    assert part_rows("eanet", 8) == [
+        (0, 1), (1, 3), (3, 4), (4, 5), (5, 7), (7, 8), (0, 4), (4, 8), (0, 8)
+    ]  # fmt: skip
+    assert part_rows("eanet", 4)[:6] == [(0, 1), (1, 2), (1, 2), (2, 3), (3, 4), (3, 4)]
+    for h in range(6, 61):
+        rows = part_rows("eanet", h)
+        ends = [a for a, _ in rows[:6]] + [rows[5][1]]
+        assert ends[0] == 0 and ends[-1] == h
+        assert all(rows[k][1] == rows[k + 1][0] for k in range(5))  # a partition
+        sizes = [b - a for a, b in rows[:6]]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+        assert rows[6] == (0, rows[2][1]) and rows[7] == (rows[3][0], h)  # unions of stripes
+        assert rows[8] == (0, h)
+        if h % 6 == 0:
+            assert sizes == [h // 6] * 6
+    with pytest.raises(ConfigError, match="num_parts must be 9"):
+        PCBHead(8, parts="eanet", num_parts=4)
+    with pytest.raises(ConfigError, match="parts must be one of"):
+        PCBHead(8, parts="pap")
+    with pytest.raises(ConfigError, match="classifier must be one of"):
+        PCBHead(8, classifier="shared")
+
+
+def test_eanet_max_pooled_embedding_by_hand():
+    torch.manual_seed(0)
+    head = PCBHead(6, embedding_dim=4, parts="eanet", pooling="max").eval()
+    fmap = torch.randn(3, 6, 8, 4)
+    feat = head(fmap)["feat"]
+    bn = head.bn
+    for k, (a, b) in enumerate(part_rows("eanet", 8)):
+        pooled = fmap[:, :, a:b].amax(dim=(2, 3))
+        sl = head.part_slice(k)
+        emb = pooled @ head.embedding[k].T
+        expected = torch.relu((emb - bn.running_mean[sl]) / (bn.running_var[sl] + bn.eps).sqrt())
+        assert torch.allclose(feat[:, sl], expected, atol=1e-5), k
+
+
+def test_pcb_per_part_classifier_logits_and_eq7_init():
+    head = PCBHead(8, num_classes=5, embedding_dim=3, num_parts=4, classifier="per_part")
+    assert head.classifier.weight.shape == (4, 5, 3) and head.classifier.bias is None
+    assert abs(head.classifier.weight.std().item() - 0.001) < 5e-4
+    w = torch.randn(7, 12)  # eq. 7: cluster means of the concatenated features
+    head.reset_classifier(7, w)
+    assert head.num_classes == 7
+    for k in range(4):  # part k's classifier: columns [3k, 3k + 3)
+        assert torch.equal(head.classifier.weight[k], w[:, 3 * k : 3 * k + 3])
+    w.zero_()  # copied, not a view
+    assert head.classifier.weight.abs().sum() > 0
+    w = head.classifier.weight.detach().clone()
+    out = head.train()(torch.randn(6, 8, 8, 2))
+    assert out["logits"].shape == (6, 4, 7)
+    for k in range(4):
+        ref = out["feat"][:, head.part_slice(k)] @ w[k].T
+        assert torch.allclose(out["logits"][:, k], ref, atol=1e-6)
+    out["logits"].sum().backward()
+    assert head.classifier.weight.grad is not None
+    with pytest.raises(ConfigError, match="expected"):
+        head.reset_classifier(7, torch.randn(4, 7, 3))
+    head.reset_classifier(0)
+    assert head.classifier is None and head.train()(torch.randn(2, 8, 8, 2))["logits"] is None
+
+
+def test_pcb_joint_classifier_unchanged():
+    head = PCBHead(8, num_classes=5, embedding_dim=3, num_parts=2)  # defaults: joint
+    assert isinstance(head.classifier, nn.Linear) and head.classifier.weight.shape == (5, 6)
+    w = torch.randn(5, 6)
+    head.reset_classifier(5, w)
+    assert torch.equal(head.classifier.weight, w) and head.classifier.bias is None
+    out = head.train()(torch.randn(4, 8, 4, 2))
+    assert out["logits"].shape == (4, 5)
+    assert torch.allclose(out["logits"], out["feat"] @ w.T, atol=1e-5)
+    # one softmax over the sum of the part logits: per-part classifiers with the same
+    # eq. 7 weight give the same logits part by part
+    per = PCBHead(8, num_classes=5, embedding_dim=3, num_parts=2, classifier="per_part")
+    per.reset_classifier(5, w)
+    assert torch.allclose(per.classifier(out["feat"]).sum(1), out["logits"], atol=1e-5)
+
+
+OLD_PCB_ARCH = {  # a PCB checkpoint's arch written before the parts / classifier options
+    "backbone": "resnet18",
+    "num_classes": 3,
+    "last_stride": 1,
+    "pooling": "avg",
+    "embedding_dim": 8,
+    "neck_feat": "after",
+    "head": "pcb",
+    "backbone_options": {},
+    "head_options": {"num_parts": 4},
+}
+
+
+def test_old_pcb_arch_and_checkpoint_still_load(tmp_path):
+    from adaptreid.engine.checkpoint import save_checkpoint
+    from adaptreid.engine.model_io import model_from_checkpoint
+
+    old = model_from_arch(OLD_PCB_ARCH)
+    head = old.head
+    assert (head.parts, head.classifier_type, head.pooling) == ("stripes", "joint", "avg")
+    assert isinstance(head.classifier, nn.Linear) and head.classifier.weight.shape == (3, 32)
+    # the state of the old layout, keys and shapes written out by hand
+    sd = old.state_dict()
+    assert sd["head.embedding"].shape == (4, 8, 512)
+    assert sd["head.classifier.weight"].shape == (3, 32)
+    path = tmp_path / "old.pt"
+    save_checkpoint({"arch": OLD_PCB_ARCH, "model": sd, "input_size": [64, 32]}, path)
+    model, _ = model_from_checkpoint(path)
+    model.eval(), old.eval()
+    with torch.no_grad():
+        assert torch.equal(model(_x()), old(_x()))
+
+
+@pytest.mark.parametrize(
+    "options", [{"parts": "eanet", "classifier": "per_part"}, {"parts": "past_code"}]
+)
+def test_new_pcb_options_round_trip_through_arch(options):
+    model = build_model(
+        "resnet18", num_classes=4, head="pcb", pooling="max", embedding_dim=6,
+        head_options=options,
+    )  # fmt: skip
+    assert model.arch["head_options"] == options and model.num_parts == 9
+    clone = model_from_arch(model.arch)
+    clone.load_state_dict(model.state_dict())  # strict: same keys and shapes
+    assert (clone.head.parts, clone.head.classifier_type) == (
+        model.head.parts, model.head.classifier_type
+    )  # fmt: skip
+    model.reset_classifier(2, torch.randn(2, model.feat_dim))
+    assert model.arch["num_classes"] == 2
+    model_from_arch(model.arch).load_state_dict(model.state_dict())
+    out = model.train()(_x())
+    want = (2, 9, 2) if options.get("classifier") == "per_part" else (2, 2)
+    assert out["logits"].shape == want and out["feat"].shape == (2, 54)
 
 
 # -- weight loading ------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class ReidModel(nn.Module):
     ``forward(x)``:
 
     * training mode: the head's dict ``{"feat": pre-BN feature (triplet / centre losses),
-      "bn_feat": BN feature, "logits": classifier output or None}``;
+      "bn_feat": BN feature, "logits": classifier output, (N, C) or per part (N, p, C), or
+      None}`` (see :mod:`adaptreid.models.heads`);
     * eval mode: the retrieval embedding, ``bn_feat`` (``neck_feat="after"``, default) or
       ``feat`` (``"before"``), shape ``(N, feat_dim)``.
 

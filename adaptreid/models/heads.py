@@ -5,12 +5,21 @@ A head is any ``nn.Module`` registered in :data:`HEADS` whose constructor is
 
 * ``feat_dim``: the length of the retrieval embedding;
 * ``forward(fmap) -> dict`` with ``"feat"`` (for metric losses), ``"bn_feat"`` (for the
-  classifier and, by default, retrieval) and ``"logits"`` (a tensor, or ``None`` without a
-  classifier);
-* ``reset_classifier(num_classes, weight=None)``.
+  classifier and, by default, retrieval) and ``"logits"``: ``None`` without a classifier,
+  else a tensor of shape ``(N, C)`` (one classifier, one softmax), or ``(N, p, C)`` for a
+  head with one classifier per part (:class:`~adaptreid.models.pcb.PCBHead` with
+  ``classifier="per_part"``): ``logits[:, k]`` are part ``k``'s logits, for its own softmax.
+  The losses accept both (:func:`adaptreid.losses.cross_entropy.parts_cross_entropy` sums
+  the per-part cross-entropies);
+* ``reset_classifier(num_classes, weight=None)``: a fresh classifier for ``num_classes``
+  classes; ``weight``, when given, is ``(num_classes, feat_dim)`` (PAST eq. 7: cluster-mean
+  features, in ``feat``'s column layout), whatever the classifier's own layout (a per-part
+  classifier takes each part's columns);
+* optionally ``num_parts`` (default 1): ``feat`` is ``num_parts`` equal chunks, each
+  L2-normalised separately at extraction.
 
-:class:`BNNeck` is the "Bag of Tricks" neck (Luo et al. 2019). A part-based head (PCB) plugs in
-the same way and may return lists of logits.
+:class:`BNNeck` is the "Bag of Tricks" neck (Luo et al. 2019). The part-based PCB head
+(:mod:`adaptreid.models.pcb`) plugs in the same way.
 """
 
 from __future__ import annotations
@@ -116,8 +125,9 @@ class BNNeck(nn.Module):
     def reset_classifier(self, num_classes: int, weight: Tensor | None = None) -> None:
         """Replace the classifier by a fresh ``Linear(feat_dim, num_classes, bias=False)``.
 
-        Without ``weight`` it is initialised from N(0, 0.001^2) (Bag of Tricks; MSPLR's new
-        classifier for each pseudo-label round). With ``weight`` of shape
+        Without ``weight`` it is initialised from N(0, 0.001^2) (the Bag of Tricks'
+        initialisation, also used for MSPLR's new classifier at each pseudo-label step, whose
+        initialisation the MSPLR paper does not state). With ``weight`` of shape
         ``(num_classes, feat_dim)`` it is copied in (PAST eq. 7: cluster-mean features; any
         normalisation is the caller's choice). ``num_classes=0`` removes the classifier.
         """
