@@ -1,0 +1,370 @@
+"""Precision and memory layout chosen per machine: ``amp: auto``.
+
+bf16 autocast with the channels_last layout is 1.7x faster than fp32 for a MobileNetV2 step at
+256x128 on a CPU with AMX, no faster at 128x64 there, and on a CPU without bf16 hardware it
+can be ten times slower (BENCHMARKS.md, issue 16). No rule of thumb covers every CPU and GPU,
+so ``auto`` measures: a short probe of the given model at the given input size, fp32 against
+bf16 + channels_last, interleaved, and keeps bf16 + channels_last only where it is faster by
+a margin. The answer is cached per machine (CPU model string or GPU name, torch version),
+model architecture, input size, batch and mode (training step or forward-only extraction)
+in a small JSON file, ``~/.cache/adaptreid/precision.json`` by default (``$ADAPTREID_CACHE_DIR``
+or ``cache_dir`` to move it), so the probe runs once per machine and model.
+
+* Explicit values pass through unchanged: ``none`` (also ``fp32``), ``bf16``, ``fp16``, with
+  the given ``channels_last``.
+* ``auto`` never picks fp16 (on the CPU torch has no fp16 autocast for training; on a GPU fp16
+  needs a loss scaler and is the user's explicit choice).
+* Under torch.distributed, rank 0 decides (probe or cache) and broadcasts, so that every rank
+  uses the same precision; every rank must call :func:`resolve_precision` then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+__all__ = [
+    "CACHE_ENV",
+    "cache_path",
+    "machine_id",
+    "model_id",
+    "probe_key",
+    "resolve_precision",
+]
+
+#: Environment variable naming the cache folder (default ``~/.cache/adaptreid``).
+CACHE_ENV = "ADAPTREID_CACHE_DIR"
+_CACHE_NAME = "precision.json"
+_EXPLICIT = {"none": "none", "fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+#: ``auto`` keeps bf16 + channels_last only when its median step time is below this fraction
+#: of fp32's (a noisy near-tie keeps fp32, the numerically safer choice).
+DEFAULT_MARGIN = 0.95
+
+Mode = Literal["train", "extract"]
+Variant = Mapping[str, Any]  # {"amp": "none" | "bf16", "channels_last": bool}
+Timer = Callable[[Variant], float]
+
+_FP32 = {"amp": "none", "channels_last": False}
+_BF16_CL = {"amp": "bf16", "channels_last": True}
+
+
+# --------------------------------------------------------------------------------------------
+# keys and the cache file
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def machine_id(device: torch.device | str) -> str:
+    """What the probe's answer depends on besides the model: the CPU model string and core
+    count (or the GPU's name), and the torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = f"{_cpu_model()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+    return f"{device.type}:{hw}|torch {torch.__version__}"
+
+
+def model_id(model: torch.nn.Module) -> str:
+    """The architecture, not the weights: ``model.arch`` where the model has one (adaptreid's
+    ``ReidModel``), else the class name and a hash of the parameter and buffer shapes."""
+    arch = getattr(model, "arch", None)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    digest = hashlib.sha1(repr(shapes).encode()).hexdigest()[:12]
+    if isinstance(arch, Mapping) and arch:
+        return f"{type(model).__name__}:{json.dumps(dict(arch), sort_keys=True, default=str)}"
+    return f"{type(model).__name__}:{digest}"
+
+
+def probe_key(
+    model: torch.nn.Module, input_size, device, *, mode: Mode = "train", batch_size: int = 32
+) -> str:
+    h, w = (int(v) for v in input_size)
+    return f"{machine_id(device)}|{model_id(model)}|{h}x{w}|batch {batch_size}|{mode}"
+
+
+def cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` / ``$ADAPTREID_CACHE_DIR`` / ``~/.cache/adaptreid``, + ``precision.json``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "adaptreid"
+    return Path(cache_dir) / _CACHE_NAME
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path.lock`` (no-op where fcntl is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_entry(path: Path, key: str, entry: dict) -> None:
+    """Add one entry: read-modify-write under the lock, then an atomic rename, so that
+    concurrent processes never lose each other's entries or see a half-written file."""
+    with _locked(path):
+        data = _read(path)
+        data[key] = entry
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# the probe
+# --------------------------------------------------------------------------------------------
+
+
+def _scalar_loss(out) -> torch.Tensor:
+    """A float32 scalar depending on every floating tensor of a model's output (a tensor, or
+    a dict / list / tuple of them)."""
+    if torch.is_tensor(out):
+        if out.is_floating_point():
+            return out.float().mean()
+        return torch.zeros((), device=out.device)
+    if isinstance(out, Mapping):
+        items = list(out.values())
+    elif isinstance(out, list | tuple):
+        items = list(out)
+    else:
+        items = []
+    terms = [_scalar_loss(v) for v in items if v is not None]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class _ProbeTimer:
+    """Seconds per step of a private copy of the model, per variant (built on first use, with
+    a warm-up step): a forward + backward + SGD step in training mode, or a no-grad forward
+    in eval mode for extraction. The caller's model is never touched."""
+
+    def __init__(self, model, input_size, device, mode: Mode, batch_size: int, steps: int):
+        self.model, self.device, self.mode, self.steps = model, torch.device(device), mode, steps
+        h, w = (int(v) for v in input_size)
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch_size, 3, h, w, generator=gen).to(self.device)
+        self.built: dict = {}
+
+    def _build(self, amp: str, channels_last: bool):
+        m = copy.deepcopy(self.model).to(self.device)
+        x = self.x
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        m.train(self.mode == "train")
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-6)
+        return m, x, opt
+
+    def _steps(self, m, x, opt, amp: str, n: int) -> None:
+        from .extract import autocast
+
+        for _ in range(n):
+            if self.mode == "train":
+                with autocast(self.device, amp):
+                    out = m(x)
+                loss = _scalar_loss(out)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad(), autocast(self.device, amp):
+                    m(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, variant: Variant) -> float:
+        key = (variant["amp"], bool(variant["channels_last"]))
+        if key not in self.built:
+            self.built[key] = self._build(*key)
+            self._steps(*self.built[key], key[0], 1)  # warm-up (allocations, kernels)
+        m, x, opt = self.built[key]
+        t0 = time.perf_counter()
+        self._steps(m, x, opt, key[0], self.steps)
+        return (time.perf_counter() - t0) / self.steps
+
+
+def _bf16_possible(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu"
+
+
+def _probe(timer: Timer, repeats: int) -> dict[str, float]:
+    """Median seconds per step of fp32 and bf16 + channels_last, timed interleaved (the two
+    see the same machine load)."""
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(repeats):
+        times["fp32"].append(float(timer(dict(_FP32))))
+        times["bf16"].append(float(timer(dict(_BF16_CL))))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_precision(
+    amp: str,
+    model: torch.nn.Module,
+    input_size,
+    device,
+    *,
+    channels_last: bool = False,
+    mode: Mode = "train",
+    batch_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    steps: int = 2,
+    repeats: int = 3,
+    margin: float = DEFAULT_MARGIN,
+    timer: Timer | None = None,
+) -> tuple[str, bool, str]:
+    """``(amp, channels_last, reason)`` for a model on this machine.
+
+    Args:
+        amp: ``none`` / ``fp32`` / ``bf16`` / ``fp16`` (returned unchanged, ``fp32`` as
+            ``none``, with ``channels_last`` as given) or ``auto``.
+        model: the network (only copied for the probe; its weights and mode are untouched).
+        input_size: ``(height, width)`` of the input images.
+        device: where the model runs.
+        channels_last: the layout that goes with an explicit ``amp`` (``auto`` chooses it).
+        mode: ``train`` (forward + backward + optimiser step) or ``extract`` (no-grad
+            forward); each has its own cache entry.
+        batch_size: probe batch (default 32 for training, 64 for extraction).
+        cache_dir: folder of ``precision.json`` (default ``$ADAPTREID_CACHE_DIR`` or
+            ``~/.cache/adaptreid``).
+        use_cache: read and write the cache (False: always probe, write nothing).
+        steps, repeats: the probe times ``repeats`` rounds of ``steps`` steps per variant,
+            interleaved, after one warm-up step each, and compares the medians.
+        margin: bf16 + channels_last is chosen when its median is below ``margin`` x fp32's.
+        timer: ``timer(variant) -> seconds per step`` with ``variant = {"amp", "channels_last"}``
+            (for tests; default: the real probe).
+
+    Returns:
+        ``("bf16", True, reason)`` or ``("none", False, reason)`` for ``auto``; ``reason`` is
+        one line for the log (the measured step times, or where the cached answer came from).
+    """
+    if not isinstance(amp, str):
+        raise ValueError(f"amp must be a string (none, bf16, fp16 or auto), got {amp!r}")
+    amp_l = amp.lower()
+    if amp_l in _EXPLICIT:
+        out = _EXPLICIT[amp_l]
+        return out, bool(channels_last), f"amp={out}, channels_last={bool(channels_last)} (as set)"
+    if amp_l != "auto":
+        raise ValueError(f"amp must be none, bf16, fp16 or auto, got {amp!r}")
+    if mode not in ("train", "extract"):
+        raise ValueError(f"mode must be 'train' or 'extract', got {mode!r}")
+    device = torch.device(device)
+    batch = int(batch_size or (32 if mode == "train" else 64))
+
+    from . import distributed as D
+
+    if D.is_dist() and D.world_size() > 1:
+        res = None
+        if D.is_main():
+            res = _resolve_auto(
+                model,
+                input_size,
+                device,
+                mode,
+                batch,
+                cache_dir,
+                use_cache,
+                steps,
+                repeats,
+                margin,
+                timer,
+            )
+        amp_r, cl_r, reason = D.broadcast_object(res)
+        return amp_r, cl_r, reason + (" (rank 0's choice)" if not D.is_main() else "")
+    return _resolve_auto(
+        model, input_size, device, mode, batch, cache_dir, use_cache, steps, repeats, margin, timer
+    )
+
+
+def _resolve_auto(
+    model, input_size, device, mode, batch, cache_dir, use_cache, steps, repeats, margin, timer
+) -> tuple[str, bool, str]:
+    if not _bf16_possible(device):
+        return "none", False, f"auto: fp32 ({device.type} without bf16 support)"
+    key = probe_key(model, input_size, device, mode=mode, batch_size=batch)
+    path = cache_path(cache_dir)
+    if use_cache:
+        entry = _read(path).get(key)
+        if isinstance(entry, dict) and entry.get("amp") in ("none", "bf16"):
+            return (
+                entry["amp"],
+                bool(entry.get("channels_last", False)),
+                f"auto ({mode}): {_describe(entry)} [cached in {path}, {entry.get('date', '?')}]",
+            )
+    if timer is None:
+        timer = _ProbeTimer(model, input_size, device, mode, batch, int(steps))
+    med = _probe(timer, max(1, int(repeats)))
+    faster = med["bf16"] < float(margin) * med["fp32"]
+    entry = {
+        "amp": "bf16" if faster else "none",
+        "channels_last": bool(faster),
+        "fp32_step_s": med["fp32"],
+        "bf16_channels_last_step_s": med["bf16"],
+        "batch": batch,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    if use_cache:
+        with contextlib.suppress(OSError):  # a read-only home must not stop a run
+            _write_entry(path, key, entry)
+    return entry["amp"], entry["channels_last"], f"auto ({mode}): {_describe(entry)} [probed]"
+
+
+def _describe(entry: Mapping) -> str:
+    choice = "bf16 + channels_last" if entry["amp"] == "bf16" else "fp32"
+    f, b = entry.get("fp32_step_s"), entry.get("bf16_channels_last_step_s")
+    if f is None or b is None:
+        return choice
+    batch = entry.get("batch", 0) or 0
+    rate = f"; {batch / f:.1f} vs {batch / b:.1f} img/s" if batch and f > 0 and b > 0 else ""
+    return f"{choice} (step fp32 {f * 1e3:.0f} ms, bf16+channels_last {b * 1e3:.0f} ms{rate})"
