@@ -227,14 +227,22 @@ def test_hdbscan_on_features_and_on_precomputed_jaccard():
     jac = jaccard_distance(xn, k1=8, k2=3)
     lab = cluster(xn, method="hdbscan", distance=jac, min_cluster_size=5)
     assert adjusted_rand_score(pid, lab) == 1.0
-    # above the densification limit: fall back to the features, with a warning
-    with pytest.warns(UserWarning, match="not densified"):
-        lab = cluster(
-            xn, method="hdbscan", distance=jac, min_cluster_size=5, hdbscan_dense_limit=10
-        )
+    # the sparse distance is clustered as such at every N (no fallback to the features);
+    # densifying is an explicit choice, refused above its limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lab = cluster(method="hdbscan", distance=jac, min_cluster_size=5, hdbscan_dense_limit=10)
     assert adjusted_rand_score(pid, lab) == 1.0
+    dense = cluster(method="hdbscan", distance=jac, min_cluster_size=5, hdbscan_impl="dense")
+    np.testing.assert_array_equal(lab, dense)
     with pytest.raises(ConfigError, match="densif"):
-        cluster(method="hdbscan", distance=jac, min_cluster_size=5, hdbscan_dense_limit=10)
+        cluster(
+            method="hdbscan",
+            distance=jac,
+            min_cluster_size=5,
+            hdbscan_impl="dense",
+            hdbscan_dense_limit=10,
+        )
 
 
 def test_cluster_rejects_bad_options():
