@@ -225,8 +225,8 @@ def test_manifest_ok_with_unlabelled_train(tmp_path):
 
 
 def test_manifest_missing_column(tmp_path):
-    path = _write_manifest(tmp_path, ["img/0.jpg,0,train"], header="path,pid,split")
-    with pytest.raises(DatasetError, match=f"{re.escape(str(path))} lacks column.s. camid"):
+    path = _write_manifest(tmp_path, ["img/0.jpg,0,0"], header="path,pid,camid")
+    with pytest.raises(DatasetError, match=f"{re.escape(str(path))} lacks column.s. split"):
         build_dataset("manifest", path)
 
 

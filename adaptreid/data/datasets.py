@@ -23,8 +23,27 @@ Conventions
     **0-based** (``c1`` -> ``0``), so cameras are ``0..C-1``. A CSV manifest's ``camid`` column
     is stored **as given** (any integer >= 0): evaluation and camera-aware code only compare
     camids for equality, so only consistency within a dataset matters.
+
+    ``-1`` means **unknown camera**: a manifest without a ``camid`` column, or a row with an
+    empty (or ``-1``) camid. :attr:`ReidDataset.cameras_known` is False as soon as one image
+    has an unknown camera; camera-aware steps (per-camera normalisation, the >= 2-camera
+    cluster rule) must then be switched off, and ``adaptreid data info`` prints
+    ``camera ids: unknown``. In evaluation an unknown camera equals no camera, not even
+    another unknown one: the Market protocol's "same identity, same camera" filter removes
+    no gallery image of a query whose camera (or the gallery image's) is unknown, so every
+    true match counts (see :func:`adaptreid.engine.evaluator.protocol_camids`).
 ``path``
     A string path to the image file (the root joined with the relative name).
+
+Missing splits
+--------------
+A dataset opens with the splits it has: a Market-style folder needs ``bounding_box_train/``
+(to train) and/or ``query/`` + ``bounding_box_test/`` (to evaluate); an MSMT17 folder its
+train or query/gallery lists; a manifest any rows. A split it lacks is an empty
+:class:`MissingSplit` (a list) that says what is missing; ``adaptreid data info`` shows it.
+Code that uses a split fails with that message: :meth:`ReidDataset.require` (evaluation
+needs query and gallery), :func:`relabel` (training), and the loaders of
+:mod:`adaptreid.data.loaders`. A split folder that exists but holds no image is still an error.
 
 Every malformed input raises :class:`~adaptreid.errors.DatasetError` naming the file or
 folder and what was expected; nothing is skipped silently. Files in a split folder that are
@@ -50,6 +69,8 @@ from ..registry import Registry
 __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
+    "UNKNOWN_CAMERA",
+    "MissingSplit",
     "ReidDataset",
     "Sample",
     "build_dataset",
@@ -62,14 +83,42 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "query", "gallery")
 MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d)")
 _MAX_LISTED = 5
+UNKNOWN_CAMERA = -1
 
 
 class Sample(NamedTuple):
-    """One image: its file ``path``, person id ``pid`` (-1 = unlabelled) and camera ``camid``."""
+    """One image: its file ``path``, person id ``pid`` (-1 = unlabelled) and camera ``camid``
+    (-1 = unknown)."""
 
     path: str
     pid: int
     camid: int
+
+
+class MissingSplit(list):
+    """The (empty) sample list of a split that the dataset does not have.
+
+    It behaves as an empty list everywhere; ``split`` is its name and ``reason`` says what is
+    missing (``"folder /data/x/bounding_box_train is missing"``), for the error raised where
+    the split is actually needed (:meth:`error`)."""
+
+    def __init__(self, split: str, reason: str) -> None:
+        super().__init__()
+        self.split = split
+        self.reason = reason
+
+    def error(self, dataset: str = "", purpose: str = "") -> DatasetError:
+        """A :class:`DatasetError` naming the split, the dataset, what is missing and why it
+        is needed (``purpose``: "training", "evaluation", ...)."""
+        who = f" of dataset {dataset!r}" if dataset else ""
+        why = f"; {purpose} needs it" if purpose else ""
+        return DatasetError(f"no {self.split} split{who}: {self.reason}{why}")
+
+    def __repr__(self) -> str:
+        return f"MissingSplit({self.split!r}, {self.reason!r})"
+
+    def __reduce__(self):  # pickles (DataLoader workers, broadcasts) as itself
+        return (MissingSplit, (self.split, self.reason))
 
 
 @dataclass
@@ -78,6 +127,7 @@ class ReidDataset:
 
     ``excluded`` maps a split to ``{reason: count}`` for images the protocol leaves out
     (Market junk) and entries that are not images; :meth:`format_summary` reports them.
+    A split the dataset lacks is a :class:`MissingSplit` (see :attr:`missing`).
     """
 
     name: str
@@ -93,11 +143,39 @@ class ReidDataset:
             raise DatasetError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    @property
+    def missing(self) -> dict[str, str]:
+        """``{split: what is missing}`` for the splits this dataset does not have."""
+        return {
+            name: self.split(name).reason
+            for name in SPLITS
+            if isinstance(self.split(name), MissingSplit)
+        }
+
+    def require(self, *splits: str, purpose: str = "") -> None:
+        """Raise :class:`DatasetError` unless every split in ``splits`` has images; the
+        message names the split, what is missing (folder, list file, manifest rows) and
+        ``purpose`` (e.g. ``require("query", "gallery", purpose="evaluation")``)."""
+        for name in splits:
+            samples = self.split(name)
+            if samples:
+                continue
+            if isinstance(samples, MissingSplit):
+                raise samples.error(self.name, purpose)
+            why = f"; {purpose} needs it" if purpose else ""
+            raise DatasetError(f"dataset {self.name!r} ({self.root}) has no {name} images{why}")
+
+    @property
+    def cameras_known(self) -> bool:
+        """True when every image has a camera id (none is ``-1``, unknown). An empty dataset
+        counts as known."""
+        return all(s.camid != UNKNOWN_CAMERA for name in SPLITS for s in self.split(name))
+
     def summary(self) -> dict[str, dict[str, int]]:
         """``{split: {"images", "identities", "cameras"}}``.
 
         ``identities`` counts distinct labelled pids (pid -1, unlabelled, is not an identity;
-        the distractor pid 0 is one).
+        the distractor pid 0 is one); ``cameras`` distinct known camera ids (not -1).
         """
         out = {}
         for name in SPLITS:
@@ -105,7 +183,7 @@ class ReidDataset:
             out[name] = {
                 "images": len(samples),
                 "identities": len({s.pid for s in samples if s.pid != -1}),
-                "cameras": len({s.camid for s in samples}),
+                "cameras": len({s.camid for s in samples if s.camid != UNKNOWN_CAMERA}),
             }
         return out
 
@@ -113,10 +191,14 @@ class ReidDataset:
         """A small aligned text table (split | images | identities | cameras) plus notes on
         unlabelled and excluded images."""
         rows = [("split", "images", "identities", "cameras")]
+        missing = self.missing
         for name, stats in self.summary().items():
-            rows.append(
-                (name, f"{stats['images']:,}", f"{stats['identities']:,}", f"{stats['cameras']:,}")
-            )
+            if name in missing:
+                rows.append((name, "-", "-", "-"))
+                continue
+            unknown = sum(s.camid == UNKNOWN_CAMERA for s in self.split(name))
+            cams = "unknown" if unknown and not stats["cameras"] else f"{stats['cameras']:,}"
+            rows.append((name, f"{stats['images']:,}", f"{stats['identities']:,}", cams))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
 
         def fmt(row: Sequence[str]) -> str:
@@ -133,6 +215,16 @@ class ReidDataset:
         for name in SPLITS:
             for reason, count in self.excluded.get(name, {}).items():
                 lines.append(f"  excluded from {name}: {count:,} {reason}")
+        for name, reason in missing.items():
+            lines.append(f"  no {name} split: {reason}")
+        total = sum(len(self.split(name)) for name in SPLITS)
+        unknown = sum(s.camid == UNKNOWN_CAMERA for name in SPLITS for s in self.split(name))
+        if unknown:
+            part = "" if unknown == total else f" for {unknown:,} of {total:,} images"
+            lines.append(
+                f"  camera ids: unknown{part} (camid -1): no camera normalisation, no "
+                "2-camera cluster rule; evaluation filters no same-camera match"
+            )
         return "\n".join(lines)
 
 
@@ -193,8 +285,12 @@ def dataset_info(name: str, root: str | Path, **kwargs: object) -> str:
 def relabel(samples: Iterable[Sample]) -> tuple[list[Sample], dict[int, int]]:
     """Map pids to contiguous ``0..C-1`` in sorted pid order; ``-1`` (unlabelled) stays -1.
 
-    Returns the relabelled samples and the ``{old_pid: new_pid}`` mapping.
+    Returns the relabelled samples and the ``{old_pid: new_pid}`` mapping. ``samples`` being
+    a :class:`MissingSplit` (training on a split the dataset lacks) raises
+    :class:`DatasetError` saying what is missing.
     """
+    if isinstance(samples, MissingSplit):
+        raise samples.error(purpose="training")
     samples = list(samples)
     bad = sorted({s.pid for s in samples if s.pid < -1})
     if bad:
@@ -258,10 +354,6 @@ def _locate(
     raise DatasetError(f"no {looked_for} in {where}{seen}")
 
 
-def _has_dirs(*names: str) -> Callable[[Path], bool]:
-    return lambda p: all((p / n).is_dir() for n in names)
-
-
 def _problem_list(problems: Sequence[str], limit: int = _MAX_LISTED) -> str:
     text = "\n".join(f"  {p}" for p in problems[:limit])
     if len(problems) > limit:
@@ -320,17 +412,36 @@ def _load_named_folders(
     folders: dict[str, str],
     pattern: re.Pattern[str] = MARKET_PATTERN,
 ) -> ReidDataset:
-    splits, excluded = {}, {}
+    """The splits of a Market-style folder; a split whose folder is absent is a
+    :class:`MissingSplit`."""
+    splits: dict[str, list[Sample]] = {}
+    excluded = {}
     for split, sub in folders.items():
+        folder = base / sub
+        if not folder.is_dir():
+            splits[split] = MissingSplit(split, f"folder {folder} is missing")
+            continue
         counts: Counter[str] = Counter()
-        splits[split] = _scan_named_folder(base / sub, pattern, counts)
+        splits[split] = _scan_named_folder(folder, pattern, counts)
         if counts:
             excluded[split] = dict(counts)
     return ReidDataset(name=name, root=base, excluded=excluded, **splits)
 
 
 _BBOX_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-_BBOX_DESC = "folders bounding_box_train/, query/, bounding_box_test/"
+_BBOX_DESC = "bounding_box_train/ (to train) and/or query/ + bounding_box_test/ (to evaluate)"
+
+
+def _has_splits(folders: dict[str, str]) -> Callable[[Path], bool]:
+    """A folder has the layout if it holds the train folder, or the query and gallery
+    folders (an evaluation-only copy), or both."""
+
+    def check(p: Path) -> bool:
+        return (p / folders["train"]).is_dir() or all(
+            (p / folders[s]).is_dir() for s in ("query", "gallery")
+        )
+
+    return check
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +454,7 @@ def market1501(root: str | Path) -> ReidDataset:
     the folder that contains it. Names ``<pid>_c<cam>s<seq>_<frame>_<box>.jpg``."""
     base = _locate(
         _check_dir(root),
-        _has_dirs(*_BBOX_FOLDERS.values()),
+        _has_splits(_BBOX_FOLDERS),
         ("market-1501*", "market1501*"),
         f"Market-1501 layout ({_BBOX_DESC})",
     )
@@ -356,7 +467,7 @@ def dukemtmc(root: str | Path) -> ReidDataset:
     ``<pid>_c<cam>_f<frame>.jpg`` (8 cameras)."""
     base = _locate(
         _check_dir(root),
-        _has_dirs(*_BBOX_FOLDERS.values()),
+        _has_splits(_BBOX_FOLDERS),
         ("dukemtmc-reid*", "dukemtmc*", "duke*"),
         f"DukeMTMC-reID layout ({_BBOX_DESC})",
     )
@@ -373,7 +484,7 @@ def cuhk03(root: str | Path, variant: str = "detected") -> ReidDataset:
     subs = {split: f"{variant}/{sub}" for split, sub in _BBOX_FOLDERS.items()}
     base = _locate(
         _check_dir(root),
-        _has_dirs(*subs.values()),
+        _has_splits(subs),
         ("cuhk03*",),
         f"CUHK03-NP layout ({variant}/ with {_BBOX_DESC})",
     )
@@ -387,12 +498,28 @@ _MSMT_VERSIONS = {"V2": ("mask_train_v2", "mask_test_v2"), "V1": ("train", "test
 
 
 def _msmt_version(path: Path) -> str | None:
-    if not (path / "list_train.txt").is_file():
-        return None
-    for version, dirs in _MSMT_VERSIONS.items():
-        if all((path / d).is_dir() for d in dirs):
+    """``V2`` / ``V1`` if ``path`` holds that version's train list and folder, or its query
+    and gallery lists and test folder (an evaluation-only copy); else None."""
+    lists = [(path / f"list_{s}.txt").is_file() for s in ("train", "query", "gallery")]
+    for version, (train_dir, test_dir) in _MSMT_VERSIONS.items():
+        if lists[0] and (path / train_dir).is_dir():
+            return version
+        if lists[1] and lists[2] and (path / test_dir).is_dir():
             return version
     return None
+
+
+def _msmt_split(split: str, list_files: Sequence[Path], image_dir: Path) -> list[Sample]:
+    """The samples listed in ``list_files`` (the first one decides whether the split
+    exists: absent, with its image folder or not, -> :class:`MissingSplit`)."""
+    if not list_files[0].is_file():
+        return MissingSplit(split, f"MSMT17 list file {list_files[0]} is missing")
+    if not image_dir.is_dir():
+        return MissingSplit(split, f"MSMT17 image folder {image_dir} is missing")
+    samples: list[Sample] = []
+    for f in list_files:
+        samples += _read_msmt_list(f, image_dir)
+    return samples
 
 
 def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Sample]:
@@ -444,27 +571,27 @@ def msmt17(root: str | Path, use_val: bool = True) -> ReidDataset:
     ``MSMT17_V*`` folder or contains it. Camera = third ``_`` field of the name, stored 0-based.
 
     ``use_val=True`` (standard practice): train = ``list_train`` + ``list_val`` (the val
-    images are train-folder images of train identities).
+    images are train-folder images of train identities; with ``list_train.txt`` present a
+    missing ``list_val.txt`` is an error). A folder with only the train part, or only the
+    query / gallery part, opens with the other splits missing.
     """
     base = _locate(
         _check_dir(root),
         lambda p: _msmt_version(p) is not None,
         ("msmt17*",),
-        "MSMT17 layout (list_train.txt with train/ + test/ (V1) "
-        "or mask_train_v2/ + mask_test_v2/ (V2))",
+        "MSMT17 layout (list_train.txt with train/ (V1) or mask_train_v2/ (V2), and/or "
+        "list_query.txt + list_gallery.txt with test/ (V1) or mask_test_v2/ (V2))",
     )
     version = _msmt_version(base)
     assert version is not None
     train_dir, test_dir = (base / d for d in _MSMT_VERSIONS[version])
-    train = _read_msmt_list(base / "list_train.txt", train_dir)
-    if use_val:
-        train += _read_msmt_list(base / "list_val.txt", train_dir)
+    train_lists = [base / "list_train.txt"] + ([base / "list_val.txt"] if use_val else [])
     return ReidDataset(
         name="msmt17",
         root=base,
-        train=train,
-        query=_read_msmt_list(base / "list_query.txt", test_dir),
-        gallery=_read_msmt_list(base / "list_gallery.txt", test_dir),
+        train=_msmt_split("train", train_lists, train_dir),
+        query=_msmt_split("query", [base / "list_query.txt"], test_dir),
+        gallery=_msmt_split("gallery", [base / "list_gallery.txt"], test_dir),
     )
 
 
@@ -472,6 +599,7 @@ def msmt17(root: str | Path, use_val: bool = True) -> ReidDataset:
 # CSV manifests
 
 MANIFEST_COLUMNS = ("path", "pid", "camid", "split")
+_OPTIONAL_COLUMNS = ("camid",)
 
 
 def _parse_int(value: str, column: str, lineno: int, problems: list[str]) -> int | None:
@@ -486,13 +614,15 @@ def load_manifest(
     csv_path: str | Path, *, name: str = "manifest", allow_absolute: bool = False
 ) -> ReidDataset:
     """Read a CSV manifest with columns ``path,pid,camid,split`` (extra columns are allowed
-    and not used).
+    and not used; ``camid`` may be left out).
 
     - ``path``: relative to the CSV's folder; absolute paths and paths with ``..`` that leave
       that folder are refused unless ``allow_absolute=True``.
     - ``pid``: integer >= 0; empty or ``-1`` means unlabelled (``train`` split only).
-    - ``camid``: integer >= 0, stored as given.
-    - ``split``: ``train``, ``query`` or ``gallery``.
+    - ``camid``: integer >= 0, stored as given; empty, ``-1`` or no ``camid`` column means
+      unknown (stored as -1, see the module docstring).
+    - ``split``: ``train``, ``query`` or ``gallery``; a split without rows is a
+      :class:`MissingSplit`.
 
     All row problems are collected and reported together (line numbers count the header as
     line 1), up to 5 of each kind.
@@ -509,13 +639,16 @@ def load_manifest(
                 f"manifest {csv_path} is empty: expected a header row {','.join(MANIFEST_COLUMNS)}"
             )
         header = [h.strip().lower() for h in header]
-        missing_cols = [c for c in MANIFEST_COLUMNS if c not in header]
+        missing_cols = [
+            c for c in MANIFEST_COLUMNS if c not in header and c not in _OPTIONAL_COLUMNS
+        ]
         if missing_cols:
             raise DatasetError(
                 f"manifest {csv_path} lacks column(s) {', '.join(missing_cols)} "
-                f"(expected header {','.join(MANIFEST_COLUMNS)}; found {','.join(header)})"
+                f"(expected header {','.join(MANIFEST_COLUMNS)}, camid optional; "
+                f"found {','.join(header)})"
             )
-        col = {c: header.index(c) for c in MANIFEST_COLUMNS}
+        col = {c: header.index(c) for c in MANIFEST_COLUMNS if c in header}
         rows = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
 
     problems: dict[str, list[str]] = defaultdict(list)
@@ -527,7 +660,9 @@ def load_manifest(
                 f"line {lineno}: {len(row)} values for {len(header)} columns"
             )
             continue
-        path_text, pid_text, cam_text, split = (row[col[c]].strip() for c in MANIFEST_COLUMNS)
+        path_text, pid_text, cam_text, split = (
+            row[col[c]].strip() if c in col else "" for c in MANIFEST_COLUMNS
+        )
         split = split.lower()
         if split not in SPLITS:
             problems["split"].append(
@@ -535,13 +670,17 @@ def load_manifest(
             )
             continue
         pid = -1 if pid_text == "" else _parse_int(pid_text, "pid", lineno, problems["value"])
-        camid = _parse_int(cam_text, "camid", lineno, problems["value"])
+        camid = (
+            UNKNOWN_CAMERA
+            if cam_text == ""
+            else _parse_int(cam_text, "camid", lineno, problems["value"])
+        )
         if pid is None or camid is None:
             continue
-        if pid < -1 or camid < 0:
+        if pid < -1 or camid < UNKNOWN_CAMERA:
             problems["value"].append(
-                f"line {lineno}: pid must be >= 0 (or empty/-1 = unlabelled) and camid >= 0, "
-                f"got pid={pid_text!r} camid={cam_text!r}"
+                f"line {lineno}: pid must be >= 0 (or empty/-1 = unlabelled) and camid >= 0 "
+                f"(or empty/-1 = unknown), got pid={pid_text!r} camid={cam_text!r}"
             )
             continue
         if pid == -1 and split != "train":
@@ -592,6 +731,9 @@ def load_manifest(
         raise DatasetError(f"invalid manifest {csv_path}:\n" + "\n".join(parts))
     if not any(splits.values()):
         raise DatasetError(f"manifest {csv_path} has no rows")
+    for split, samples in splits.items():
+        if not samples:
+            splits[split] = MissingSplit(split, f"manifest {csv_path} has no {split!r} rows")
     return ReidDataset(name=name, root=base, **splits)
 
 
