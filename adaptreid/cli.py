@@ -26,6 +26,16 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+    from .data.datasets import open_dataset
+
+    ds = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
+    report = check_dataset(ds, workers=args.workers or None, progress=not args.quiet)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def cmd_data_list(args: argparse.Namespace) -> int:
     from .data.datasets import DATASETS
 
@@ -298,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV manifests: allow paths outside the manifest's folder",
     )
     info.set_defaults(func=cmd_data_info)
+    chk = dsub.add_parser(
+        "check",
+        help="decode every image of every split (in parallel); list the bad ones, exit 1 if any",
+    )
+    chk.add_argument("--dataset", required=True, help="registered name (adaptreid data list)")
+    chk.add_argument("--root", required=True, help="dataset folder")
+    chk.add_argument(
+        "--workers", type=int, default=0, help="reading processes (default: one per CPU core)"
+    )
+    chk.add_argument(
+        "--allow-absolute-paths",
+        action="store_true",
+        help="CSV manifests: allow paths outside the manifest's folder",
+    )
+    chk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    chk.set_defaults(func=cmd_data_check)
     lst = dsub.add_parser("list", help="registered dataset names")
     lst.set_defaults(func=cmd_data_list)
     data.set_defaults(func=lambda a: (data.print_help(), 0)[1])

@@ -1,8 +1,10 @@
 """Data: datasets -> samples ``(path, pid, camid)``; images; transforms; PK sampler; loaders."""
 
 from . import synthetic  # noqa: F401  (registers synthetic-source / synthetic-target)
+from .bad_images import BadImageLog
 from .datasets import (
     DATASETS,
+    MissingSplit,
     ReidDataset,
     Sample,
     build_dataset,
@@ -10,8 +12,8 @@ from .datasets import (
     load_manifest,
     relabel,
 )
-from .images import ImageDataset, read_image
-from .loaders import build_test_loader, build_train_loader
+from .images import ImageDataset, ImageReadError, read_image
+from .loaders import build_test_loader, build_train_loader, collate_skip_bad
 from .sampler import PKSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -19,7 +21,10 @@ __all__ = [
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BadImageLog",
     "ImageDataset",
+    "ImageReadError",
+    "MissingSplit",
     "PKSampler",
     "ReidDataset",
     "Sample",
@@ -27,6 +32,7 @@ __all__ = [
     "build_test_loader",
     "build_train_loader",
     "build_transforms",
+    "collate_skip_bad",
     "dataset_info",
     "load_manifest",
     "read_image",

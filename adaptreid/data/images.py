@@ -9,8 +9,12 @@
 - 16/32-bit integer images (``I;16*``, ``I``) are taken as 16-bit values and scaled to 8 bits
   (``round(v / 257)``, clipped to 0..65535 first); 32-bit float (``F``) is clipped to 0..255,
   as Pillow's own conversion does;
-- missing, empty, unreadable, corrupt or truncated files raise; so do images larger than
-  Pillow's decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+- missing, empty, unreadable, corrupt or truncated files raise :class:`ImageReadError`;
+  so do images larger than Pillow's decompression-bomb limit
+  (``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+
+:class:`ImageDataset` either raises on such a file (``bad_images="error"``) or returns the
+item marked bad (``bad_images="skip"``) for the loaders to drop and report.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DatasetError
 from .datasets import Sample
 
-__all__ = ["ImageDataset", "read_image"]
+__all__ = ["BAD_IMAGE_MODES", "ImageDataset", "ImageReadError", "image_problem", "read_image"]
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -54,28 +58,63 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class ImageReadError(DatasetError):
+    """An image file that cannot be read. ``path`` is the file and ``reason`` a short
+    description without the path ("is empty (0 bytes)", "is corrupt or truncated: ...");
+    the message is ``image file <path> <reason>``. Raised by :func:`read_image`."""
+
+    def __init__(self, message: str, *, path: str = "", reason: str = "") -> None:
+        # a single positional argument: DataLoader workers re-raise errors as type(message)
+        super().__init__(message)
+        self.path = str(path)
+        self.reason = reason or message
+
+
+def _fail(path: Path, reason: str, message: str | None = None) -> ImageReadError:
+    return ImageReadError(message or f"image file {path} {reason}", path=str(path), reason=reason)
+
+
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path`` and return it as an 8-bit RGB PIL image (decoded now, file closed)."""
+    """Open ``path`` and return it as an 8-bit RGB PIL image (decoded now, file closed).
+
+    Raises :class:`ImageReadError` (a :class:`DatasetError`) naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"image file {path} does not exist")
+        raise _fail(path, "does not exist")
     if path.stat().st_size == 0:
-        raise DatasetError(f"image file {path} is empty (0 bytes)")
+        raise _fail(path, "is empty (0 bytes)")
     try:
         with Image.open(path) as img:
             img.load()
             return _to_rgb(img)
     except Image.DecompressionBombError as e:
-        raise DatasetError(
+        raise _fail(
+            path,
+            f"is too large to decode safely ({e})",
             f"image {path} is too large to decode safely ({e}). If it is a genuine image, "
-            f"downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS before loading"
+            f"downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS before loading",
         ) from e
     except UnidentifiedImageError as e:
-        raise DatasetError(
-            f"image file {path} is not a readable image (unknown format or corrupt header)"
-        ) from e
+        raise _fail(path, "is not a readable image (unknown format or corrupt header)") from e
+    except PermissionError as e:
+        raise _fail(path, f"cannot be read (permission denied: {e.strerror})") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"image file {path} is corrupt or truncated: {e}") from e
+        raise _fail(path, f"is corrupt or truncated: {e}") from e
+    except Exception as e:  # any other decoder failure (EOFError, struct.error, ...)
+        raise _fail(path, f"could not be decoded ({type(e).__name__}: {e})") from e
+
+
+def image_problem(path: str | os.PathLike[str]) -> str | None:
+    """``None`` if ``path`` decodes as an image, else the reason it does not (the
+    :attr:`ImageReadError.reason` of :func:`read_image`). Used by ``adaptreid data check``."""
+    try:
+        read_image(path)
+    except ImageReadError as e:
+        return e.reason
+    return None
+
+
+BAD_IMAGE_MODES = ("error", "skip")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -83,23 +122,57 @@ class ImageDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` is ``{"img": transform(image), "pid": int, "camid": int, "index": i}``.
     With ``transform=None`` the image is the RGB PIL image (not collatable by a DataLoader).
+
+    ``bad_images`` says what an unreadable image does (missing, empty, corrupt, truncated,
+    not an image, too large):
+
+    - ``"error"`` (default): :func:`read_image` raises :class:`ImageReadError` naming the file
+      (inside a DataLoader worker, the loader re-raises it);
+    - ``"skip"``: nothing is raised; the item comes back *marked bad*:
+      ``{"img": None, "pid", "camid", "index": i, "path": path, "bad": reason}``. The
+      collate function of the project's loaders (:func:`adaptreid.data.loaders.collate_skip_bad`)
+      drops such items from the batch and lists them in ``batch["bad"]``.
+
+    An error raised by ``transform`` itself is never skipped (it is a bug, not bad data).
     """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any] | None = None
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        bad_images: str = "error",
     ) -> None:
+        if bad_images not in BAD_IMAGE_MODES:
+            raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         self.samples = list(samples)
         self.transform = transform
+        self.bad_images = bad_images
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        img = read_image(sample.path)
+        try:
+            img = read_image(sample.path)
+        except ImageReadError as e:
+            if self.bad_images == "error":
+                raise
+            return {
+                "img": None,
+                "pid": int(sample.pid),
+                "camid": int(sample.camid),
+                "index": index,
+                "path": sample.path,
+                "bad": e.reason,
+            }
         if self.transform is not None:
             img = self.transform(img)
         return {"img": img, "pid": int(sample.pid), "camid": int(sample.camid), "index": index}
 
     def __repr__(self) -> str:
-        return f"ImageDataset({len(self)} samples, transform={self.transform!r})"
+        return (
+            f"ImageDataset({len(self)} samples, transform={self.transform!r}, "
+            f"bad_images={self.bad_images!r})"
+        )

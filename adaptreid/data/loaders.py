@@ -1,7 +1,25 @@
 """DataLoaders for training (PK batches) and testing (fixed order).
 
 Batches are dicts ``{"img": float tensor [B, 3, H, W], "pid": long [B], "camid": long [B],
-"index": long [B]}`` (``index`` = position in the sample list, to put features back in order).
+"index": long [B], "bad": [(index, path, reason), ...]}`` (``index`` = position in the sample
+list, to put features back in order; ``bad`` = the images of this batch that could not be read
+and were dropped from it, always present, empty unless ``bad_images="skip"``).
+
+Bad images (``bad_images``)
+---------------------------
+``"error"`` (default): an unreadable image raises :class:`~adaptreid.data.images.ImageReadError`
+naming the file. ``"skip"``: it is dropped from its batch by :func:`collate_skip_bad` and
+listed in ``batch["bad"]``, so a long run goes on; the caller records it (e.g. in a
+:class:`~adaptreid.data.bad_images.BadImageLog`). Consequences:
+
+- a **train** batch is then *short* by the dropped images: ``P * K`` minus the bad ones, so an
+  identity may have fewer than ``K`` images in it (batch-hard triplet skips anchors left
+  without a positive). A batch left with fewer than 2 images (BatchNorm cannot train on one)
+  is not yielded; its bad images are reported with the next batch yielded, and every bad
+  image met in the current epoch is in ``loader.epoch_bad``. An epoch may therefore have fewer
+  batches than ``len(loader)``;
+- a **test** batch is short too (possibly empty: ``img`` of shape ``(0,)``); ``index`` says
+  which samples the rows are.
 
 Reproducibility: the PK order depends only on ``(seed, epoch)`` (see
 :class:`~adaptreid.data.sampler.PKSampler`). Worker processes are seeded from a
@@ -17,13 +35,74 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
+from ..errors import DatasetError
 from .datasets import Sample
 from .images import ImageDataset
 from .sampler import PKSampler
 
-__all__ = ["build_test_loader", "build_train_loader", "seed_worker"]
+__all__ = [
+    "TrainLoader",
+    "build_test_loader",
+    "build_train_loader",
+    "collate_skip_bad",
+    "seed_worker",
+]
+
+BadImage = tuple[int, str, str]
+"""``(index in the sample list, path, reason)`` of an image that could not be read."""
+
+
+def collate_skip_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate :class:`ImageDataset` items, leaving out those marked bad (``"bad"`` key, from
+    ``bad_images="skip"``) and listing them as ``batch["bad"] = [(index, path, reason), ...]``
+    (always present). A batch of bad items only has empty ``img`` / ``pid`` / ``camid`` /
+    ``index`` tensors."""
+    good = [it for it in items if it.get("bad") is None]
+    bad = [(int(it["index"]), str(it["path"]), str(it["bad"])) for it in items if it.get("bad")]
+    if good:
+        batch = default_collate(good)
+    else:
+        batch = {
+            "img": torch.empty(0),
+            "pid": torch.empty(0, dtype=torch.long),
+            "camid": torch.empty(0, dtype=torch.long),
+            "index": torch.empty(0, dtype=torch.long),
+        }
+    batch["bad"] = bad
+    return batch
+
+
+def _empty_split_error(samples: Sequence[Sample], what: str) -> DatasetError:
+    reason = getattr(samples, "reason", None)
+    if reason:
+        return DatasetError(f"{what}: {reason}")
+    return DatasetError(f"{what}: the sample list is empty")
+
+
+class TrainLoader(DataLoader):
+    """A :class:`DataLoader` that never yields a batch of fewer than ``min_batch`` images
+    (after bad images were dropped, see the module docstring). ``epoch_bad`` lists every bad
+    image met since the current iteration over the loader began."""
+
+    def __init__(self, *args: Any, min_batch: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_batch = int(min_batch)
+        self.epoch_bad: list[BadImage] = []
+
+    def __iter__(self):  # type: ignore[override]
+        self.epoch_bad = []
+        pending: list[BadImage] = []
+        for batch in super().__iter__():
+            bad = list(batch.get("bad", []))
+            self.epoch_bad.extend(bad)
+            if len(batch["index"]) < self.min_batch:
+                pending.extend(bad)
+                continue
+            batch["bad"] = pending + bad
+            pending = []
+            yield batch
 
 
 def seed_worker(worker_id: int) -> None:
@@ -49,12 +128,19 @@ def build_train_loader(
     world_size: int = 1,
     unlabelled_ok: bool = False,
     pin_memory: bool = False,
-) -> DataLoader:
-    """A loader of ``P x K`` batches over ``samples`` (every batch full: ``drop_last``).
+    bad_images: str = "error",
+) -> TrainLoader:
+    """A loader of ``P x K`` batches over ``samples`` (``drop_last``: every batch drawn is
+    full; with ``bad_images="skip"`` it may come out short by its unreadable images, see the
+    module docstring).
 
     ``loader.sampler`` is the :class:`PKSampler`; call ``loader.sampler.set_epoch(e)`` before
-    each epoch. ``unlabelled_ok=True`` leaves pid -1 samples out instead of raising.
+    each epoch. ``unlabelled_ok=True`` leaves pid -1 samples out instead of raising. An empty
+    ``samples`` (e.g. the train split of an evaluation-only folder) raises
+    :class:`DatasetError` naming what is missing.
     """
+    if not samples:
+        raise _empty_split_error(samples, "no training images")
     sampler = PKSampler(
         [s.pid for s in samples],
         p,
@@ -64,12 +150,13 @@ def build_train_loader(
         world_size=world_size,
         unlabelled_ok=unlabelled_ok,
     )
-    return DataLoader(
-        ImageDataset(samples, transform),
+    return TrainLoader(
+        ImageDataset(samples, transform, bad_images=bad_images),
         batch_size=sampler.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=num_workers,
+        collate_fn=collate_skip_bad,
         # workers are re-created each epoch so that their seeds come from ``generator``,
         # which the trainer re-seeds from (seed, epoch): a resumed run then draws the same
         # augmentations as an uninterrupted one
@@ -77,6 +164,7 @@ def build_train_loader(
         worker_init_fn=seed_worker if num_workers > 0 else None,
         generator=_generator(seed, rank),
         pin_memory=pin_memory,
+        min_batch=min(2, sampler.batch_size),
     )
 
 
@@ -87,13 +175,20 @@ def build_test_loader(
     num_workers: int = 0,
     *,
     pin_memory: bool = False,
+    bad_images: str = "error",
 ) -> DataLoader:
-    """A loader over ``samples`` in their order (no shuffling, last batch may be short)."""
+    """A loader over ``samples`` in their order (no shuffling, last batch may be short; with
+    ``bad_images="skip"`` unreadable images are left out of their batch and listed in
+    ``batch["bad"]``). A split that the dataset lacks (see
+    :class:`~adaptreid.data.datasets.MissingSplit`) raises :class:`DatasetError` naming it."""
+    if not samples and getattr(samples, "reason", None):
+        raise _empty_split_error(samples, "no images to load")
     return DataLoader(
-        ImageDataset(samples, transform),
+        ImageDataset(samples, transform, bad_images=bad_images),
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,
+        collate_fn=collate_skip_bad,
         # its own generator, so that iterating a test loader never consumes the global RNG
         generator=torch.Generator().manual_seed(0),
         num_workers=num_workers,

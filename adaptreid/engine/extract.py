@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,12 +16,27 @@ from ..errors import TrainingError
 
 @dataclass
 class Features:
-    """Features of a list of samples, in the list's order."""
+    """Features of a list of samples, in the list's order.
+
+    With a loader in ``bad_images="skip"`` mode, unreadable images have no row: ``kept`` are
+    the positions (in the loader's sample list) of the rows, increasing, and ``dropped`` the
+    ``(index, path, reason)`` of the images left out. Realign with a sample list by
+    ``[samples[i] for i in f.kept]``. Without drops, ``kept == arange(N)`` and ``dropped``
+    is empty.
+    """
 
     feats: torch.Tensor
     """(N, D) float32 on the CPU."""
     pids: np.ndarray
     camids: np.ndarray
+    kept: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    """(N,) int64: the sample index of each row."""
+    dropped: list[tuple[int, str, str]] = field(default_factory=list)
+    """``(index, path, reason)`` of each sample left out because its image is unreadable."""
+
+    def __post_init__(self) -> None:
+        if len(self.kept) == 0 and len(self.pids):
+            self.kept = np.arange(len(self.pids), dtype=np.int64)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -67,15 +82,31 @@ def extract_features(
     verbose: bool = True,
 ) -> Features:
     """Run ``model`` in eval mode over ``loader`` (batches of dicts with ``img``, ``pid``,
-    ``camid``). With ``flip`` the features of the image and its mirror are averaged. Features
-    are L2-normalised per part when ``normalize`` (``model.num_parts`` parts, default 1).
-    Raises :class:`TrainingError` if a feature is NaN or infinite."""
+    ``camid``, and optionally ``index`` and ``bad``). With ``flip`` the features of the image
+    and its mirror are averaged. Features are L2-normalised per part when ``normalize``
+    (``model.num_parts`` parts, default 1). Raises :class:`TrainingError` if a feature is NaN
+    or infinite.
+
+    Images a loader in ``bad_images="skip"`` mode dropped (``batch["bad"]``) have no feature:
+    they are listed in :attr:`Features.dropped` and :attr:`Features.kept` maps each row to its
+    sample (``batch["index"]``; without it, rows are numbered in loader order)."""
     device = torch.device(device) if isinstance(device, str) else device
     was_training = model.training
     model.eval()
-    feats, pids, camids = [], [], []
+    feats, pids, camids, kept = [], [], [], []
+    dropped: list[tuple[int, str, str]] = []
+    seen = 0
     try:
         for batch in tqdm(loader, desc=desc, disable=not verbose, leave=False, unit="batch"):
+            dropped += [(int(i), str(p), str(r)) for i, p, r in batch.get("bad", ())]
+            n = len(batch["img"])
+            if "index" in batch:
+                kept.append(np.asarray(batch["index"], dtype=np.int64).reshape(-1))
+            else:
+                kept.append(np.arange(seen, seen + n, dtype=np.int64))
+            seen += n
+            if n == 0:
+                continue  # every image of this batch was unreadable
             x = batch["img"].to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -107,4 +138,6 @@ def extract_features(
         out,
         np.concatenate(pids) if pids else np.empty(0, int),
         np.concatenate(camids) if camids else np.empty(0, int),
+        kept=np.concatenate(kept) if kept else np.empty(0, np.int64),
+        dropped=sorted(dropped),
     )
