@@ -90,6 +90,10 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
     train_source(_cfg(tmp_path, "name=t2"), resume=True, verbose=False)
     resumed = load_checkpoint(run2.last)
     assert resumed["epoch"] == 3
+    # Both runs are made here, on this machine, from the same seed: the resumed run replays
+    # the same float operations (sampling and augmentation depend only on seed and epoch),
+    # so it ends where the uninterrupted one does, on any CPU. The 1e-5 is not a statistical
+    # tolerance on a training outcome; it only spares the check the last bits of float32.
     for k, v in full["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
     records2 = _epochs(run2.path)
@@ -146,7 +150,9 @@ def test_cli_train_then_evaluate_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "mAP" in printed
     metrics = json.loads((out / "metrics.json").read_text())
+    # a range, not a value: a one-epoch model's mAP depends on the CPU's float paths
     assert 0.0 <= metrics["mAP"] <= 1.0
+    assert metrics["num_queries"] == 3  # every query of the test split was evaluated
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path):
