@@ -487,9 +487,10 @@ def kmeans(
     """Exact Lloyd k-means in torch, on the CPU or a GPU (the features' device).
 
     * seeding: greedy k-means++ (scikit-learn's variant) on a random sample of
-      ``init_size`` rows (default ``min(N, max(4 k, 2048))``: the sample's pairwise distances
-      are then one small matrix, and seeding costs a fraction of one Lloyd iteration instead
-      of scikit-learn's k x (2 + ln k) passes over the data);
+      ``init_size`` rows (default ``min(N, max(4 k, 8192))``; up to 8192 rows the sample's
+      pairwise distances are one matrix of at most 256 MB, computed once, and seeding costs
+      about one Lloyd iteration instead of scikit-learn's k x (2 + ln k) passes over the data;
+      a larger sample is seeded with blocked products against the sample instead);
     * Lloyd iterations on all rows: nearest centres by blocked matrix products
       (``||c||^2 - 2 x.c``, ties to the smaller centre index), centres as means; an empty
       cluster takes the point farthest from its centre (like scikit-learn);
@@ -500,6 +501,20 @@ def kmeans(
 
     Deterministic for a seed (on a given machine and thread count). ``n_init`` > 1 keeps the
     run of lowest inertia.
+
+    Args:
+        features: (N, D) numpy array or tensor (a CUDA tensor runs on its GPU).
+        k: clusters, ``1 <= k <= N``.
+        seed: seeds the sample, the k-means++ draws and the first centre.
+        n_init: independent seedings; the run of lowest inertia is returned.
+        max_iter: cap on Lloyd iterations.
+        tol: stop when an iteration lowers the inertia by less than ``tol`` x inertia.
+        init_size: rows of the k-means++ sample (default ``min(N, max(4 k, 8192))``).
+        block_rows: rows per block of the point x centre distance products.
+        verbose: print the inertia of every iteration.
+
+    Returns:
+        :class:`KMeansResult` ``(labels, centers, inertia, n_iter)``.
     """
     x = _as_tensor(features).to(torch.float32).contiguous()
     n = x.shape[0]
@@ -512,7 +527,7 @@ def kmeans(
         raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not tol >= 0:
         raise ConfigError(f"tol must be >= 0, got {tol!r}")
-    size = max(4 * k, 2048) if init_size is None else int(init_size)
+    size = max(4 * k, _KMPP_DENSE_MAX) if init_size is None else int(init_size)
     if size < 1:
         raise ConfigError(f"init_size must be >= 1, got {init_size!r}")
     xn = (x * x).sum(1)

@@ -1,0 +1,204 @@
+"""A whole pseudo-label step at scale (issue 16): Jaccard once, DBSCAN and HDBSCAN on it,
+cluster selection, PAST's RTL ranking table, on synthetic N x 2048 features (default
+N = 200,000), in one fresh process: time per stage and peak memory.
+
+Stages (the k-reciprocal Jaccard distance is computed ONCE and reused by every later stage):
+
+1. ``jaccard``: ``jaccard_distance(x, k1=20, k2=6)`` (sparse CSR, missing entries = 1);
+2. ``dbscan``: ``cluster(distance=jac, method="dbscan", eps, min_samples=4)``;
+3. ``hdbscan``: ``cluster(distance=jac, method="hdbscan", min_cluster_size=10)`` (the sparse
+   HDBSCAN: no N x N array at any N);
+4. ``select``: ``select_clusters`` (>= 4 images, >= 2 cameras) of both clusterings;
+5. ``ranking``: ``ranked_neighbors(jac, 2 * eta, features=x)`` with eta = 20 (RTL's table).
+
+Features: ``benchmarks/kreciprocal.py``'s synthetic generator (identity centres, 6 camera
+offsets, noise; about 17 images per identity), with its identities and cameras.
+Peak memory = ``ru_maxrss`` of the process (interpreter, torch and the 1.6 GB of features
+included); the RSS after each stage is recorded too (``/proc/self/statm``).
+
+    flock /tmp/adaptreid-heavy.lock .venv/bin/python benchmarks/pseudo_step.py            # 200k
+    flock /tmp/adaptreid-heavy.lock .venv/bin/python benchmarks/pseudo_step.py --n 20000 --profile
+
+Writes ``benchmarks/results/pseudo_step.json`` (one entry per N) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from kreciprocal import machine  # noqa: E402
+
+RESULTS = HERE / "results" / "pseudo_step.json"
+K1, K2, ETA = 20, 6, 20
+EPS, MIN_SAMPLES, MIN_CLUSTER_SIZE = 0.6, 4, 10
+
+
+def synthetic_reid(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192):
+    """``kreciprocal.synthetic_features`` (the same features, draw for draw) plus the
+    identities and cameras it drew."""
+    rng = np.random.default_rng(seed)
+    n_ids = max(1, n // per_identity)
+    centres = rng.standard_normal((n_ids, d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cams = rng.standard_normal((n_cameras, d), dtype=np.float32)
+    cams *= 0.5 / np.linalg.norm(cams, axis=1, keepdims=True)
+    pid = rng.integers(0, n_ids, n)
+    cam = rng.integers(0, n_cameras, n)
+    x = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        b = centres[pid[s:e]] + cams[cam[s:e]]
+        b += rng.standard_normal((e - s, d), dtype=np.float32) * np.float32(0.7 / np.sqrt(d))
+        x[s:e] = b / np.linalg.norm(b, axis=1, keepdims=True)
+    del centres
+    return x, pid, cam
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
+
+
+def worker(n: int, verbose: bool) -> dict:
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from adaptreid.pseudo.clustering import cluster
+    from adaptreid.pseudo.kreciprocal import jaccard_distance
+    from adaptreid.pseudo.ranking import ranked_neighbors
+    from adaptreid.pseudo.selection import select_clusters
+
+    torch.zeros(1) @ torch.zeros(1)
+    x, pid, cam = synthetic_reid(n)
+    out: dict = {"n": n, "base_gb": _peak_gb(), "stages": {}}
+
+    def stage(name, fn):
+        t0 = time.perf_counter()
+        res = fn()
+        out["stages"][name] = {
+            "seconds": time.perf_counter() - t0,
+            "rss_after_gb": _rss_gb(),
+            "peak_so_far_gb": _peak_gb(),
+        }
+        if verbose:
+            print(name, out["stages"][name], file=sys.stderr, flush=True)
+        return res
+
+    t_all = time.perf_counter()
+    jac = stage("jaccard", lambda: jaccard_distance(x, K1, K2, verbose=verbose))
+    out["nnz_per_row"] = jac.nnz / n
+    db = stage(
+        "dbscan",
+        lambda: cluster(distance=jac, method="dbscan", eps=EPS, min_samples=MIN_SAMPLES),
+    )
+    hd = stage(
+        "hdbscan",
+        lambda: cluster(distance=jac, method="hdbscan", min_cluster_size=MIN_CLUSTER_SIZE),
+    )
+    sel = stage(
+        "select",
+        lambda: (select_clusters(db, cam, min_size=4), select_clusters(hd, cam, min_size=4)),
+    )
+    ranked = stage("ranking", lambda: ranked_neighbors(jac, 2 * ETA, features=x))
+    out["seconds_total"] = time.perf_counter() - t_all
+    out["peak_gb"] = _peak_gb()
+    for name, lab, (_kept, info) in (("dbscan", db, sel[0]), ("hdbscan", hd, sel[1])):
+        out[name] = {
+            "clusters": int(lab.max() + 1),
+            "outliers": int((lab < 0).sum()),
+            "clusters_after_selection": info["clusters_after"],
+            "images_kept": info["images_kept"],
+            "ari_vs_identities": float(adjusted_rand_score(pid, lab)),
+        }
+    valid = ranked[:, 0] >= 0
+    out["ranking"] = {
+        "shape": list(ranked.shape),
+        "rank1_same_identity": float((pid[ranked[valid, 0]] == pid[valid]).mean()),
+        "rows_filled_by_euclidean": int((ranked < 0).any(1).sum()),
+    }
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the step (to stderr)")
+    ap.add_argument("--verbose", action="store_true", help="progress per stage (stderr)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        if args.profile:
+            import cProfile
+            import io
+            import pstats
+
+            prof = cProfile.Profile()
+            res = prof.runcall(worker, args.worker, args.verbose)
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
+            print(s.getvalue(), file=sys.stderr)
+        else:
+            res = worker(args.worker, args.verbose)
+        print(json.dumps(res))
+        return
+
+    results = {"machine": machine(), "runs": {}}
+    if args.out.exists():
+        results["runs"] = json.loads(args.out.read_text()).get("runs", {})
+    cmd = [sys.executable, __file__, "--worker", str(args.n)]
+    cmd += ["--profile"] * args.profile + ["--verbose"] * args.verbose
+    load = os.getloadavg()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker failed with exit code {proc.returncode}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update(
+        {
+            "date": datetime.datetime.now().isoformat(timespec="minutes"),
+            "command": " ".join(["python"] + sys.argv),
+            "load_avg_at_start": load,
+            "machine": results["machine"],
+        }
+    )
+    results["runs"][str(args.n)] = res
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(markdown(res))
+
+
+def markdown(r: dict) -> str:
+    lines = ["| stage | time (s) | RSS after (GB) | peak so far (GB) |", "|---|---|---|---|"]
+    for name, s in r["stages"].items():
+        lines.append(
+            f"| {name} | {s['seconds']:.1f} | {s['rss_after_gb']:.2f} | {s['peak_so_far_gb']:.2f} |"
+        )
+    lines.append(f"| **total** | **{r['seconds_total']:.1f}** | | **{r['peak_gb']:.2f}** |")
+    for name in ("dbscan", "hdbscan"):
+        c = r[name]
+        lines.append(
+            f"\n{name}: {c['clusters']} clusters, {c['outliers']} outliers, "
+            f"{c['clusters_after_selection']} kept by selection ({c['images_kept']} images), "
+            f"ARI vs identities {c['ari_vs_identities']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
