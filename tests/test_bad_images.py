@@ -211,6 +211,38 @@ def test_a_batch_left_with_one_image_is_not_yielded_and_its_bad_images_are_repor
         assert reported in ([], [ds.train[0].path, ds.train[1].path])
 
 
+def _count_batches_on_rank(rank: int, world: int, root: str, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    ds = build_dataset("market1501", root)
+    loader = build_train_loader(
+        ds.train, TF, 1, 2, seed=0, rank=rank, world_size=world, bad_images="skip"
+    )
+    counts = []
+    for epoch in range(4):
+        loader.sampler.set_epoch(epoch)
+        counts.append(len(list(loader)))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_skip_a_too_short_batch_together(tmp_path):
+    """One identity's P=1 x K=2 batch is unreadable: whichever rank draws it, both ranks skip
+    that batch (else one rank would take a step the other waits for forever)."""
+    import torch.multiprocessing as mp
+
+    train = [f"{pid:04d}_c1s1_00000{i}_00.jpg" for pid in (1, 2, 3, 4) for i in range(2)]
+    root = write_market(tmp_path / "m", train=train)
+    for name in train[:2]:
+        (root / "bounding_box_train" / name).write_bytes(b"")
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_count_batches_on_rank, args=(2, str(root), init, str(tmp_path)), nprocs=2)
+    counts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert counts[0] == counts[1] == [1, 1, 1, 1]  # 2 batches per rank, one skipped on both
+
+
 def test_trainer_epoch_goes_on_over_bad_training_images(target):
     from adaptreid.data.datasets import relabel
     from adaptreid.engine.trainer import Trainer

@@ -17,7 +17,8 @@ listed in ``batch["bad"]``, so a long run goes on; the caller records it (e.g. i
   without a positive). A batch left with fewer than 2 images (BatchNorm cannot train on one)
   is not yielded; its bad images are reported with the next batch yielded, and every bad
   image met in the current epoch is in ``loader.epoch_bad``. An epoch may therefore have fewer
-  batches than ``len(loader)``;
+  batches than ``len(loader)``. Under ``torch.distributed`` the ranks skip such a batch
+  together (see :class:`TrainLoader`), so DDP stays in step;
 - a **test** batch is short too (possibly empty: ``img`` of shape ``(0,)``); ``index`` says
   which samples the rows are.
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, default_collate
 
 from ..errors import DatasetError
@@ -84,12 +86,30 @@ def _empty_split_error(samples: Sequence[Sample], what: str) -> DatasetError:
 class TrainLoader(DataLoader):
     """A :class:`DataLoader` that never yields a batch of fewer than ``min_batch`` images
     (after bad images were dropped, see the module docstring). ``epoch_bad`` lists every bad
-    image met since the current iteration over the loader began."""
+    image met since the current iteration over the loader began.
 
-    def __init__(self, *args: Any, min_batch: int = 2, **kwargs: Any) -> None:
+    Under ``torch.distributed`` with ``sync_skips`` (the train loader in skip mode), the ranks
+    agree on every batch (one tiny all-reduce): a batch too short on any rank is skipped on
+    all of them, so that DDP ranks keep taking the same number of steps."""
+
+    def __init__(
+        self, *args: Any, min_batch: int = 2, sync_skips: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.min_batch = int(min_batch)
+        self.sync_skips = bool(sync_skips)
         self.epoch_bad: list[BadImage] = []
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        if not (self.sync_skips and dist.is_available() and dist.is_initialized()):
+            return ok
+        if dist.get_world_size() == 1:
+            return ok
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def __iter__(self):  # type: ignore[override]
         self.epoch_bad = []
@@ -97,7 +117,7 @@ class TrainLoader(DataLoader):
         for batch in super().__iter__():
             bad = list(batch.get("bad", []))
             self.epoch_bad.extend(bad)
-            if len(batch["index"]) < self.min_batch:
+            if not self._all_ranks_ok(len(batch["index"]) >= self.min_batch):
                 pending.extend(bad)
                 continue
             batch["bad"] = pending + bad
@@ -165,6 +185,7 @@ def build_train_loader(
         generator=_generator(seed, rank),
         pin_memory=pin_memory,
         min_batch=min(2, sampler.batch_size),
+        sync_skips=bad_images == "skip",
     )
 
 
