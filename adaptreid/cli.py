@@ -123,9 +123,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .methods.source import train_source
+    from .engine.supervised import train_source
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, command="train")
     run = train_source(cfg, resume=args.resume, verbose=not args.quiet)
     print(f"run folder: {run.path}")
     return 0
@@ -133,16 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .methods import ADAPT_METHODS
+    from .engine.loop import adapt
 
-    cfg = load_config(args.config, args.overrides)
-    run = ADAPT_METHODS.get(cfg.method)(cfg, resume=args.resume, verbose=not args.quiet)
+    cfg = load_config(args.config, args.overrides, command="adapt")
+    run = adapt(cfg, resume=args.resume, verbose=not args.quiet)
     print(f"run folder: {run.path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .methods.demo import format_demo_table, run_demo
+    from .demo import format_demo_table, run_demo
 
     out = args.out or ("runs/demo" if args.data is None else "runs/demo-real")
     result = run_demo(
@@ -184,7 +184,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .data.transforms import build_transforms
     from .engine.extract import extract_features, resolve_device
     from .engine.model_io import model_from_checkpoint
-    from .methods.msplr import pseudo_label_kwargs, sweep_kwargs
+    from .engine.pseudo_step import SWEEP_KEYS, pseudo_label_kwargs
     from .pseudo.labels import recommend_eps, sweep_eps
 
     cfg = load_config(args.config, args.overrides)
@@ -204,7 +204,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise AdaptReIDError(
             f"adaptreid cluster sweeps DBSCAN's eps; pseudo.method is {cfg.pseudo.method!r}"
         )
-    kwargs = sweep_kwargs(pseudo_label_kwargs(cfg))
+    cameras_known = bool(len(feats.camids)) and bool((np.asarray(feats.camids) >= 0).all())
+    all_kwargs = pseudo_label_kwargs(cfg.pseudo, cfg.seed, cameras_known=cameras_known)
+    kwargs = {k: all_kwargs[k] for k in SWEEP_KEYS}
     if args.eps_sweep:
         try:
             a, b, step = (float(v) for v in args.eps_sweep.split(":"))

@@ -51,6 +51,11 @@ class DataConfig:
     """MSPLR section 3.6.1: brightness +-20% or contrast +-15%."""
     allow_absolute_paths: bool = False
     """CSV manifests only: allow paths that leave the manifest's folder."""
+    bad_images: str = "auto"
+    """error | skip | auto. What to do with an image that cannot be read (corrupt, truncated,
+    empty, not an image): stop with an error naming the file, or drop it once, count it, log
+    it and list it in the run report. ``auto``: skip for the unlabelled target of ``adapt``
+    (a long run should not die on one bad file of 100k), error for a labelled source."""
     source_options: dict[str, Any] = field(default_factory=dict)
     """Extra arguments of the source dataset's factory, e.g. ``{preset: tiny}`` for
     ``synthetic-source`` (see ``adaptreid data list`` / the dataset's docstring)."""
@@ -109,11 +114,18 @@ class TrainConfig:
     eval_every: int = 10
     """Evaluate (and keep the best checkpoint) every N epochs; 0 only at the end."""
     amp: str = "none"
-    """none | bf16 | fp16 (fp16 on CUDA only)."""
+    """none | bf16 | fp16 (fp16 on CUDA only) | auto: bf16 + channels_last where a short probe
+    on this machine finds it faster than fp32 (cached per machine, model and input size; the
+    choice is logged), else fp32. Also used for feature extraction and evaluation."""
     channels_last: bool = False
+    """channels_last memory layout (ignored with ``amp: auto``, which chooses it)."""
     freeze_epochs: int = 0
-    """Train only the head for the first N epochs (MSPLR section 3.6.2 uses 20)."""
-    log_every: int = 20
+    """Train only the head for the first N epochs (MSPLR section 3.6.2 uses 20; see
+    ``method.freeze`` for where they sit in the schedule)."""
+    keep: str = "last"
+    """Source training: which model ``best.pt`` is. ``last``: the model after the last epoch
+    (MSPLR section 3.6.1 trains 90 epochs and adapts that model); ``best``: the epoch with the
+    best source-test mAP among those evaluated (``eval_every``)."""
     checkpoint_every: int = 1
     tensorboard: bool = False
     """Also write every metric record to TensorBoard (``runs/<name>/tb``; needs the
@@ -135,7 +147,13 @@ class PseudoConfig:
     """Pseudo-label generation (``adaptreid/pseudo``): MSPLR sections 3.3-3.5, PAST eq. 1-2."""
 
     camera_norm: bool = True
-    """MSPLR eq. 4: per-camera z-score of the target features before clustering (CN)."""
+    """MSPLR eq. 4: per-camera z-score of the target features before clustering (CN). Switched
+    off, with a warning, on a target whose camera ids are unknown."""
+    l2_after: bool = True
+    """L2-normalise the rows again after eq. 4 (``adaptreid.pseudo.camera_norm``). Eq. 4 alone
+    leaves features whose distances grow with sqrt(D) (about 64 for D = 2048), on which the
+    paper's eps of 0.35 / 0.42 is no radius at all; the eps only makes sense on unit rows.
+    See BENCHMARKS.md, "MSPLR clustering space", for the measured portions kept."""
     method: str = "dbscan"
     """dbscan | kmeans | hdbscan"""
     distance: str = "euclidean"
@@ -145,12 +163,22 @@ class PseudoConfig:
     auto_eps: bool = False
     """Choose eps at every step by the label-free sweep of ``adaptreid cluster``
     (``pseudo.labels.auto_eps``) instead of using ``eps``."""
+
     min_samples: int = 4
-    """DBSCAN's core-point size (MSPLR: 4); HDBSCAN's min_samples (PAST's S_min, 10)."""
+    """DBSCAN's core-point size, the point itself counted (MSPLR: 4). HDBSCAN: see
+    ``s_min`` / ``s_min_reading``."""
     kmeans_k: int = 0
     """k-means clusters; 0 means N // 15 (MSPLR eq. 1)."""
-    min_cluster_size: int = 4
-    """HDBSCAN's smallest cluster (PAST: 5, the library default its released code keeps)."""
+    s_min: int = 10
+    """PAST's S_min (section 3.4: 10), "the minimal samples in each cluster" of HDBSCAN; its
+    meaning is ``s_min_reading``."""
+    s_min_reading: str = "min_cluster_size"
+    """How S_min enters HDBSCAN. ``min_cluster_size``: the paper's words, a minimum cluster
+    size (HDBSCAN's min_samples then defaults to the same value, as in both libraries).
+    ``released_code``: the authors' released code, which passes S_min as the ``hdbscan``
+    package's ``min_samples`` and keeps its ``min_cluster_size`` default of 5; that package
+    does not count a point in its own neighbourhood while scikit-learn does, so S_min becomes
+    scikit-learn's ``min_samples = S_min + 1``."""
     k1: int = 20
     k2: int = 6
     select: bool = True
@@ -170,47 +198,18 @@ class AdaptConfig:
     """Source-trained checkpoint to adapt (``adaptreid train`` output)."""
     max_steps: int = 10
     """Pseudo-label refinement steps; 1 = a single round (Table 3 "+DA" without "+PL")."""
-    patience: int = 3
-    """Stop after this many steps without a better target mAP (label-free runs: never)."""
+    select: str = "agreement"
+    """Which step's model is ``best.pt`` (reported and exported). ``agreement``: label-free,
+    see :mod:`adaptreid.engine.selection`; ``last``: the last step; ``target_map``: the best
+    target test mAP, as the MSPLR paper's Figure 2 (an oracle: it uses the target's test
+    labels, and every report names it so). Steps are evaluated on the target's query/gallery
+    when it has them whatever the rule, for the report."""
+    patience: int = 0
+    """Stop after this many steps without a better score of ``select`` (0: never; ``last``:
+    never)."""
     epochs_per_step: int = 30
+    """Training epochs of each step (MSPLR, cluster contrast; PAST has its own per stage)."""
     extract_flip: bool = False
-
-
-@dataclass
-class PASTConfig:
-    """PAST (seed 003): Algorithm 1 and section 3.1. ``adapt.max_steps`` is I_max (4),
-    ``pseudo.min_samples`` is HDBSCAN's S_min (10), ``pseudo.k1`` / ``k2`` the
-    k-reciprocal encoding of eq. 1, ``loss.margin`` the m of eq. 3-4 (0.3), ``optim`` the SGD
-    (momentum 0.9, weight decay 5e-4). Table 1's rows are ``use_ctl`` / ``use_rtl`` /
-    ``use_promoting``."""
-
-    conservative_epochs: int = 40
-    """Epochs (passes of the P x K sampler over T_U) of each conservative stage. Not given in
-    the paper; 40 is the authors' released training script."""
-    promoting_epochs: int = 40
-    use_ctl: bool = True
-    """Clustering-based triplet loss, eq. 3."""
-    use_rtl: bool = True
-    """Ranking-based triplet loss, eq. 4."""
-    use_promoting: bool = True
-    """Promoting stage (eq. 6-7); off = the "C" rows of Table 1."""
-    eta: int = 20
-    """RTL: positives from ranks 1..eta, negatives from eta+1..2 eta (appendix, Table 4)."""
-    lambda_ctl: float = 0.5
-    """lambda of eq. 5, L_C = L_RTL + lambda L_CTL (section 3.4)."""
-    lr_trunk_conservative: float = 1.0e-4
-    lr_embedding_conservative: float = 2.0e-4
-    lr_classifier_promoting: float = 1.0e-3
-    lr_rest_promoting: float = 5.0e-5
-    lr_decay_after: int = 3
-    """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
-    lr_decay: float = 0.1
-    classifier_init: str = "normalized"
-    """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
-    features (raw), or a random classifier (random; an ablation)."""
-    eval_after_conservative: bool = False
-    """Also evaluate on the target after each conservative stage (logged in that stage's
-    last epoch record as ``conservative_mAP`` ...)."""
 
 
 @dataclass
@@ -226,25 +225,138 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    method: str = "msplr"
-    """Adaptation recipe for ``adaptreid adapt``: msplr | past."""
+    method: Any = field(default_factory=lambda: method_options("msplr"))
+    """The adaptation method of ``adaptreid adapt`` and its options: a mapping whose ``name``
+    picks the method (msplr | past | cluster_contrast) and whose other keys are checked
+    against that method's own options dataclass (``adaptreid.methods``). ``method: past``
+    alone means the method with its default options."""
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
-    past: PASTConfig = field(default_factory=PASTConfig)
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a :class:`Config` from a YAML file (with ``_base_`` inheritance) and overrides."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    command: str | None = None,
+) -> Config:
+    """Build a :class:`Config` from a YAML file (with ``_base_`` inheritance) and overrides.
+
+    With ``command`` (``"train"``, ``"adapt"``), keys that the command would not read are
+    refused with a message that says why (:func:`check_command_keys`): a key that does
+    nothing must not look as if it did."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _load_yaml_tree(resolve_config_path(path), seen=())
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
-    return from_dict(Config, raw)
+    cfg = from_dict(Config, raw)
+    if command is not None:
+        check_command_keys(cfg, given_keys(raw), command)
+    return cfg
+
+
+# --------------------------------------------------------------------------- method section
+
+
+@dataclass
+class MethodOptions:
+    """Base of every adaptation method's options (the ``method:`` section of a config).
+
+    A method declares its own subclass (``adaptreid.methods.msplr.MSPLROptions``, ...): the
+    keys of the section are checked against it, with "Did you mean" hints."""
+
+    name: str = ""
+
+
+def method_options(name: str, data: dict[str, Any] | None = None) -> MethodOptions:
+    """The options dataclass of method ``name`` filled from ``data`` (checked)."""
+    from .engine.method import method_class  # the methods register themselves there
+
+    cls = method_class(name).Options
+    return from_dict(cls, {**(data or {}), "name": str(name).lower()}, "method.")
+
+
+def _method_section(value: Any) -> MethodOptions:
+    if isinstance(value, MethodOptions):
+        return value
+    if isinstance(value, str):
+        return method_options(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key 'method' expects a method name or a mapping, got {value!r}")
+    data = dict(value)
+    return method_options(str(data.pop("name", "msplr")), data)
+
+
+def given_keys(raw: dict[str, Any], cls: type = None, prefix: str = "") -> set[str]:
+    """The dotted leaf keys a config file chain and its overrides set explicitly."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out: set[str] = set()
+    for key, value in raw.items():
+        full = prefix + key
+        tp = hints.get(key)
+        if key == "method" and cls is Config and isinstance(value, dict):
+            out |= {f"method.{k}" for k in value}
+        elif tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out |= given_keys(value, tp, full + ".")
+        else:
+            out.add(full)
+    return out
+
+
+#: Keys ``adaptreid train`` (supervised source training) never reads, and why.
+_TRAIN_IGNORES = {
+    "adapt.": "adaptation settings are read by `adaptreid adapt`, not by `train`",
+    "pseudo.": "pseudo-label settings are read by `adaptreid adapt` / `cluster`, not by `train`",
+    "method.": "the adaptation method is chosen by `adaptreid adapt`, not by `train`",
+}
+
+
+def check_command_keys(cfg: Config, given: set[str], command: str) -> None:
+    """Refuse keys that ``command`` ignores, naming the key and the reason.
+
+    * ``train`` ignores ``adapt.*``, ``pseudo.*`` and ``method.*``;
+    * ``adapt`` ignores what the chosen method declares it does not read
+      (``AdaptationMethod.ignored``), and, when ``adapt.init_checkpoint`` is set, every
+      ``model.*`` key except those the method reads to build its own head
+      (``AdaptationMethod.reads_model``): the network comes from the checkpoint.
+    """
+    problems: list[str] = []
+    if command == "train":
+        for key in sorted(given):
+            for prefix, why in _TRAIN_IGNORES.items():
+                if key.startswith(prefix):
+                    problems.append(f"{key}: {why}")
+    elif command == "adapt":
+        from .engine.method import method_class
+
+        cls = method_class(cfg.method.name)
+        for key in sorted(given):
+            why = next((w for k, w in cls.ignored.items() if key == k or key.startswith(k)), None)
+            if why:
+                problems.append(f"{key}: {cls.name} does not read it ({why})")
+            elif (
+                key.startswith("model.")
+                and cfg.adapt.init_checkpoint
+                and key not in cls.reads_model
+                and key != "model.pretrained"
+            ):
+                problems.append(
+                    f"{key}: the network is the one saved in adapt.init_checkpoint "
+                    f"({cfg.adapt.init_checkpoint}), so model.* settings do nothing here; "
+                    "to adapt another network, train a source model with it first "
+                    "(`adaptreid train ... model.backbone=...`)"
+                )
+    if problems:
+        raise ConfigError(
+            f"`adaptreid {command}` refuses config keys it would ignore:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -324,6 +436,13 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
         keys.append(name)
         if dataclasses.is_dataclass(hints[f.name]):
             keys.extend(valid_keys(hints[f.name], name + "."))
+        elif cls is Config and f.name == "method":
+            from .engine.method import METHODS
+
+            for m in METHODS.names():
+                keys.extend(
+                    k for k in valid_keys(METHODS.get(m).Options, "method.") if k not in keys
+                )
     return keys
 
 
@@ -337,14 +456,17 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = prefix + key
         if key not in names:
-            close = difflib.get_close_matches(full, valid_keys(Config), n=1, cutoff=0.5)
+            pool = valid_keys(cls, prefix) if prefix == "method." else valid_keys(Config)
+            close = difflib.get_close_matches(full, pool, n=1, cutoff=0.5)
             if not close:
                 close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.5)
                 close = [prefix + close[0]] if close else []
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {full!r}.{hint}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if cls is Config and key == "method":
+            kwargs[key] = _method_section(value)
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value or {}, full + ".")
         else:
             kwargs[key] = _check_value(full, tp, value)

@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py: runs MSPLR (``adapt_msplr``) on the tiny synthetic
+"""Worker for tests/test_distributed.py: runs MSPLR (``adapt``) on the tiny synthetic
 target, alone or under torchrun (gloo), counting on each rank how often it clustered and which
 pseudo-labels it trained on; writes OUT/adapt_rank<r>_w<world>.json."""
 
@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import adaptreid.engine.pseudo_step as P
 import adaptreid.methods.msplr as M
 from adaptreid.config import load_config
 from adaptreid.engine import distributed as D
+from adaptreid.engine.loop import adapt
 
 seen = {"cluster_calls": 0, "auto_eps_calls": 0, "labels": []}
-_make, _auto, _samples = M.make_pseudo_labels, M.auto_eps, M.pseudo_samples
+_make, _auto, _samples = P.make_pseudo_labels, P.auto_eps, M.pseudo_samples
 
 
 def _count_make(*a, **k):
@@ -36,7 +38,7 @@ def _record(train, labels):
     return _samples(train, labels)
 
 
-M.make_pseudo_labels, M.auto_eps, M.pseudo_samples = _count_make, _count_auto, _record
+P.make_pseudo_labels, P.auto_eps, M.pseudo_samples = _count_make, _count_auto, _record
 
 
 def main(ckpt: str, target_root: str, out: str) -> None:
@@ -61,7 +63,7 @@ def main(ckpt: str, target_root: str, out: str) -> None:
             "optim.warmup_epochs=0",
         ],
     )
-    M.adapt_msplr(cfg, verbose=False)
+    adapt(cfg, verbose=False)
     seen["rank"], seen["world"] = D.rank(), D.world_size()
     Path(out, f"adapt_rank{D.rank()}_w{seen['world']}.json").write_text(json.dumps(seen))
     D.cleanup()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptreid.cli import main
-from adaptreid.methods.demo import DemoResult, demo_configs, format_demo_table, run_demo
+from adaptreid.demo import DemoResult, demo_configs, format_demo_table, run_demo
 
 TINY = [
     "data.source_options.preset=tiny",

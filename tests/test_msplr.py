@@ -10,7 +10,7 @@ from test_train import _write_market
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.engine.checkpoint import load_checkpoint
-from adaptreid.methods.msplr import adapt_msplr
+from adaptreid.engine.loop import adapt
 
 COMMON = [
     "data.height=32",
@@ -18,7 +18,6 @@ COMMON = [
     "data.batch_size=8",
     "data.num_instances=2",
     "data.num_workers=0",
-    "model.backbone=resnet18",
     "optim.warmup_epochs=1",
     "optim.milestones=[50]",
 ]
@@ -36,6 +35,7 @@ def _source(tmp_path):
         "data.source=market1501",
         f"data.source_root={src}",
         "train.epochs=2",
+        "model.backbone=resnet18",
         *COMMON,
     ]
     assert main(args) == 0
@@ -52,6 +52,7 @@ def _adapt_args(tmp_path, ckpt, tgt, name, *extra):
         "adapt.epochs_per_step=2",
         "adapt.max_steps=2",
         "adapt.patience=0",
+        "method.freeze=inside_schedule",
         "train.freeze_epochs=1",
         "pseudo.method=kmeans",
         "pseudo.kmeans_k=8",
@@ -85,7 +86,13 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
     assert [r["step"] for r in steps] == [0, 1, 2]
     assert steps[0]["stage"] == "direct_transfer"
     labels = [r for r in recs if r["kind"] == "labels"]
-    assert [r["step"] for r in labels] == [1, 2]
+    # one round per step, and one more (a probe) that scores the last model label-free
+    assert [(r["step"], r.get("probe", False)) for r in labels] == [
+        (1, False),
+        (2, False),
+        (3, True),
+    ]
+    assert [r["step"] for r in recs if r["kind"] == "select"] == [0, 1, 2]
     assert all(0 < r["portion_kept"] <= 1 for r in labels)
     assert all("quality_f1" in r for r in labels)  # target ids known: analysis only
     epochs = [r for r in recs if r["kind"] == "epoch"]
@@ -97,7 +104,9 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
     final = load_checkpoint(run / "checkpoints" / "last.pt")
 
     # the same run, stopped after the first epoch of step 2, then resumed
-    cfg = load_config("configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "cut"))
+    cfg = load_config(
+        "configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
+    )
     cfg.adapt.max_steps = 2
     cut = tmp_path / "runs" / "cut"
 
@@ -115,13 +124,13 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
 
     trainer_mod.Trainer.train_epoch = stop_in_step_two
     try:
-        adapt_msplr(cfg, verbose=False)
+        adapt(cfg, verbose=False)
     except Stop:
         pass
     finally:
         trainer_mod.Trainer.train_epoch = original
     assert load_checkpoint(cut / "checkpoints" / "last.pt")["loop"]["step"] == 2
-    adapt_msplr(cfg, resume=True, verbose=False)
+    adapt(cfg, resume=True, verbose=False)
     resumed = load_checkpoint(cut / "checkpoints" / "last.pt")
     assert np.array_equal(resumed["loop"]["labels"].numpy(), final["loop"]["labels"].numpy())
     for k, v in final["model"].items():

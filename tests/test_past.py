@@ -13,9 +13,11 @@ from test_train import _write_market
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.data.datasets import Sample
+from adaptreid.data.ranking import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.data.sampler import PKSampler
 from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.extract import l2_normalize
+from adaptreid.engine.loop import adapt
 from adaptreid.errors import ConfigError
 from adaptreid.losses.past_loss import (
     ConservativeLoss,
@@ -23,17 +25,10 @@ from adaptreid.losses.past_loss import (
     promoting_loss,
     split_rtl_batch,
 )
-from adaptreid.methods.past import (
-    RankingTripletBatchSampler,
-    adapt_past,
-    cluster_mean_weights,
-    conservative_optimizer,
-    past_model,
-    past_train_loader,
-    promoting_optimizer,
-)
+from adaptreid.methods.past import conservative_optimizer, past_model, promoting_optimizer
 from adaptreid.models import build_model
 from adaptreid.models.pcb import PCBHead
+from adaptreid.pseudo.centroids import cluster_means
 from adaptreid.pseudo.kreciprocal import jaccard_distance, sparse_distance_to_dense
 from adaptreid.pseudo.ranking import ranked_neighbors
 
@@ -99,7 +94,7 @@ def test_pcb_classifier_takes_cluster_means():
 def test_cluster_mean_weights_eq7():
     feats = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0], [9.0, 9.0], [0.0, 1.0]])
     labels = np.array([0, 0, 1, -1, 1])
-    w = cluster_mean_weights(feats, labels)
+    w = cluster_means(feats, labels)
     assert torch.allclose(w, torch.tensor([[2.0, 1.0], [0.0, 3.0]]))
 
 
@@ -232,17 +227,17 @@ def test_past_loader_batches_hold_anchors_positives_negatives(tmp_path):
     cfg = load_config(None, ["data.height=16", "data.width=8", "data.batch_size=4"])
     cfg.data.num_instances, cfg.data.num_workers = 2, 0
     ranked = np.stack([np.roll(np.delete(np.arange(12), i), -i) for i in range(12)])[:, :4]
-    loader = past_train_loader(cfg, train, labels, ranked=ranked, eta=2, seed=1)
+    loader = ranking_triplet_loader(cfg, train, labels, ranked=ranked, eta=2, seed=1)
     batch = next(iter(loader))
     assert batch["img"].shape == (12, 3, 16, 8)
     assert batch["rtl_role"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     anchors = batch["index"][:4].numpy()
     assert (labels[anchors] >= 0).all()
     assert (batch["pid"][:4].numpy() == labels[anchors]).all()  # pid = pseudo-label
-    plain = past_train_loader(cfg, train, labels, seed=1)
+    plain = ranking_triplet_loader(cfg, train, labels, seed=1)
     assert next(iter(plain))["img"].shape[0] == 4  # no RTL: anchors only
     cfg.data.batch_size = 16  # P = 8 > 4 clusters: P shrinks to 4, as in MSPLR's loader
-    assert next(iter(past_train_loader(cfg, train, labels, seed=1)))["img"].shape[0] == 8
+    assert next(iter(ranking_triplet_loader(cfg, train, labels, seed=1)))["img"].shape[0] == 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +247,12 @@ def test_past_loader_batches_hold_anchors_positives_negatives(tmp_path):
 
 def test_past_model_keeps_the_source_trunk_and_stage_learning_rates():
     cfg = load_config(
-        "configs/past/base.yaml", ["model.backbone=resnet18", "model.head_options.num_parts=3"]
+        "configs/past/base.yaml",
+        [
+            "model.backbone=resnet18",
+            "model.head_options.num_parts=3",
+            "model.head_options.parts=stripes",
+        ],
     )
     source = build_model("resnet18", num_classes=7)  # a BNNeck source model
     model = past_model(cfg, source)
@@ -289,17 +289,18 @@ def _past_args(tmp_path, ckpt, tgt, name, *extra):
         f"data.target_root={tgt}",
         f"adapt.init_checkpoint={ckpt}",
         "adapt.max_steps=2",
-        *COMMON,
+        *(c for c in COMMON if not c.startswith("optim.")),  # PAST has its own lrs
         "data.pad=0",
+        "model.backbone=resnet18",  # the source checkpoint's trunk
         "model.head_options.num_parts=2",
+        "model.head_options.parts=stripes",
         "model.embedding_dim=8",
         "pseudo.k1=6",
         "pseudo.k2=2",
-        "pseudo.min_cluster_size=3",
-        "pseudo.min_samples=3",
-        "past.eta=3",
-        "past.conservative_epochs=1",
-        "past.promoting_epochs=2",
+        "pseudo.s_min=3",
+        "method.eta=3",
+        "method.conservative_epochs=1",
+        "method.promoting_epochs=2",
         *extra,
     ]
 
@@ -333,20 +334,21 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
     seen = []
 
     def check_init(self, epoch):
-        if self.desc.endswith("promoting") and epoch == 2:
+        if self.desc.endswith("promoting") and epoch == 1:
             samples = self.loader.dataset.samples
             loader = build_test_loader(samples, build_transforms(32, 16, train=False), 64)
             f = extract_features(self.model, loader, normalize=True, verbose=False)
             labels = np.array([s.pid for s in samples])
-            w = cluster_mean_weights(f.feats, labels)
-            assert torch.allclose(self.model.head.classifier.weight, w, atol=1e-5)
+            w = cluster_means(f.feats, labels)  # (C, p d): part k in columns [k d, (k+1) d)
+            per_part = w.reshape(len(w), 2, 8).transpose(0, 1)  # one classifier per part
+            assert torch.allclose(self.model.head.classifier.weight, per_part, atol=1e-5)
             seen.append(self.desc)
         return original(self, epoch)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", check_init)
     args = ["adapt", "--config", "configs/past/base.yaml", "-q"]
     assert main([*args, *_past_args(tmp_path, ckpt, tgt, "full")]) == 0
-    assert seen == ["iteration 1 promoting", "iteration 2 promoting"]
+    assert seen == ["step 1 promoting", "step 2 promoting"]
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", original)
 
     run = tmp_path / "runs" / "full"
@@ -354,11 +356,11 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
     steps = [r for r in recs if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [0, 1, 2]
     assert steps[0]["stage"] == "direct_transfer" and steps[1]["stage"] == "past"
-    labels = [r for r in recs if r["kind"] == "labels"]
+    labels = [r for r in recs if r["kind"] == "labels" and not r.get("probe")]
     assert [r["step"] for r in labels] == [1, 2]
     assert all("quality_f1" in r and "quality_rtl_pos_precision" in r for r in labels)
     epochs = [(r["step"], r["epoch"], r["stage"]) for r in recs if r["kind"] == "epoch"]
-    stages = [(1, 1, "conservative"), (1, 2, "promoting"), (1, 3, "promoting")]
+    stages = [(1, 1, "conservative"), (1, 1, "promoting"), (1, 2, "promoting")]
     assert epochs == stages + [(2, e, s) for _, e, s in stages]
     conservative = [r for r in recs if r.get("stage") == "conservative"]
     assert all("rtl" in r and "ctl" in r and "ce" not in r for r in conservative)
@@ -370,71 +372,73 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
     assert final["arch"]["head"] == "pcb" and final["method"] == "past"
 
     # the same run, stopped inside iteration 2's promoting stage, then resumed
-    cfg = load_config("configs/past/base.yaml", _past_args(tmp_path, ckpt, tgt, "cut"))
+    cfg = load_config(
+        "configs/past/base.yaml", _past_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
+    )
     cut = tmp_path / "runs" / "cut"
 
     class Stop(Exception):
         pass
 
     def stop(self, epoch):
-        if self.desc == "iteration 2 promoting" and epoch == 3:
+        if self.desc == "step 2 promoting" and epoch == 2:
             raise Stop
         return original(self, epoch)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", stop)
     with pytest.raises(Stop):
-        adapt_past(cfg, verbose=False)
+        adapt(cfg, verbose=False)
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", original)
     state = load_checkpoint(cut / "checkpoints" / "last.pt")["loop"]
-    assert state["step"] == 2 and state["extra"]["stage"] == "promoting"
-    adapt_past(cfg, resume=True, verbose=False)
+    assert state["step"] == 2 and state["stage"] == 1  # inside the promoting stage
+    adapt(cfg, resume=True, verbose=False)
     resumed = load_checkpoint(cut / "checkpoints" / "last.pt")
     assert np.array_equal(resumed["loop"]["labels"].numpy(), final["loop"]["labels"].numpy())
     for k, v in final["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
-    cut_epochs = [(r["step"], r["epoch"]) for r in _records(cut) if r["kind"] == "epoch"]
-    assert cut_epochs == [(s, e) for s, e, _ in epochs]  # no duplicate, nothing lost
+    cut_epochs = [
+        (r["step"], r["epoch"], r["stage"]) for r in _records(cut) if r["kind"] == "epoch"
+    ]
+    assert cut_epochs == epochs  # no duplicate, nothing lost
 
 
 def test_table1_conservative_only_rows(tmp_path, source_and_target):
     torch.set_num_threads(1)
     ckpt, tgt = source_and_target
     extra = [
-        "past.use_promoting=false",
-        "past.use_ctl=false",  # the "RTL" row of Table 1
+        "method.use_promoting=false",
+        "method.use_ctl=false",  # the "RTL" row of Table 1
         "adapt.max_steps=1",
-        "past.eval_after_conservative=true",
     ]
     cfg = load_config("configs/past/base.yaml", _past_args(tmp_path, ckpt, tgt, "rtl", *extra))
-    run = adapt_past(cfg, verbose=False)
+    run = adapt(cfg, verbose=False)
     recs = _records(run.path)
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert [r["stage"] for r in epochs] == ["conservative"]
     assert all("rtl" in r and "ctl" not in r for r in epochs)
-    assert "conservative_mAP" in epochs[-1]
+    assert [r["step"] for r in recs if r["kind"] == "step"] == [0, 1]  # evaluated after it
     assert load_checkpoint(run.last)["arch"]["num_classes"] == 0  # no classifier was added
     with pytest.raises(ConfigError, match="use_ctl"):
         bad = load_config(
-            "configs/past/base.yaml", ["past.use_ctl=false", "past.use_rtl=false", "name=x"]
+            "configs/past/base.yaml",
+            ["method.use_ctl=false", "method.use_rtl=false", f"output_dir={tmp_path}", "name=x"],
         )
-        adapt_past(bad)
+        adapt(bad)
 
 
 def test_rtl_inside_msplr(tmp_path, source_and_target):
     """Mixing (issue item 6): MSPLR's loss plus loss.rtl_weight * L_RTL on RTL batches."""
     from test_msplr import _adapt_args
 
-    from adaptreid.methods.msplr import adapt_msplr
-
     torch.set_num_threads(1)
     ckpt, tgt = source_and_target
-    extra = ["adapt.max_steps=1", "loss.rtl_weight=1.0", "past.eta=3", "pseudo.k1=6"]
+    extra = ["adapt.max_steps=1", "loss.rtl_weight=1.0", "method.rtl_eta=3", "pseudo.k1=6"]
     cfg = load_config("configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "mix", *extra))
-    run = adapt_msplr(cfg, verbose=False)
+    run = adapt(cfg, verbose=False)
     epochs = [r for r in _records(run.path) if r["kind"] == "epoch"]
     assert len(epochs) == 2
     assert all(r["rtl"] >= 0 and "triplet" in r and "ce" in r for r in epochs)
-    ranked = load_checkpoint(run.last)["loop"]["extra"]["rtl_ranked"]
+    ranked = load_checkpoint(run.last)["loop"]["extra"]["ranked"]
     assert ranked.shape == (32, 6)
 
 
@@ -454,7 +458,10 @@ def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
         "data.target=",
         "train.epochs=1",
         *COMMON,
+        "model.backbone=resnet18",
+        "model.pretrained=null",
         "model.head_options.num_parts=2",
+        "model.head_options.parts=stripes",
         "model.embedding_dim=8",
     ]
     assert main(args) == 0
@@ -465,6 +472,11 @@ def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
     model, _ = model_from_checkpoint(tmp_path / "runs" / "pcb" / "checkpoints" / "last.pt")
     cfg = load_config(
         "configs/past/base.yaml",
-        ["model.backbone=resnet18", "model.head_options.num_parts=2", "model.embedding_dim=8"],
+        [
+            "model.backbone=resnet18",
+            "model.head_options.num_parts=2",
+            "model.head_options.parts=stripes",
+            "model.embedding_dim=8",
+        ],
     )
     assert past_model(cfg, model) is model

@@ -35,6 +35,7 @@ class RunDir:
         self.path = Path(path)
         self.ckpt_dir = self.path / "checkpoints"
         self._tb = None
+        self._records: int | None = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -126,10 +127,12 @@ class RunDir:
         """Append one JSON record (rank 0 only), flushed to disk."""
         if not D.is_main():
             return
+        count = self.num_records()
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._records = count + 1
         if self._tb is not None:
             self._write_tensorboard(record)
 
@@ -156,6 +159,22 @@ class RunDir:
                 continue
         return out
 
+    def num_records(self) -> int:
+        """How many records metrics.jsonl holds (counted once, then kept up to date)."""
+        if self._records is None:
+            self._records = len(self.read_metrics())
+        return self._records
+
+    def truncate_records(self, n: int) -> None:
+        """Keep the first ``n`` records (a resume drops what came after its checkpoint)."""
+        if not D.is_main() or not self.metrics_file.is_file():
+            return
+        records = self.read_metrics()[: int(n)]
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+        os.replace(tmp, self.metrics_file)
+        self._records = len(records)
+
     def truncate_metrics(self, keep: Any) -> None:
         """Keep only records for which ``keep(record)`` is true (used on resume)."""
         if not D.is_main() or not self.metrics_file.is_file():
@@ -164,6 +183,7 @@ class RunDir:
         tmp = self.metrics_file.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
         os.replace(tmp, self.metrics_file)
+        self._records = len(records)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, state: dict[str, Any], *, best: bool = False) -> None:

@@ -4,7 +4,9 @@ The :class:`Trainer` knows nothing about re-ID losses or datasets: it is given a
 criterion ``(outputs, batch) -> (loss, {name: value})``, optimisers and a loader, and runs
 epochs with optional autocast (bf16 / fp16), channels_last, a frozen body for the first
 epochs (MSPLR section 3.6.2), DDP across ranks, a progress bar (loss, lr, images/s) and a
-non-finite-loss guard. Its :meth:`state_dict` holds everything needed to resume.
+non-finite-loss guard. Hooks (:class:`~adaptreid.engine.method.TrainHooks`) run before and
+after each epoch and after each optimiser step, e.g. to update a memory bank. Its
+:meth:`state_dict` holds everything needed to resume, the hooks' state included.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Trainer:
         freeze_epochs: the body is frozen while ``epoch <= freeze_epochs`` (1-based epochs).
         amp: ``none`` | ``bf16`` | ``fp16`` (fp16 uses a GradScaler; CUDA only).
         iters_per_epoch: cap on batches per epoch (0: the loader's length).
+        hooks: a :class:`~adaptreid.engine.method.TrainHooks` (before / after each epoch,
+            after each optimiser step, and their checkpointed state).
+        on_bad_images: called with the ``(index, path, reason)`` items a loader in skip mode
+            dropped from a batch (``batch["bad"]``), if any.
     """
 
     def __init__(
@@ -63,6 +69,8 @@ class Trainer:
         seed: int = 0,
         desc: str = "train",
         verbose: bool = True,
+        hooks: Any = None,
+        on_bad_images: Callable[[list], None] | None = None,
     ) -> None:
         self.model = model.to(device)
         if channels_last:
@@ -81,6 +89,8 @@ class Trainer:
         self.desc = desc
         self.verbose = verbose and D.is_main()
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.hooks = hooks
+        self.on_bad_images = on_bad_images
         self._ddp: nn.Module | None = None
         self._ddp_frozen: bool | None = None
         self.epoch = 0  # last completed epoch
@@ -123,6 +133,9 @@ class Trainer:
         if hasattr(self.model, "freeze_body"):
             self.model.freeze_body(frozen)
         self._set_epoch(epoch)
+        hook = self.hooks
+        if hook is not None and hook.before_epoch is not None:
+            hook.before_epoch(epoch)
         self.model.train()
         net = self._net()
         total_iters = len(self.loader)
@@ -142,6 +155,8 @@ class Trainer:
         for it, batch in enumerate(self.loader):
             if it >= total_iters:
                 break
+            if batch.get("bad") and self.on_bad_images is not None:
+                self.on_bad_images(batch["bad"])
             x = batch["img"].to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -172,6 +187,8 @@ class Trainer:
                 self.optimizer.step()
             for opt in self.extra_optimizers:
                 opt.step()
+            if hook is not None and hook.after_step is not None:
+                hook.after_step(outputs, batch)
             crash_point("train_step")
             n_batches += 1
             n_images += x.shape[0]
@@ -196,6 +213,8 @@ class Trainer:
         stats["images_per_s"] = n_images * D.world_size() / max(seconds, 1e-9)
         stats["epoch_s"] = seconds
         stats["body_frozen"] = float(frozen)
+        if hook is not None and hook.after_epoch is not None:
+            stats.update(hook.after_epoch(epoch, stats) or {})
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch = epoch
@@ -217,6 +236,8 @@ class Trainer:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.hooks is not None and self.hooks.state_dict is not None:
+            state["hooks"] = self.hooks.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -230,4 +251,6 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.hooks is not None and self.hooks.load_state_dict is not None and "hooks" in state:
+            self.hooks.load_state_dict(state["hooks"])
         self.epoch = int(state["epoch"])

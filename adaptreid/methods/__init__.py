@@ -1,20 +1,17 @@
-"""Recipes: source training and the adaptation methods, each a short function over shared
-parts. ``ADAPT_METHODS`` maps ``cfg.method`` to the recipe ``(cfg, *, resume, verbose)``."""
+"""The adaptation methods, one file each, on the interface of :mod:`adaptreid.engine.method`
+and the one loop of :mod:`adaptreid.engine.loop`. Importing this package registers them:
+``method: msplr`` (seed 000), ``method: past`` (seed 003), ``method: cluster_contrast``."""
 
-from ..registry import Registry
+from . import cluster_contrast, msplr, past  # noqa: F401  (register the methods)
+from .cluster_contrast import ClusterContrast, ClusterContrastOptions
+from .msplr import MSPLR, MSPLROptions
+from .past import PAST, PASTOptions
 
-ADAPT_METHODS = Registry("adaptation method")
-
-
-@ADAPT_METHODS.register("msplr")
-def _msplr(cfg, *, resume=False, verbose=True):
-    from .msplr import adapt_msplr
-
-    return adapt_msplr(cfg, resume=resume, verbose=verbose)
-
-
-@ADAPT_METHODS.register("past")
-def _past(cfg, *, resume=False, verbose=True):
-    from .past import adapt_past
-
-    return adapt_past(cfg, resume=resume, verbose=verbose)
+__all__ = [
+    "MSPLR",
+    "PAST",
+    "ClusterContrast",
+    "ClusterContrastOptions",
+    "MSPLROptions",
+    "PASTOptions",
+]

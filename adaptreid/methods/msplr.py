@@ -1,165 +1,131 @@
 """MSPLR: multi-step pseudo-label refinement (seed 000_a9e123b12ceb63e4, section 3.6.2).
 
-One step of the loop (Figure 1):
+One step of progressive learning (section 3.2, Figure 1), on the shared loop
+(:mod:`adaptreid.engine.loop`, which extracts the features and evaluates)::
 
-1. extract features of every target training image with the current model;
-2. camera-guided normalisation, eq. 4 (``pseudo.camera_norm``);
-3. cluster: DBSCAN (eps, min_samples 4) or k-means (k = N // 15, eq. 1) (``pseudo.method``);
-4. cluster selection, section 3.4: keep clusters with >= K images and >= 2 cameras;
-5. fine-tune on the pseudo-labelled images with a new classifier: body frozen for the first
-   ``train.freeze_epochs`` epochs (20 in the paper), then all layers, with the source
-   recipe's losses (eq. 5) and schedule (eq. 6);
-6. evaluate on the target query/gallery; keep the best model.
+    features of every target training image (current model)
+    -> camera-guided normalisation, eq. 4                  pseudo.camera_norm (+ pseudo.l2_after)
+    -> DBSCAN (eps, min_samples 4) | k-means (k = N // 15, eq. 1)      pseudo.method
+    -> cluster selection: >= K images, >= 2 cameras (section 3.4)       pseudo.select
+    -> new classifier; body frozen 20 epochs, then the source recipe:
+       L = L_tri + L_ID + 0.005 L_c (eq. 5), warm-up schedule (eq. 6)  section 3.6.2
 
-Steps repeat until ``adapt.patience`` steps bring no gain or ``adapt.max_steps`` is reached
-(progressive learning, section 3.2). Every row of Tables 3 and 4 is a config switch:
-``model.backbone`` (resnet50 / resnet50_ibn_a), ``adapt.max_steps`` (1 = "+DA", more = "+PL"),
-``pseudo.select``, ``pseudo.camera_norm``, ``pseudo.method`` (dbscan / kmeans).
+``method.freeze`` says where the frozen epochs sit. ``before_schedule`` (the paper's reading,
+section 3.6.2: "freezing the body of our model for 20 epochs [...]. Then, we unfreeze our
+model and complete the fine-tuning following the procedure described in 3.6.1"): a stage of
+``train.freeze_epochs`` head-only epochs at the constant base learning rate, then a stage of
+``adapt.epochs_per_step`` epochs with the whole eq. 6 schedule, warm-up included.
+``inside_schedule``: one stage of ``adapt.epochs_per_step`` epochs whose first
+``train.freeze_epochs`` are frozen (the warm-up is then spent with the body frozen).
+
+Every row of Tables 3 and 4 is a switch: the source model's backbone (resnet50 /
+resnet50_ibn_a), ``adapt.max_steps`` (1 = "+DA", more = "+PL"), ``pseudo.select``,
+``pseudo.camera_norm``, ``pseudo.method`` (dbscan / kmeans). ``loss.rtl_weight > 0`` mixes in
+PAST's ranking triplet loss (eq. 4 of seed 003) with its RTL batches.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
-import time
+from dataclasses import dataclass
 
-from ..config import Config
-from ..engine import distributed as D
-from ..engine.faults import crash_point
-from ..engine.run import RunDir
-from ..engine.trainer import Trainer
-from ..errors import TrainingError
+import numpy as np
+
+from ..config import MethodOptions
+from ..data.ranking import ranking_triplet_loader
+from ..engine.builders import optimizer_from_cfg
+from ..engine.loop import pseudo_samples
+from ..engine.method import AdaptationMethod, Stage, register_method
+from ..errors import ConfigError
+from ..losses.past_loss import RankingTripletAugmented
 from ..losses.reid_loss import build_reid_loss
-from ..pseudo.labels import auto_eps, make_pseudo_labels, sweep_eps
-from .common import finish_run, load_dataset, optimizer_from_cfg, seed_everything, train_loader
-from .progressive import ProgressiveRun, ground_truth, pseudo_samples
+from ..pseudo.ranking import ranked_neighbors
 
-log = logging.getLogger("adaptreid")
+FROZEN, FINETUNE = "frozen", "finetune"
 
 
-def pseudo_label_kwargs(cfg: Config) -> dict:
-    p = cfg.pseudo
-    return dict(
-        camera_norm=p.camera_norm,
-        method=p.method,
-        distance=p.distance,
-        eps=p.eps,
-        min_samples=p.min_samples,
-        k=p.kmeans_k or None,
-        min_cluster_size=p.min_cluster_size,
-        k1=p.k1,
-        k2=p.k2,
-        select=p.select,
-        # a selection rule is switched off by making it keep everything
-        min_size=p.min_size if p.enforce_size else 1,
-        min_cameras=p.min_cameras if p.enforce_cameras else 1,
-        seed=cfg.seed,
-    )
+@dataclass
+class MSPLROptions(MethodOptions):
+    name: str = "msplr"
+    freeze: str = "before_schedule"
+    """before_schedule (the paper's reading: frozen epochs, then the full eq. 6 schedule) |
+    inside_schedule (the frozen epochs are the first of the schedule)."""
+    rtl_eta: int = 20
+    """With ``loss.rtl_weight > 0``: PAST's eta (RTL positives from ranks 1..eta)."""
 
 
-def sweep_kwargs(kwargs: dict) -> dict:
-    """The subset of make_pseudo_labels' arguments that the eps sweep takes."""
-    accepted = inspect.signature(sweep_eps).parameters
-    return {k: v for k, v in kwargs.items() if k in accepted and k != "true_pids"}
+@register_method
+class MSPLR(AdaptationMethod):
+    name = "msplr"
+    Options = MSPLROptions
 
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.method.freeze not in ("before_schedule", "inside_schedule"):
+            raise ConfigError(
+                f"method.freeze must be 'before_schedule' or 'inside_schedule', "
+                f"got {cfg.method.freeze!r}"
+            )
 
-def adapt_msplr(cfg: Config, *, resume: bool = False, verbose: bool = True) -> RunDir:
-    """Run MSPLR on ``cfg.data.target``; returns the run folder."""
-    _, _, device = D.init(cfg.device)
-    run, cfg = RunDir.prepare(cfg, resume=resume)
-    seed_everything(cfg.seed)
-    target = load_dataset(cfg, "target")
-    gt = ground_truth(target.train)
-    loop = ProgressiveRun(cfg, run, device, "msplr", verbose=verbose)
-    model = loop.start(target, resume=resume)
-    s = loop.state
+    @property
+    def stages(self) -> tuple[str, ...]:
+        frozen = self.opt.freeze == "before_schedule" and self.cfg.train.freeze_epochs > 0
+        return (FROZEN, FINETUNE) if frozen else (FINETUNE,)
 
-    while not (s.step_done and loop.should_stop()):
-        t_step = time.perf_counter()
-        if s.step_done:  # a new step: pseudo-labels first
-            s.step += 1
-            s.step_done, s.trainer = False, None
-            feats = loop.target_features(model, target, normalize=False)
-            result = None
-            if D.is_main():
-                kwargs = pseudo_label_kwargs(cfg)
-                if cfg.pseudo.auto_eps and cfg.pseudo.method == "dbscan":
-                    kwargs["eps"], _, reason = auto_eps(
-                        feats.feats, feats.camids, **sweep_kwargs(kwargs)
-                    )
-                    log.info("step %d auto eps: %s", s.step, reason.split(";")[0])
-                result = make_pseudo_labels(feats.feats, feats.camids, true_pids=gt, **kwargs)
-            result = D.broadcast_object(result)
-            crash_point("cluster")
-            s.labels = result.labels
-            if cfg.loss.rtl_weight > 0:  # PAST's RTL mixed in: D_R of these features
-                from .past import rtl_ranking_state
+    def pseudo_labels(self, feats):
+        """Eq. 4, DBSCAN / k-means, cluster selection (:meth:`StepFeatures.cluster`); with RTL
+        mixed in, also the ranking score table of PAST eq. 2 from the same Jaccard distance."""
+        result = feats.cluster()
+        extra = {}
+        if self.cfg.loss.rtl_weight > 0:
+            table = ranked_neighbors(
+                feats.jaccard(), 2 * self.opt.rtl_eta, features=feats.prepared()
+            )
+            extra["ranked"] = table.astype(np.int32)
+        return result, extra
 
-                s.extra["rtl_ranked"] = rtl_ranking_state(feats, cfg)
-            record = {"kind": "labels", "step": s.step, **result.stats}
-            if cfg.pseudo.method == "dbscan":
-                record["eps"] = result.params["eps"]
-            record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
-            run.log_metrics(record)
-            log.info("step %d pseudo-labels: %s", s.step, _fmt_stats(result.stats, result.quality))
-            loop.save(model)
+    def on_labels(self, model, labels, extra):
+        model.reset_classifier(self.num_classes(labels))  # a new classifier per step
+        return model
 
-        samples = pseudo_samples(target.train, s.labels)
-        num_classes = int(s.labels.max()) + 1
-        if num_classes < 1:
-            raise TrainingError(f"step {s.step}: no pseudo-label cluster to train on")
-        if model.num_classes != num_classes or s.trainer is None:
-            model.reset_classifier(num_classes)
-        criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
-        optimizer, scheduler = optimizer_from_cfg(cfg, model)
+    def build_stage(self, stage, model, labels, extra):
+        cfg, ctx = self.cfg, self.ctx
+        n_cls = self.num_classes(labels)
+        criterion = build_reid_loss(cfg.loss, n_cls, model.feat_dim).to(ctx.device)
         center_opt = criterion.center_optimizer(cfg.loss.center_lr)
-        loader = train_loader(cfg, samples)
+        samples = pseudo_samples(ctx.target.train, labels)
+        seed = cfg.seed * 1000 + ctx.step
         if cfg.loss.rtl_weight > 0:  # + w L_RTL, with RTL triplets in the batches
-            from .past import mix_rtl
-
-            rtl = (target.train, s.labels, s.extra["rtl_ranked"], cfg.seed * 1000 + s.step)
-            criterion, loader = mix_rtl(cfg, criterion, *rtl)
-        trainer = Trainer(
-            model,
+            loader = ranking_triplet_loader(
+                cfg,
+                ctx.target.train,
+                labels,
+                ranked=extra["ranked"],
+                eta=self.opt.rtl_eta,
+                seed=seed,
+            )
+            criterion = RankingTripletAugmented(
+                criterion, weight=cfg.loss.rtl_weight, eta=self.opt.rtl_eta, margin=cfg.loss.margin
+            )
+        else:
+            loader = ctx.train_loader(samples)
+        if stage == FROZEN:  # head only, constant base lr: "let the last FC layer learn p"
+            optimizer, _ = optimizer_from_cfg(cfg, model, schedule=False)
+            return Stage(
+                criterion,
+                optimizer,
+                loader,
+                epochs=cfg.train.freeze_epochs,
+                extra_optimizers=[center_opt] if center_opt else [],
+                freeze_epochs=cfg.train.freeze_epochs,
+            )
+        optimizer, scheduler = optimizer_from_cfg(cfg, model)
+        inside = self.opt.freeze == "inside_schedule"
+        return Stage(
             criterion,
             optimizer,
             loader,
-            device=device,
+            epochs=cfg.adapt.epochs_per_step,
             scheduler=scheduler,
             extra_optimizers=[center_opt] if center_opt else [],
-            freeze_epochs=cfg.train.freeze_epochs,
-            amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last,
-            iters_per_epoch=cfg.train.iters_per_epoch,
-            seed=cfg.seed * 1000 + s.step,
-            desc=f"step {s.step}",
-            verbose=verbose,
+            freeze_epochs=cfg.train.freeze_epochs if inside else 0,
         )
-        if s.trainer is not None:  # resuming inside this step
-            trainer.load_state_dict({**s.trainer, "model": model.state_dict()})
-        for epoch in range(trainer.epoch + 1, cfg.adapt.epochs_per_step + 1):
-            stats = trainer.train_epoch(epoch)
-            s.trainer = {k: v for k, v in trainer.state_dict().items() if k != "model"}
-            run.log_metrics({"kind": "epoch", "step": s.step, "epoch": epoch, **stats})
-            loop.save(model)
-
-        loop.finish_step(model, target, t_step)
-    finish_run(cfg, run, target, device, stage="msplr", verbose=verbose)
-    D.barrier()
-    return run
-
-
-def _fmt_stats(stats: dict, quality: dict | None) -> str:
-    out = ", ".join(
-        f"{k} {stats[k]:.3g}" if isinstance(stats[k], float) else f"{k} {stats[k]}"
-        for k in ("num_clusters", "num_outliers", "portion_kept", "multi_camera_fraction")
-        if k in stats
-    )
-    if quality:
-        out += ", " + ", ".join(
-            f"{k} {quality[k]:.3f}" for k in ("precision", "recall", "f1", "nmi") if k in quality
-        )
-    return out
-
-
-__all__ = ["adapt_msplr", "pseudo_label_kwargs", "sweep_kwargs"]

@@ -29,7 +29,14 @@ from adaptreid.pseudo.camera_norm import camera_normalize
 from adaptreid.pseudo.quality import label_quality, pseudo_label_stats
 from adaptreid.pseudo.selection import select_clusters
 
-__all__ = ["PseudoLabels", "make_pseudo_labels", "recommend_eps", "sweep_eps"]
+__all__ = [
+    "PseudoLabels",
+    "auto_eps",
+    "make_pseudo_labels",
+    "prepare_features",
+    "recommend_eps",
+    "sweep_eps",
+]
 
 _DISTANCES = ("euclidean", "cosine", "jaccard")
 
@@ -57,11 +64,6 @@ class PseudoLabels:
     def num_clusters(self) -> int:
         return int(self.stats["num_clusters"])
 
-    @property
-    def kept(self) -> np.ndarray:
-        """(N,) bool: images with a pseudo-label (the training set of this iteration)."""
-        return self.labels >= 0
-
 
 # --------------------------------------------------------------------------------------------
 # shared steps
@@ -87,8 +89,11 @@ def _array1d(values):
     return np.asarray(values).reshape(-1)
 
 
-def _prepare(features, camids, camera_norm: bool, l2_after: bool):
-    """Eq. 4 (or plain L2 normalisation when camera normalisation is off and l2_after on)."""
+def prepare_features(features, camids, camera_norm: bool = True, l2_after: bool = True):
+    """The rows that are clustered: MSPLR eq. 4 per camera (``camera_norm``), then each row
+    L2-normalised again (``l2_after``; plain L2 normalisation when camera normalisation is
+    off). The Jaccard distance given to :func:`make_pseudo_labels` / :func:`auto_eps` as
+    ``jaccard=`` must be computed on these rows."""
     if camera_norm:
         if camids is None:
             raise ConfigError("camera normalisation needs camera ids (or camera_norm=False)")
@@ -102,7 +107,15 @@ def _prepare(features, camids, camera_norm: bool, l2_after: bool):
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def _jaccard(x, k1: int, k2: int) -> sp.csr_matrix:
+def _jaccard(x, k1: int, k2: int, given=None) -> sp.csr_matrix:
+    """The k-reciprocal Jaccard distance of the prepared rows ``x``, or ``given`` (computed
+    once per step by the caller and reused by auto-eps, clustering and PAST's ranking)."""
+    if given is not None:
+        if given.shape != (len(x), len(x)):
+            raise ConfigError(
+                f"jaccard= is {given.shape[0]} x {given.shape[1]}, expected {len(x)} x {len(x)}"
+            )
+        return given
     from adaptreid.pseudo.kreciprocal import jaccard_distance
 
     return jaccard_distance(x, k1=k1, k2=k2)
@@ -209,6 +222,7 @@ def make_pseudo_labels(
     min_cameras: int = 2,
     true_pids=None,
     seed: int = 0,
+    jaccard=None,
     block_size: int = clustering.DEFAULT_BLOCK_SIZE,
 ) -> PseudoLabels:
     """Pseudo-labels of the target training set: the MSPLR pipeline (seed 000, Fig. 1).
@@ -230,7 +244,13 @@ def make_pseudo_labels(
         features: (N, D) target training features (numpy or torch, any device).
         camids: (N,) camera ids (may be None with ``camera_norm=False`` and no camera rule).
         true_pids: optional (N,) true identities, for ``quality`` only.
+        jaccard: the Jaccard distance of the prepared rows (:func:`prepare_features`), when
+            the caller already has it; computed here otherwise.
         Other arguments: as above, and :func:`adaptreid.pseudo.clustering.cluster`.
+
+    k-means cannot cluster a precomputed distance: with ``method="kmeans"`` the prepared
+    features are clustered whatever ``distance`` says (PAST Table 2's k-means row), and
+    ``params["distance"]`` records ``"euclidean"``.
 
     Returns:
         :class:`PseudoLabels`.
@@ -245,8 +265,8 @@ def make_pseudo_labels(
     cams = _array1d(camids)
     if method not in ("dbscan", "kmeans", "hdbscan"):
         raise ConfigError(f"method must be 'dbscan', 'kmeans' or 'hdbscan', got {method!r}")
-    if method == "kmeans" and distance != "euclidean":
-        raise ConfigError(f"k-means clusters features (distance='euclidean'), not {distance!r}")
+    if method == "kmeans":
+        distance = "euclidean"  # k-means clusters the (prepared) features themselves
     if method == "dbscan" and distance == "jaccard" and not 0 < eps < 1:
         raise ConfigError(
             f"DBSCAN on the Jaccard distance needs 0 < eps < 1 (distances lie in [0, 1]), "
@@ -272,8 +292,8 @@ def make_pseudo_labels(
         "seed": int(seed),
     }
 
-    x = _prepare(features, cams, camera_norm, l2_after)
-    graph = _jaccard(x, k1, k2) if distance == "jaccard" else None
+    x = prepare_features(features, cams, camera_norm, l2_after)
+    graph = _jaccard(x, k1, k2, jaccard) if distance == "jaccard" else None
     metric = "cosine" if distance == "cosine" else "euclidean"
     raw = clustering.cluster(
         None if graph is not None and method == "dbscan" else x,
@@ -316,6 +336,7 @@ def sweep_eps(
     min_size: int = 4,
     min_cameras: int = 2,
     true_pids=None,
+    jaccard=None,
     block_size: int = clustering.DEFAULT_BLOCK_SIZE,
 ) -> list[dict]:
     """DBSCAN pseudo-labels for each eps in ``eps_values``: one row of statistics per eps.
@@ -338,9 +359,9 @@ def sweep_eps(
         raise ConfigError(f"eps values must be positive, got {eps_values!r}")
     if distance == "jaccard" and eps_values[-1] >= 1:
         raise ConfigError(f"Jaccard distances lie in [0, 1]: eps must be < 1, got {eps_values}")
-    x = _prepare(features, cams, camera_norm, l2_after)
+    x = prepare_features(features, cams, camera_norm, l2_after)
     if distance == "jaccard":
-        graph = _jaccard(x, k1, k2)
+        graph = _jaccard(x, k1, k2, jaccard)
     else:
         graph = clustering.radius_neighbors_graph(
             x, eps_values[-1], metric=distance, block_size=block_size
@@ -452,6 +473,7 @@ def auto_eps(
     min_cameras: int = 2,
     num: int = 15,
     true_pids=None,
+    jaccard=None,
     block_size: int = clustering.DEFAULT_BLOCK_SIZE,
 ) -> tuple[float, list[dict], str]:
     """Choose DBSCAN's eps without labels: sweep ``num`` candidates and apply
@@ -468,9 +490,9 @@ def auto_eps(
     """
     _check_common(features, camids, distance, true_pids)
     cams = _array1d(camids)
-    x = _prepare(features, cams, camera_norm, l2_after)
+    x = prepare_features(features, cams, camera_norm, l2_after)
     params = {"distance": distance, "min_samples": min_samples}
-    graph = _jaccard(x, k1, k2) if distance == "jaccard" else None
+    graph = _jaccard(x, k1, k2, jaccard) if distance == "jaccard" else None
     kth = _kth(x, graph, params)
     kth = kth[np.isfinite(kth) & (kth > 0)]
     if distance == "jaccard":
@@ -496,6 +518,7 @@ def auto_eps(
         min_size=min_size,
         min_cameras=min_cameras,
         true_pids=true_pids,
+        jaccard=graph,
         block_size=block_size,
     )
     eps, reason = recommend_eps(rows)

@@ -1,4 +1,5 @@
-"""Parts every recipe shares: seeding, loaders and model from the config, evaluation rounds."""
+"""Parts built from a config that source training and the adaptation loop share: seeding,
+datasets, loaders, model, optimiser and schedule, evaluation rounds, the end of a run."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from ..config import Config
 from ..data.datasets import ReidDataset, Sample, open_dataset
 from ..data.loaders import build_train_loader
 from ..data.transforms import build_transforms
-from ..engine import distributed as D
-from ..engine.evaluator import evaluate_model
-from ..engine.optim import WarmupMultiStepLR, build_optimizer
 from ..errors import ConfigError
 from ..models import ReidModel, build_model
+from . import distributed as D
+from .evaluator import evaluate_model
+from .optim import WarmupMultiStepLR, build_optimizer
 
 log = logging.getLogger("adaptreid")
 
@@ -105,9 +106,12 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
     )
 
 
-def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None):
+def optimizer_from_cfg(
+    cfg: Config, model: ReidModel, *, lr: float | None = None, schedule: bool = True
+):
     """Adam / SGD with the body at ``lr`` and the head at ``lr * head_lr_mult``, plus the
-    warm-up multi-step schedule (MSPLR eq. 6 by default)."""
+    warm-up multi-step schedule (MSPLR eq. 6 by default; ``schedule=False``: none, the
+    learning rates stay constant). Returns ``(optimizer, scheduler or None)``."""
     o = cfg.optim
     base = o.lr if lr is None else lr
     groups = [
@@ -117,6 +121,8 @@ def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None
     opt = build_optimizer(
         groups, name=o.name, lr=base, weight_decay=o.weight_decay, momentum=o.momentum
     )
+    if not schedule:
+        return opt, None
     sched = WarmupMultiStepLR(
         opt,
         milestones=o.milestones,
@@ -127,10 +133,37 @@ def optimizer_from_cfg(cfg: Config, model: ReidModel, *, lr: float | None = None
     return opt, sched
 
 
+def resolve_precision_cfg(cfg: Config, model: ReidModel, device) -> tuple[str, bool]:
+    """``(amp, channels_last)`` for this run: ``train.amp`` / ``train.channels_last`` as
+    given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
+    machine for this model and input size (:func:`adaptreid.engine.precision.resolve_precision`,
+    a short probe cached per machine); the choice is logged."""
+    t = cfg.train
+    if t.amp != "auto":
+        return t.amp, t.channels_last
+    from .precision import resolve_precision
+
+    amp, channels_last, reason = resolve_precision(
+        "auto", model, (cfg.data.height, cfg.data.width), device
+    )
+    log.info("precision: %s", reason)
+    return amp, channels_last
+
+
 def evaluate_cfg(
-    cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, verbose: bool = True
+    cfg: Config,
+    model: ReidModel,
+    dataset: ReidDataset,
+    device,
+    *,
+    verbose: bool = True,
+    amp: str | None = None,
+    channels_last: bool | None = None,
 ):
-    """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, AMP)."""
+    """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, and
+    the run's resolved ``amp`` / ``channels_last``, by default ``train.*``'s)."""
+    if amp is None:
+        amp, channels_last = resolve_precision_cfg(cfg, model, device)
     return evaluate_model(
         model,
         dataset,
@@ -145,38 +178,60 @@ def evaluate_cfg(
         k1=cfg.eval.k1,
         k2=cfg.eval.k2,
         lambda_value=cfg.eval.lambda_value,
-        amp=cfg.train.amp,
-        channels_last=cfg.train.channels_last,
+        amp=amp,
+        channels_last=bool(channels_last),
         verbose=verbose,
     )
 
 
+def format_metrics(m: dict) -> str:
+    """``rank1 0.7712 rank5 ... mAP ... mINP ...`` for the log."""
+    return " ".join(f"{k} {m[k]:.4f}" for k in ("rank1", "rank5", "mAP", "mINP") if k in m)
+
+
 def evaluate_on(
-    cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, verbose: bool = True
+    cfg: Config, model: ReidModel, dataset: ReidDataset, device, **kw
 ) -> dict[str, float]:
     """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery (rank 0 computes; the
-    result is broadcast so every rank takes the same decisions)."""
+    result is broadcast so every rank takes the same decisions). ``kw``: of
+    :func:`evaluate_cfg`."""
     metrics = None
     if D.is_main():
-        metrics = evaluate_cfg(cfg, model, dataset, device, verbose=verbose).metrics()
+        metrics = evaluate_cfg(cfg, model, dataset, device, **kw).metrics()
     return D.broadcast_object(metrics)
 
 
 def finish_run(
-    cfg: Config, run, dataset: ReidDataset | None, device, *, stage: str, verbose: bool = True
+    cfg: Config,
+    run,
+    dataset: ReidDataset | None,
+    device,
+    *,
+    stage: str,
+    verbose: bool = True,
+    amp: str | None = None,
+    channels_last: bool | None = None,
 ) -> None:
     """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
     rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
-    from ..engine.model_io import model_from_checkpoint
-    from ..engine.report import draw_ranklist, write_report
     from ..evaluation import top_k_matches
+    from .model_io import model_from_checkpoint
+    from .report import draw_ranklist, write_report
 
     if not D.is_main():
         return
     if dataset is not None and dataset.query and dataset.gallery:
         ckpt = run.best if run.best.is_file() else run.last
         model, _ = model_from_checkpoint(ckpt)
-        out = evaluate_cfg(cfg, model.to(device), dataset, device, verbose=verbose)
+        out = evaluate_cfg(
+            cfg,
+            model.to(device),
+            dataset,
+            device,
+            verbose=verbose,
+            amp=amp,
+            channels_last=channels_last,
+        )
         run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
         q, g = dataset.query, dataset.gallery
         picks = np.linspace(0, len(q) - 1, num=min(8, len(q))).round().astype(int)

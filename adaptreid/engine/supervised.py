@@ -2,9 +2,12 @@
 
 Recipe (MSPLR section 3.6.1): ImageNet-initialised backbone, BNNeck, P x K batches,
 ``L = L_tri + L_ID + 0.005 L_c`` (eq. 5), Adam with the warm-up schedule of eq. 6 for 90
-epochs, random erasing + colour change + flip. Evaluated in-domain on the source's
-query/gallery every ``train.eval_every`` epochs (the best is kept), and at the end on the
-target's query/gallery when ``data.target`` is set (direct transfer).
+epochs, random erasing + colour change + flip, with the pad + random crop of the
+bag-of-tricks baseline the paper builds on (its reference [21]). Evaluated in-domain on the
+source's query/gallery every ``train.eval_every`` epochs and at the end on the target's
+query/gallery when ``data.target`` is set (direct transfer). ``best.pt`` is the model after
+the last epoch (``train.keep: last``, the paper's) or the evaluated epoch with the best
+source-test mAP (``train.keep: best``).
 """
 
 from __future__ import annotations
@@ -14,26 +17,31 @@ import time
 
 from ..config import Config
 from ..data.datasets import relabel
-from ..engine import distributed as D
-from ..engine.checkpoint import rng_state, set_rng_state
-from ..engine.run import RunDir
-from ..engine.trainer import Trainer
+from ..errors import ConfigError
 from ..losses.reid_loss import build_reid_loss
-from .common import (
+from . import distributed as D
+from .builders import (
     evaluate_on,
     finish_run,
+    format_metrics,
     load_dataset,
     model_from_cfg,
     optimizer_from_cfg,
+    resolve_precision_cfg,
     seed_everything,
     train_loader,
 )
+from .checkpoint import rng_state, set_rng_state
+from .run import RunDir
+from .trainer import Trainer
 
 log = logging.getLogger("adaptreid")
 
 
 def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> RunDir:
     """Train on ``cfg.data.source``; returns the run folder (``checkpoints/best.pt``)."""
+    if cfg.train.keep not in ("last", "best"):
+        raise ConfigError(f"train.keep must be 'last' or 'best', got {cfg.train.keep!r}")
     _, _, device = D.init(cfg.device)
     run, cfg = RunDir.prepare(cfg, resume=resume)
     seed_everything(cfg.seed)
@@ -43,6 +51,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     log.info("source %s: %d images, %d identities", source.name, len(train), num_classes)
 
     model = model_from_cfg(cfg, num_classes)
+    amp, channels_last = resolve_precision_cfg(cfg, model, device)
     criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
     optimizer, scheduler = optimizer_from_cfg(cfg, model)
     center_opt = criterion.center_optimizer(cfg.loss.center_lr)
@@ -55,12 +64,13 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         scheduler=scheduler,
         extra_optimizers=[center_opt] if center_opt else [],
         freeze_epochs=cfg.train.freeze_epochs,
-        amp=cfg.train.amp,
-        channels_last=cfg.train.channels_last,
+        amp=amp,
+        channels_last=channels_last,
         iters_per_epoch=cfg.train.iters_per_epoch,
         seed=cfg.seed,
         verbose=verbose,
     )
+    precision = {"amp": amp, "channels_last": channels_last}
     best = -1.0
     if resume and run.has_checkpoint():
         state = run.load_last()
@@ -81,11 +91,11 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         due = cfg.train.eval_every and epoch % cfg.train.eval_every == 0
         is_best = False
         if has_test and (due or last):
-            metrics = evaluate_on(cfg, model, source, device, verbose=verbose)
+            metrics = evaluate_on(cfg, model, source, device, verbose=verbose, **precision)
             record.update({f"source_{k}": v for k, v in metrics.items()})
             if metrics["mAP"] > best:
-                best, is_best = metrics["mAP"], True
-        elif not has_test and last:
+                best, is_best = metrics["mAP"], cfg.train.keep == "best"
+        if last and cfg.train.keep == "last" or last and not has_test:
             is_best = True
         record["time_s"] = time.perf_counter() - t0
         if epoch % max(cfg.train.checkpoint_every, 1) == 0 or last or is_best:
@@ -105,12 +115,22 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
 
         target = load_dataset(cfg, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
-        metrics = evaluate_on(cfg, best_model.to(device), target, device, verbose=verbose)
+        metrics = evaluate_on(
+            cfg, best_model.to(device), target, device, verbose=verbose, **precision
+        )
         run.log_metrics(
             {"kind": "final", "stage": "direct_transfer", "dataset": target.name, **metrics}
         )
-        log.info("direct transfer to %s: %s", target.name, _fmt(metrics))
-    finish_run(cfg, run, source if has_test else None, device, stage="source", verbose=verbose)
+        log.info("direct transfer to %s: %s", target.name, format_metrics(metrics))
+    finish_run(
+        cfg,
+        run,
+        source if has_test else None,
+        device,
+        stage="source",
+        verbose=verbose,
+        **precision,
+    )
     D.barrier()
     return run
 
@@ -130,7 +150,3 @@ def _state(trainer: Trainer, model, cfg: Config, best: float, epoch: int) -> dic
         "trainer": {k: v for k, v in trainer.state_dict().items() if k != "model"},
         "rng": rng_state(),
     }
-
-
-def _fmt(m: dict) -> str:
-    return " ".join(f"{k} {m[k]:.4f}" for k in ("rank1", "rank5", "mAP", "mINP") if k in m)

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, load_config
-from ..engine.run import RunDir
-from ..errors import ConfigError, DatasetError
-from .msplr import adapt_msplr
-from .source import train_source
+from .config import Config, load_config
+from .engine.loop import adapt
+from .engine.run import RunDir
+from .engine.supervised import train_source
+from .errors import ConfigError, DatasetError
 
 log = logging.getLogger("adaptreid")
 
@@ -186,7 +186,7 @@ def run_demo(
     log.info("demo 1/2: supervised training on %s", source_cfg.data.source)
     source_run = train_source(source_cfg, resume=_resumable(source_cfg), verbose=verbose)
     log.info("demo 2/2: MSPLR adaptation to %s", adapt_cfg.data.target)
-    adapt_run = adapt_msplr(adapt_cfg, resume=_resumable(adapt_cfg), verbose=verbose)
+    adapt_run = adapt(adapt_cfg, resume=_resumable(adapt_cfg), verbose=verbose)
     result = collect_results(source_run.path, adapt_run.path, time.perf_counter() - t0)
     out = Path(out_dir)
     table = format_demo_table(result)

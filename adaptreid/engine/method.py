@@ -1,0 +1,181 @@
+"""The adaptation-method interface that the one loop (:mod:`adaptreid.engine.loop`) drives.
+
+A method says only what is its own; the loop owns everything that is the same for every
+method (steps and stages, target feature extraction, pseudo-labelling on rank 0 and its
+broadcast, resume inside a stage, checkpoints, metric records, model selection, stopping).
+One step of the loop::
+
+    features = extract(model, target.train)                 # loop
+    labels, extra = method.pseudo_labels(step_features)     # method, rank 0; loop broadcasts
+    model = method.on_labels(model, labels, extra)          # method, every rank
+    for stage in method.stages:                             # method's stage names
+        model = method.begin_stage(stage, model, labels, extra)   # once (not on resume)
+        spec = method.build_stage(stage, model, labels, extra)    # also on resume
+        train spec.epochs epochs with spec's criterion / optimiser / loader / hooks  # loop
+    evaluate, select, save                                   # loop
+
+Adding a method: one file in ``adaptreid/methods/`` with an options dataclass (a
+:class:`~adaptreid.config.MethodOptions` subclass) and an :class:`AdaptationMethod` subclass
+registered with :func:`register_method`, one preset, its tests. See the README, "Add a
+method".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import Config, MethodOptions
+    from ..models import ReidModel
+    from ..pseudo.labels import PseudoLabels
+    from .loop import LoopContext, StepFeatures
+
+__all__ = [
+    "METHODS",
+    "AdaptationMethod",
+    "Stage",
+    "TrainHooks",
+    "method_class",
+    "register_method",
+]
+
+METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method")
+
+
+def register_method(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
+    """Class decorator: make ``cls`` available as ``method: <cls.name>``."""
+    METHODS.register(cls.name)(cls)
+    return cls
+
+
+def method_class(name: str) -> type[AdaptationMethod]:
+    """The registered method ``name`` (the built-in methods register on first use)."""
+    import adaptreid.methods  # noqa: F401  (registers msplr, past, cluster_contrast)
+
+    return METHODS.get(name)
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks around the trainer's work (fast-reid's hooks), all optional.
+
+    * ``before_epoch(epoch)``, ``after_epoch(epoch, stats) -> extra stats or None``;
+    * ``after_step(outputs, batch)``: after every optimiser step, with the batch's training
+      outputs (detached by the hook if it keeps them), e.g. a memory-bank update;
+    * ``state_dict() -> dict`` / ``load_state_dict(d)``: state of the hooks that must be
+      checkpointed with the trainer (a memory bank), restored on resume.
+
+    State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
+    sync, e.g. by gathering the batch features of every rank (``engine.distributed``) before
+    the update, so that every rank applies the same update.
+    """
+
+    before_epoch: Callable[[int], None] | None = None
+    after_epoch: Callable[[int, dict], dict | None] | None = None
+    after_step: Callable[[dict, dict], None] | None = None
+    state_dict: Callable[[], dict] | None = None
+    load_state_dict: Callable[[dict], None] | None = None
+
+
+@dataclass
+class Stage:
+    """One training stage of a step, as a method builds it (:meth:`AdaptationMethod.build_stage`).
+
+    The loop runs ``epochs`` epochs of a :class:`~adaptreid.engine.trainer.Trainer` built
+    from these parts, checkpointing after each; ``scheduler`` is stepped per epoch."""
+
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    epochs: int
+    scheduler: Any = None
+    extra_optimizers: Sequence[Any] = ()
+    freeze_epochs: int = 0
+    hooks: TrainHooks = field(default_factory=TrainHooks)
+
+
+class AdaptationMethod:
+    """Base class of the adaptation methods.
+
+    Class attributes a method sets:
+
+    * ``name``: what ``method: <name>`` selects;
+    * ``Options``: its options dataclass (a :class:`~adaptreid.config.MethodOptions`);
+    * ``normalize_features``: whether the target features handed to :meth:`pseudo_labels`
+      are L2-normalised (per part for part models) or raw;
+    * ``ignored``: config keys (or prefixes ending with ``.``) that the method does not
+      read, each with the reason; ``adaptreid adapt`` refuses them when given;
+    * ``reads_model``: ``model.*`` keys it reads although the network comes from
+      ``adapt.init_checkpoint`` (e.g. PAST's new PCB head).
+
+    ``self.ctx`` (a :class:`~adaptreid.engine.loop.LoopContext`) gives the loop's services:
+    ``cfg``, ``device``, ``target``, ``train_loader(samples)``, ``extract(model, ...)``,
+    ``step``, ``true_pids`` (analysis only).
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = object
+    normalize_features: ClassVar[bool] = False
+    ignored: ClassVar[dict[str, str]] = {}
+    reads_model: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Config, ctx: LoopContext) -> None:
+        self.validate(cfg)
+        self.cfg = cfg
+        self.opt: MethodOptions = cfg.method
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ the algorithm
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The names of the training stages of one step, in order (may depend on options)."""
+        return ("train",)
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        """Check the option values of ``cfg.method`` (raise
+        :class:`~adaptreid.errors.ConfigError`); the loop calls it before anything else."""
+
+    def initial_model(self, model: ReidModel) -> ReidModel:
+        """The model of step 0 (direct transfer), from the source checkpoint. Default: as is."""
+        return model
+
+    def pseudo_labels(self, feats: StepFeatures) -> tuple[PseudoLabels, dict[str, Any]]:
+        """Pseudo-labels of the target training images from this step's features (runs on
+        rank 0 only). Returns the labels and extra arrays the stages need (kept in the
+        checkpoint, e.g. a neighbour table); the loop broadcasts both."""
+        raise NotImplementedError
+
+    def on_labels(self, model: ReidModel, labels: np.ndarray, extra: dict) -> ReidModel:
+        """After new pseudo-labels, on every rank (e.g. a new classifier). Default: as is."""
+        return model
+
+    def begin_stage(
+        self, stage: str, model: ReidModel, labels: np.ndarray, extra: dict
+    ) -> ReidModel:
+        """Once before the first epoch of ``stage`` (not again on a resume inside it): e.g.
+        PAST's eq. 7 classifier from cluster means. Default: as is."""
+        return model
+
+    def build_stage(
+        self, stage: str, model: ReidModel, labels: np.ndarray, extra: dict
+    ) -> Stage | None:
+        """The trainer parts of ``stage`` (called again on a resume, so it must not change
+        the model); None skips the stage."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def num_classes(labels: np.ndarray) -> int:
+        return int(np.max(labels)) + 1 if len(labels) else 0
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return self.name
