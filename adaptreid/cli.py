@@ -185,19 +185,23 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .engine.extract import extract_features, resolve_device
     from .engine.model_io import model_from_checkpoint
     from .engine.pseudo_step import SWEEP_KEYS, pseudo_label_kwargs
-    from .pseudo.labels import recommend_eps, sweep_eps
+    from .pseudo.labels import auto_eps, recommend_eps, sweep_eps
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
-    model, info = model_from_checkpoint(args.checkpoint)
     dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
-    height = info.get("height", cfg.data.height)
-    width = info.get("width", cfg.data.width)
-    tf = build_transforms(height, width, train=False)
-    loader = build_test_loader(dataset.train, tf, args.batch_size, args.num_workers)
-    feats = extract_features(
-        model.to(device), loader, device=device, normalize=False, verbose=not args.quiet
-    )
+    feats = _cached_features(args.features, args.checkpoint, dataset)
+    if feats is None:
+        model, info = model_from_checkpoint(args.checkpoint)
+        height = info.get("height", cfg.data.height)
+        width = info.get("width", cfg.data.width)
+        tf = build_transforms(height, width, train=False)
+        loader = build_test_loader(dataset.train, tf, args.batch_size, args.num_workers)
+        feats = extract_features(
+            model.to(device), loader, device=device, normalize=False, verbose=not args.quiet
+        )
+        if args.features:
+            _save_features(args.features, args.checkpoint, dataset, feats)
     pids = np.array([s.pid for s in dataset.train])
     gt = pids if (pids >= 0).all() else None
     if cfg.pseudo.method != "dbscan":
@@ -207,7 +211,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     cameras_known = bool(len(feats.camids)) and bool((np.asarray(feats.camids) >= 0).all())
     all_kwargs = pseudo_label_kwargs(cfg.pseudo, cfg.seed, cameras_known=cameras_known)
     kwargs = {k: all_kwargs[k] for k in SWEEP_KEYS}
-    if args.eps_sweep:
+    if args.eps_sweep == "auto":  # the candidates pseudo.auto_eps would try
+        _, rows, _ = auto_eps(feats.feats, feats.camids, true_pids=gt, **kwargs)
+        eps_values = None
+    elif args.eps_sweep:
         try:
             a, b, step = (float(v) for v in args.eps_sweep.split(":"))
         except ValueError:
@@ -217,7 +224,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         eps_values = [round(v, 6) for v in np.arange(a, b + step / 2, step)]
     else:
         eps_values = [cfg.pseudo.eps]
-    rows = sweep_eps(feats.feats, feats.camids, eps_values, true_pids=gt, **kwargs)
+    if eps_values is not None:
+        rows = sweep_eps(feats.feats, feats.camids, eps_values, true_pids=gt, **kwargs)
     print(
         f"{dataset.name} train: {len(dataset.train)} images; DBSCAN on "
         f"{kwargs['distance']} distance, camera normalisation "
@@ -238,6 +246,45 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _cached_features(path, checkpoint, dataset):
+    """Features saved by an earlier ``cluster --features PATH`` of the same checkpoint and
+    dataset (else None)."""
+    if not path or not Path(path).is_file():
+        return None
+    import torch
+
+    from .engine.extract import Features
+
+    saved = torch.load(path, weights_only=True)
+    same = (
+        saved.get("checkpoint") == str(Path(checkpoint).resolve())
+        and saved.get("dataset") == dataset.name
+        and int(saved["feats"].shape[0]) == len(dataset.train)
+    )
+    if not same:
+        log.info("%s holds features of another checkpoint or dataset: extracting again", path)
+        return None
+    log.info("features of %s read from %s", checkpoint, path)
+    return Features(saved["feats"], saved["pids"].numpy(), saved["camids"].numpy())
+
+
+def _save_features(path, checkpoint, dataset, feats) -> None:
+    import torch
+
+    from .engine.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        {
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "dataset": dataset.name,
+            "feats": feats.feats,
+            "pids": torch.as_tensor(feats.pids),
+            "camids": torch.as_tensor(feats.camids),
+        },
+        path,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -382,10 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="source training -> direct transfer -> MSPLR -> table, on built-in synthetic data",
         description="The main job end to end. Without --data: a built-in two-domain synthetic "
         "dataset (drawn on first use, no download), a few minutes on a laptop CPU. With --data "
-        "DIR (holding market1501/ and pku-reid/, e.g. ../shared/data): the CPU presets "
-        "Market-1501 -> PKU-Reid. Run it again to continue a killed demo.",
+        "DIR (holding market1501/ and dukemtmc/, e.g. ../shared/data): the CPU presets "
+        "Market-1501 -> DukeMTMC-reID. Run it again to continue a killed demo.",
     )
-    dm.add_argument("--data", help="folder with market1501/ and pku-reid/ (real data)")
+    dm.add_argument("--data", help="folder with market1501/ and dukemtmc/ (real data)")
     dm.add_argument(
         "--weights", help="with --data: ImageNet MobileNetV2 weights (default DIR/../weights/...)"
     )
@@ -400,7 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--checkpoint", required=True)
     cl.add_argument("--dataset", required=True)
     cl.add_argument("--root", required=True)
-    cl.add_argument("--eps-sweep", help="start:stop:step, e.g. 0.3:0.7:0.05")
+    cl.add_argument(
+        "--eps-sweep",
+        help="start:stop:step, e.g. 0.3:0.7:0.05, or 'auto' for the candidates that "
+        "pseudo.auto_eps tries (quantiles of the distance to the min_samples-th neighbour)",
+    )
+    cl.add_argument(
+        "--features",
+        metavar="FILE",
+        help="cache the extracted features in FILE and reuse them on the next call with the "
+        "same checkpoint and dataset (fast repeated sweeps)",
+    )
     cl.add_argument("--config", help="preset whose pseudo.* settings to use")
     cl.add_argument("--batch-size", type=int, default=128)
     cl.add_argument("--num-workers", type=int, default=2)

@@ -28,7 +28,8 @@ def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "-q", *TINY]) == 0
     printed = capsys.readouterr().out
-    for row in ("source model, supervised", "direct transfer", "MSPLR (best step"):
+    rows = ("source model, supervised", "direct transfer", "label-free pick", "oracle")
+    for row in rows:
         assert row in printed
     assert "synthetic-target" in printed and "report.md" in printed
 
@@ -36,16 +37,19 @@ def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
     assert summary["source_name"] == "synthetic-source"
     assert summary["target_name"] == "synthetic-target"
     assert 1 <= summary["num_steps"] <= 2
-    for key in ("source_in_domain", "direct_transfer", "adapted"):
+    for key in ("source_in_domain", "direct_transfer", "adapted", "oracle"):
         assert 0.0 <= summary[key]["mAP"] <= 1.0 and 0.0 <= summary[key]["rank1"] <= 1.0
-    # the adapted row is the best step's, and never below direct transfer (step 0 competes)
-    steps = [
-        json.loads(line)
-        for line in (out / "msplr" / "metrics.jsonl").read_text().splitlines()
-        if '"kind": "step"' in line
+    # the adapted row is the label-free pick's step (best.pt), the oracle row the best mAP
+    records = [
+        json.loads(line) for line in (out / "msplr" / "metrics.jsonl").read_text().splitlines()
     ]
+    steps = {r["step"]: r for r in records if r["kind"] == "step"}
+    assert summary["rule"] == "agreement"
     assert summary["direct_transfer"]["mAP"] == pytest.approx(steps[0]["mAP"])
-    assert summary["adapted"]["mAP"] == pytest.approx(max(s["mAP"] for s in steps[1:]))
+    assert summary["adapted"]["mAP"] == pytest.approx(steps[summary["best_step"]]["mAP"])
+    assert summary["oracle"]["mAP"] == pytest.approx(max(s["mAP"] for s in steps.values()))
+    final = next(r for r in records if r["kind"] == "final")  # best.pt evaluated at the end
+    assert final["mAP"] == pytest.approx(summary["adapted"]["mAP"])
     # both runs are normal run folders with their reports and pictures
     for run in ("source", "msplr"):
         for name in ("report.md", "ranklist.png", "metrics.jsonl", "config.yaml"):
@@ -66,20 +70,20 @@ def test_demo_data_folder_errors(tmp_path, capsys):
     (tmp_path / "market1501").mkdir()
     assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "pku-reid" in err and "missing" in err
-    (tmp_path / "pku-reid").mkdir()
+    assert "dukemtmc" in err and "missing" in err
+    (tmp_path / "dukemtmc").mkdir()
     assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--weights" in capsys.readouterr().err
 
 
 def test_demo_configs_real_pair(tmp_path):
-    for name in ("market1501", "pku-reid"):
+    for name in ("market1501", "dukemtmc"):
         (tmp_path / "data" / name).mkdir(parents=True)
     w = tmp_path / "weights" / "mobilenet_v2_imagenet_features.pth"
     w.parent.mkdir()
     w.write_bytes(b"")
     src, ada = demo_configs(tmp_path / "out", tmp_path / "data")
-    assert src.data.source == "market1501" and ada.data.target == "pku-reid"
+    assert src.data.source == "market1501" and ada.data.target == "dukemtmc"
     assert Path(src.data.source_root) == tmp_path / "data" / "market1501"
     assert src.model.pretrained == str(w)
     assert ada.adapt.init_checkpoint == str(tmp_path / "out" / "source" / "checkpoints" / "best.pt")
@@ -94,11 +98,17 @@ def test_format_demo_table():
         {"rank1": 0.835, "mAP": 0.368},
         5,
         6,
+        "agreement",
+        {"rank1": 0.85, "mAP": 0.39},
+        4,
         Path("s"),
         Path("m"),
         150.0,
     )
     text = format_demo_table(r)
     assert "|   30.0 |  17.5 |" in text and "|   83.5 |  36.8 |" in text
-    assert "MSPLR (best step 5 of 6)" in text
+    lines = text.splitlines()
+    picked = next(i for i, x in enumerate(lines) if "label-free pick: step 5 of 6" in x)
+    oracle = next(i for i, x in enumerate(lines) if "oracle (test labels): step 4" in x)
+    assert picked < oracle and "|   85.0 |  39.0 |" in lines[oracle]  # label-free first
     assert "+19.3 points" in text and "2.5 min" in text

@@ -8,7 +8,6 @@ adaptation step, the MSPLR paper's Figure 2), ``loss.png`` (training loss per ep
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,26 +20,74 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+#: what each ``adapt.select`` rule is called in reports
+RULE_NAMES = {
+    "agreement": "label-free: agreement of consecutive pseudo-labels",
+    "snd": "label-free: soft neighbourhood density",
+    "cross_camera": "label-free: cross-camera neighbours",
+    "last": "the last step",
+    "target_map": "ORACLE: best target test mAP (uses the target's test labels)",
+}
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
+    """The records of a run folder's metrics.jsonl (:meth:`RunDir.read_metrics`)."""
+    from .run import RunDir
+
+    return RunDir(run_dir).read_metrics()
+
+
+def pick_step(records: Sequence[dict], rule: str) -> int | None:
+    """The step whose model ``adapt.select = rule`` chooses, from a run's records: the
+    same choice the loop made (first best in step order); None when nothing qualifies.
+    ``target_map`` is the oracle (target test labels)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    if rule == "last":
+        return max((r["step"] for r in steps), default=None)
+    if rule == "target_map":
+        scored = [(r["step"], r["mAP"]) for r in steps if "mAP" in r]
+    else:
+        scored = [
+            (r["step"], r[rule])
+            for r in records
+            if r.get("kind") == "select" and isinstance(r.get(rule), int | float)
+        ]
+    best, value = None, -np.inf
+    for step, v in sorted(scored, key=lambda t: t[0]):
+        if np.isfinite(v) and v > value:
+            best, value = step, v
+    return best
+
+
+def selection_rows(records: Sequence[dict], rule: str) -> list[tuple[str, int, dict]]:
+    """``[(title, step, step record)]``: the pick of ``rule`` first, then the oracle's
+    (best target test mAP) when the run has target test metrics and ``rule`` is not it."""
+    by_step = {r["step"]: r for r in records if r.get("kind") == "step"}
     out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    pick = pick_step(records, rule)
+    if pick is not None and pick in by_step:
+        out.append((f"adapted, step {pick} ({RULE_NAMES.get(rule, rule)})", pick, by_step[pick]))
+    oracle = pick_step(records, "target_map")
+    if rule != "target_map" and oracle is not None:
+        out.append(
+            (f"adapted, step {oracle} ({RULE_NAMES['target_map']})", oracle, by_step[oracle])
+        )
     return out
 
 
-def plot_steps(records: Sequence[dict], path: str | Path) -> Path | None:
-    """Target rank-1 / mAP per step (step 0 = direct transfer) and the pseudo-labels' portion
-    kept / pairwise F1 per step."""
+def _bad_images_section(run_dir: Path) -> list[str]:
+    """The run's unreadable images (``data.bad_images: skip``), from ``bad_images.json``."""
+    from ..data.bad_images import BadImageLog
+
+    text = BadImageLog.load(run_dir).to_markdown()
+    return text.splitlines() + [""] if text else []
+
+
+def plot_steps(records: Sequence[dict], path: str | Path, rule: str = "last") -> Path | None:
+    """Target rank-1 / mAP per step (step 0 = direct transfer), with the step ``rule`` picks
+    and the oracle's, and the pseudo-labels' portion kept / pairwise F1 per step."""
     steps = [r for r in records if r.get("kind") == "step" and "mAP" in r]
-    labels = [r for r in records if r.get("kind") == "labels"]
+    labels = [r for r in records if r.get("kind") == "labels" and not r.get("probe")]
     if not steps and not labels:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -49,15 +96,22 @@ def plot_steps(records: Sequence[dict], path: str | Path) -> Path | None:
         x = [r["step"] for r in steps]
         for key, style in (("rank1", "o-"), ("mAP", "s-")):
             ax.plot(x, [100 * r[key] for r in steps], style, label=key)
-        best = max(steps, key=lambda r: r["mAP"])
-        ax.axvline(best["step"], color="k", lw=0.8, ls="--")
-        ax.annotate(
-            "best",
-            (best["step"], 100 * best["mAP"]),
-            textcoords="offset points",
-            xytext=(4, -12),
-            fontsize=8,
-        )
+        by_step = {r["step"]: r for r in steps}
+        marks = [(pick_step(records, rule), "picked", "k", "--")]
+        if rule != "target_map":
+            marks.append((pick_step(records, "target_map"), "oracle", "tab:red", ":"))
+        for step, name, colour, ls in marks:
+            if step is None or step not in by_step:
+                continue
+            ax.axvline(step, color=colour, lw=0.8, ls=ls)
+            ax.annotate(
+                name,
+                (step, 100 * by_step[step]["mAP"]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+                color=colour,
+            )
         ax.set_xticks(x)
     ax.set_xlabel("adaptation step (0 = direct transfer)")
     ax.set_ylabel("target metric (%)")
@@ -161,20 +215,28 @@ def write_report(run_dir: str | Path) -> Path:
     records = read_records(run_dir)
     lines = [f"# Run report: {run_dir.name}", ""]
     cfg_path = run_dir / "config.yaml"
+    rule = "last"
     if cfg_path.is_file():
         import yaml
 
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
         d = cfg.get("data", {})
         is_source = any(r.get("stage") == "source" for r in records)
-        method = "supervised source training" if is_source else cfg.get("method", "-")
+        method = cfg.get("method", "-")
+        method = method.get("name", "-") if isinstance(method, dict) else method
+        if is_source:
+            method = "supervised source training"
+        else:
+            rule = (cfg.get("adapt") or {}).get("select", "last")
         lines += [
             f"- method: {method}; backbone `{cfg.get('model', {}).get('backbone')}`",
             f"- source: `{d.get('source') or '-'}`; target: `{d.get('target') or '-'}`",
             f"- input {d.get('height')}x{d.get('width')}, seed {cfg.get('seed')}",
-            "",
         ]
-    summary = _summary_rows(records)
+        if not is_source:
+            lines.append(f"- best.pt (reported, exported): {RULE_NAMES.get(rule, rule)}")
+        lines.append("")
+    summary = _summary_rows(records, rule)
     if summary:
         lines += [
             "## Results",
@@ -186,32 +248,50 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {name} | " + " | ".join(_fmt_pct(r.get(m)) for m in METRICS) + " |")
         lines.append("")
     steps = [r for r in records if r.get("kind") == "step"]
-    labels = {r["step"]: r for r in records if r.get("kind") == "labels"}
+    labels = {r["step"]: r for r in records if r.get("kind") == "labels" and not r.get("probe")}
+    selects = {r["step"]: r for r in records if r.get("kind") == "select"}
     if labels:
+        score = rule if rule in ("agreement", "snd", "cross_camera") else "agreement"
         lines += [
             "## Adaptation steps",
             "",
-            "| step | clusters | outliers | portion kept | multi-cam | F1 | NMI | rank-1 | mAP |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "Pseudo-labels made at the start of the step, the step's model after training "
+            f"(its label-free score `{score}` is computed from the next step's pseudo-labels), "
+            "and where the step's time went.",
+            "",
+            "| step | eps | clusters | portion kept | multi-cam | precision | F1 | NMI | "
+            f"{score} | rank-1 | mAP | time (s): extract / distance / cluster / train / eval |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         by_step = {r["step"]: r for r in steps}
         for s in sorted(set(labels) | set(by_step)):
-            lab, st = labels.get(s, {}), by_step.get(s, {})
+            lab, st, sel = labels.get(s, {}), by_step.get(s, {}), selects.get(s, {})
+            eps = lab.get("eps")
+            times = " / ".join(
+                f"{st[f'time_{k}_s']:.0f}" if f"time_{k}_s" in st else "-"
+                for k in ("extract", "distance", "cluster", "train", "evaluate")
+            )
+            value = sel.get(score)
             lines.append(
-                f"| {s} | {lab.get('num_clusters', '-')} | {lab.get('num_outliers', '-')} | "
-                f"{_fmt_pct(lab.get('portion_kept'))} | "
+                f"| {s} | {f'{eps:.3f}' if isinstance(eps, float) else '-'} | "
+                f"{lab.get('num_clusters', '-')} | {_fmt_pct(lab.get('portion_kept'))} | "
                 f"{_fmt_pct(lab.get('multi_camera_fraction'))} | "
+                f"{_fmt_pct(lab.get('quality_precision'))} | "
                 f"{_fmt_pct(lab.get('quality_f1'))} | {_fmt_pct(lab.get('quality_nmi'))} | "
-                f"{_fmt_pct(st.get('rank1'))} | {_fmt_pct(st.get('mAP'))} |"
+                f"{f'{value:.3f}' if isinstance(value, float) and np.isfinite(value) else '-'} | "
+                f"{_fmt_pct(st.get('rank1'))} | {_fmt_pct(st.get('mAP'))} | {times} |"
             )
         lines += [
             "",
-            "Step 0 is direct transfer. F1 / NMI use the target's identities, which "
-            "training never sees (analysis only).",
+            "Step 0 is direct transfer. Precision / F1 / NMI (pairwise, of the pseudo-labels) "
+            "and rank-1 / mAP use the target's identities, which training and the label-free "
+            "selection never see (analysis only).",
             "",
         ]
+    if (run_dir / "bad_images.json").is_file():
+        lines += _bad_images_section(run_dir)
     figs = []
-    if plot_steps(records, run_dir / "steps.png"):
+    if plot_steps(records, run_dir / "steps.png", rule):
         figs.append(("Metric and pseudo-labels per step", "steps.png"))
     if plot_loss(records, run_dir / "loss.png"):
         figs.append(("Training loss", "loss.png"))
@@ -226,15 +306,13 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
-def _summary_rows(records: Sequence[dict]) -> list[tuple[str, dict]]:
+def _summary_rows(records: Sequence[dict], rule: str = "last") -> list[tuple[str, dict]]:
     rows = []
+    if any(r.get("kind") == "step" and r.get("step", 0) > 0 for r in records):
+        rows += [(title, rec) for title, _, rec in selection_rows(records, rule)]
     direct = [r for r in records if r.get("stage") == "direct_transfer" and "mAP" in r]
     if direct:
-        rows.append(("direct transfer", direct[-1]))
-    steps = [r for r in records if r.get("kind") == "step" and r.get("step", 0) > 0 and "mAP" in r]
-    if steps:
-        best = max(steps, key=lambda r: r["mAP"])
-        rows.append((f"adapted (best step {best['step']})", best))
+        rows.append(("direct transfer (step 0)", direct[-1]))
     src = [r for r in records if "source_mAP" in r]
     if src:
         best = max(src, key=lambda r: r["source_mAP"])
