@@ -1,0 +1,167 @@
+"""Model selection (``adapt.select``): which step's model is ``best.pt``, reported first.
+
+On a small synthetic run whose label-free score is made to disagree with the target mAP
+(the score of each adapted model is ``1 - its mAP``, so the label-free rule must pick the
+*worst* adapted step, while the oracle picks the best one), each rule must choose the step it
+promises, ``best.pt`` must hold that step's model, and the report must show the rule's pick
+first and the oracle second."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adaptreid.config import load_config
+from adaptreid.engine import loop as loop_mod
+from adaptreid.engine.checkpoint import load_checkpoint
+from adaptreid.engine.loop import adapt
+from adaptreid.engine.report import pick_step, selection_rows
+from adaptreid.engine.supervised import train_source
+from adaptreid.evaluation.label_free import label_agreement, label_free_scores
+
+TINY = [
+    "data.source_options.preset=tiny",
+    "data.target_options.preset=tiny",
+    "data.num_workers=0",
+    "optim.warmup_epochs=0",
+]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("sel")
+    roots = [f"data.source_root={tmp / 'data-src'}", f"data.target_root={tmp / 'data-tgt'}"]
+    cfg = load_config(
+        "demo/source.yaml",
+        [f"output_dir={tmp}", "name=src", *roots, *TINY, "train.epochs=2", "train.eval_every=1"],
+    )
+    train_source(cfg, verbose=False)
+    return tmp, tmp / "src" / "checkpoints" / "best.pt", roots
+
+
+def _records(run):
+    return [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+
+
+def _run(source, name, rule, monkeypatch, *extra):
+    tmp, ckpt, roots = source
+    cfg = load_config(
+        "demo/msplr.yaml",
+        [
+            f"output_dir={tmp}",
+            f"name={name}",
+            *roots,
+            *TINY,
+            f"adapt.init_checkpoint={ckpt}",
+            f"adapt.select={rule}",
+            "adapt.max_steps=3",
+            "adapt.patience=0",
+            "adapt.epochs_per_step=2",
+            "train.freeze_epochs=0",
+            *extra,
+        ],
+        command="adapt",
+    )
+    metrics_file = tmp / name / "metrics.jsonl"
+    calls = []
+
+    def disagreeing(feats, camids, trained_on, relabelled, *, seed=0):
+        """The real scores, with ``agreement`` replaced by 1 - mAP of the scored model."""
+        out = label_free_scores(feats, camids, trained_on, relabelled, seed=seed)
+        step = len(calls)  # the loop scores model 0, 1, 2, ... in order
+        calls.append(step)
+        recs = [json.loads(x) for x in metrics_file.read_text().splitlines()]
+        m = next(r["mAP"] for r in recs if r["kind"] == "step" and r["step"] == step)
+        out["agreement"] = math.nan if step == 0 else 1.0 - m
+        return out
+
+    monkeypatch.setattr(loop_mod, "label_free_scores", disagreeing)
+    return adapt(cfg, verbose=False)
+
+
+def _step_maps(recs):
+    return {r["step"]: r["mAP"] for r in recs if r["kind"] == "step"}
+
+
+@pytest.mark.slow
+def test_each_rule_picks_its_step_and_best_pt_holds_it(source, monkeypatch):
+    picks = {}
+    for rule in ("agreement", "target_map", "last"):
+        run = _run(source, f"sel_{rule}", rule, monkeypatch)
+        recs = _records(run)
+        maps = _step_maps(recs)
+        assert sorted(maps) == [0, 1, 2, 3]
+        adapted = {s: m for s, m in maps.items() if s > 0}
+        expected = {
+            "agreement": min(adapted, key=lambda s: (adapted[s], s)),  # 1 - mAP is largest
+            "target_map": max(maps, key=lambda s: (maps[s], -s)),
+            "last": 3,
+        }[rule]
+        state = load_checkpoint(run.last)["loop"]
+        assert state["best_step"] == expected == pick_step(recs, rule)
+        # best.pt is that step's model: evaluated again at the end, it scores the same
+        final = next(r for r in recs if r["kind"] == "final")
+        assert final["mAP"] == pytest.approx(maps[expected], abs=1e-6)
+        # the report: the rule's pick first, then the oracle (unless the rule is the oracle)
+        report = (run.path / "report.md").read_text()
+        rows = [x for x in report.splitlines() if x.startswith("| adapted, step")]
+        assert rows[0].startswith(f"| adapted, step {expected} ")
+        if rule == "target_map":
+            assert "ORACLE" in rows[0] and len(rows) == 1
+        else:
+            oracle = pick_step(recs, "target_map")
+            assert rows[1].startswith(f"| adapted, step {oracle} ") and "ORACLE" in rows[1]
+        picks[rule] = expected
+    # on this run the label-free score and the mAP disagree, so the picks differ
+    assert picks["agreement"] != picks["target_map"]
+
+
+@pytest.mark.slow
+def test_label_free_patience_stops_without_labels(source, monkeypatch):
+    """patience counts steps without a better label-free score: here each adapted model
+    scores 1 - mAP; the run stops once `patience` models in a row do not beat the best."""
+    run = _run(source, "sel_patience", "agreement", monkeypatch, "adapt.patience=1")
+    recs = _records(run)
+    scores = [r["agreement"] for r in recs if r["kind"] == "select" and r["step"] > 0]
+    done = sorted(s for s in _step_maps(recs) if s > 0)
+    # stopped at the first model that is not better than the one before it (or ran out)
+    first_worse = next((i for i in range(1, len(scores)) if scores[i] <= scores[i - 1]), None)
+    assert done == list(range(1, (first_worse + 1 if first_worse is not None else 3) + 1))
+    assert load_checkpoint(run.last)["loop"]["stopped"] == (first_worse is not None)
+
+
+def test_pick_step_on_records_where_rules_disagree():
+    recs = [
+        {"kind": "step", "step": 0, "mAP": 0.20},
+        {"kind": "select", "step": 0, "agreement": float("nan"), "snd": 0.9},
+        {"kind": "step", "step": 1, "mAP": 0.40},
+        {"kind": "select", "step": 1, "agreement": 0.5, "snd": 0.7},
+        {"kind": "step", "step": 2, "mAP": 0.35},
+        {"kind": "select", "step": 2, "agreement": 0.6, "snd": 0.7},
+        {"kind": "step", "step": 3, "mAP": 0.30},
+    ]
+    assert pick_step(recs, "agreement") == 2  # NaN never wins
+    assert pick_step(recs, "snd") == 0  # ties go to the earlier step, as in the loop
+    assert pick_step(recs, "target_map") == 1
+    assert pick_step(recs, "last") == 3
+    rows = selection_rows(recs, "agreement")
+    assert [step for _, step, _ in rows] == [2, 1] and "ORACLE" in rows[1][0]
+
+
+def test_label_agreement_is_one_for_a_relabelling_and_falls_with_noise():
+    a = np.repeat(np.arange(10), 5)
+    perm = np.random.default_rng(0).permutation(10)
+    assert label_agreement(a, perm[a])["score"] == pytest.approx(1.0)
+    noisy = a.copy()
+    noisy[::3] = (noisy[::3] + 1) % 10
+    assert 0 < label_agreement(a, noisy)["score"] < 1
+    dropped = a.copy()
+    dropped[:25] = -1
+    out = label_agreement(a, dropped)
+    assert out["both"] == pytest.approx(0.5) and out["score"] == pytest.approx(0.5)
+    assert label_agreement(-np.ones(5), -np.ones(5))["score"] == 0.0
