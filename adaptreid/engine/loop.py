@@ -308,7 +308,8 @@ class AdaptationLoop:
         seconds = {k: 0.0 for k in _TIMES}
         result, extra, feats = self._pseudo_labels(model, step, seconds)
         crash_point("cluster")
-        self._score(model, s.step, feats, result.labels)  # recorded whatever the rule
+        if s.scored < s.step:  # (a resume after a saved score does not score again)
+            self._score(model, s.step, feats, result.labels)  # recorded whatever the rule
         if s.stopped:
             return model
         s.step, s.step_done, s.stage, s.stage_begun, s.trainer = step, False, 0, False, None

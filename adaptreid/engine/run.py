@@ -187,11 +187,15 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, state: dict[str, Any], *, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``). ``best.pt`` goes first: a kill between the two
+        writes leaves the previous ``last.pt``, whose state does not claim the new best yet,
+        so a resume redoes the choice instead of trusting a ``best.pt`` that was never
+        written."""
         if not D.is_main():
             return
-        save_checkpoint(state, self.last)
         if best:
             save_checkpoint(state, self.best)
+        save_checkpoint(state, self.last)
 
     def load_last(self) -> dict[str, Any]:
         return load_checkpoint(self.last)
