@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import resource
@@ -50,6 +51,9 @@ CASES = {
     "hdbscan-12936": ("hdbscan", 12_936),
     "hdbscan-5000": ("hdbscan", 5_000),
     "kmeans-12936": ("kmeans", 12_936),
+    # other seeds of the same case (features fixed; the k-means seed changes)
+    "kmeans-12936-seed1": ("kmeans", 12_936),
+    "kmeans-12936-seed2": ("kmeans", 12_936),
 }
 IMPLS = {
     "hdbscan": ["sparse", "sklearn-dense", "hdbscan-pkg"],
@@ -123,22 +127,24 @@ def worker(case: str, impl: str, data: str, out_labels: str | None) -> dict:
     else:
         x = synthetic_features(n, seed=0)
         k = n // 15
+        seed = int(case.split("-seed")[1]) if "-seed" in case else 0
+        extra["seed"] = seed
         base = _peak_gb()
         t0 = time.perf_counter()
         if impl == "torch":
             from adaptreid.pseudo.clustering import kmeans
 
-            res = kmeans(x, k, seed=0)
+            res = kmeans(x, k, seed=seed)
             labels, extra["n_iter"] = res.labels, res.n_iter
         elif impl == "sklearn":
             from sklearn.cluster import KMeans
 
-            km = KMeans(n_clusters=k, n_init=1, random_state=0).fit(x)
+            km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
             labels, extra["n_iter"] = km.labels_, int(km.n_iter_)
         else:
             import faiss
 
-            km = faiss.Kmeans(x.shape[1], k, niter=25, seed=1234, verbose=False)
+            km = faiss.Kmeans(x.shape[1], k, niter=25, seed=1234 + seed, verbose=False)
             km.train(x)
             _, idx = km.index.search(x, 1)
             labels, extra["n_iter"] = idx[:, 0], 25
@@ -220,6 +226,10 @@ def main(argv=None) -> None:
         labels_of = {}
         for impl in IMPLS[kind]:
             if args.impl and impl not in args.impl:
+                continue
+            peer = {"hdbscan-pkg": "hdbscan", "faiss": "faiss"}.get(impl)
+            if peer and importlib.util.find_spec(peer) is None:
+                print(f"{case} {impl}: skipped ({peer} is not installed)", flush=True)
                 continue
             runs = []
             for r in range(args.repeats or REPEATS[impl]):

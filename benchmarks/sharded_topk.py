@@ -4,7 +4,8 @@ faiss-cpu's exact ``IndexFlatL2`` search, side by side in one run.
 
 Each rank computes every world-size-th block of the upper block triangle of the N x N
 distance matrix and the N x k tables are merged on all ranks
-(``adaptreid.pseudo.kreciprocal.topk_neighbors``, ``distributed=None``). On one machine the
+(``adaptreid.pseudo.kreciprocal.topk_neighbors(..., distributed=None)``, what
+``jaccard_distance`` does by default). On one machine the
 ranks share its cores (``torch.set_num_threads(cores // world)`` per rank), so 2 ranks on 2
 cores are the same compute as 1 process on 2 cores: the figure of interest here is the cost
 of sharding (the merge, the all-gather, load balance); on several machines or GPUs the
@@ -90,7 +91,7 @@ def worker(mode: str, n: int, k: int, out_idx: str | None) -> None:
             dist.barrier()
         torch.zeros(1) @ torch.zeros(1)
         t0 = time.perf_counter()
-        _, idx = topk_neighbors(x, k)
+        _, idx = topk_neighbors(x, k, distributed=None)  # shards when world size > 1
         seconds = time.perf_counter() - t0
         res = {"seconds": seconds, "peak_gb": _peak_gb(), "threads": torch.get_num_threads()}
         if mode == "dist":

@@ -165,6 +165,10 @@ def main(argv=None) -> None:
     test_loader = build_test_loader(test_samples, test_tf, d.test_batch_size, d.num_workers)
     fwd_x = next(iter(build_test_loader(test_samples, test_tf, d.test_batch_size, 0)))["img"]
 
+    for name, amp, cl in VARIANTS:  # warm-up (first-call allocations, kernel selection)
+        s = setups[name]
+        _bare_steps(s["model"], s["crit"], s["opts"], batch, amp, cl, 1)
+        _bare_forward(s["model"], fwd_x, amp, cl, 1)
     res: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in VARIANTS}
     loader_rates, test_loader_rates = [], []
     for epoch in range(1, args.repeats + 1):  # interleaved: all variants see the same load

@@ -28,13 +28,15 @@ def main(out: str) -> None:
     y = features(n=170, seed=1)
     res = {"world": np.array(world)}
     for bs in (32, 64):
-        d, i = topk_neighbors(x, 15, block_size=bs)  # sharded (auto)
+        d, i = topk_neighbors(x, 15, block_size=bs, distributed=True)
+        da, ia = topk_neighbors(x, 15, block_size=bs, distributed=None)  # auto: sharded too
+        assert np.array_equal(d, da) and np.array_equal(i, ia)
         d1, i1 = topk_neighbors(x, 15, block_size=bs, distributed=False)
         res[f"sq_d{bs}"], res[f"sq_i{bs}"], res[f"sq_d1_{bs}"], res[f"sq_i1_{bs}"] = d, i, d1, i1
         d, i = topk_neighbors(x, 9, y=y, block_size=bs, distributed=True)
         d1, i1 = topk_neighbors(x, 9, y=y, block_size=bs, distributed=False)
         res[f"qg_d{bs}"], res[f"qg_i{bs}"], res[f"qg_d1_{bs}"], res[f"qg_i1_{bs}"] = d, i, d1, i1
-    jac = jaccard_distance(x, 8, 3, block_size=48)
+    jac = jaccard_distance(x, 8, 3, block_size=48)  # the default shards (world size 2)
     jac1 = jaccard_distance(x, 8, 3, block_size=48, distributed=False)
     for name, m in (("jac", jac), ("jac1", jac1)):
         res[f"{name}_data"], res[f"{name}_indices"] = m.data, m.indices

@@ -37,9 +37,10 @@ def test_distributed_true_without_process_group_is_an_error():
         topk_neighbors(x, 2, distributed=True)
     with pytest.raises(ValueError, match="process group"):
         jaccard_distance(x, 2, 1, distributed=True)
-    # no process group: the default computes it all here
-    d, i = topk_neighbors(x, 2)
+    # no process group: the defaults compute it all here
+    d, i = topk_neighbors(x, 2, distributed=None)
     assert i.shape == (5, 2) and (d == 0).all()
+    assert jaccard_distance(x, 2, 1).shape == (5, 5)
 
 
 @pytest.mark.slow

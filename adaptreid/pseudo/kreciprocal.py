@@ -29,6 +29,16 @@ How it stays O(N k) in memory and close to the matrix-product floor in time:
 * the top-k is exact with a total order: ties are broken by the smaller index, like a stable
   ``argsort`` (``torch.topk`` alone breaks ties arbitrarily; we ask for ``k + 1`` values, and
   rows where the k-th and (k+1)-th values tie fall back to a stable sort of that row);
+* under torch.distributed (world size > 1) the blocks are dealt out to the ranks (block i to
+  rank i mod world size), each rank keeps the running top-k of its blocks only, and the N x k
+  key tables and row maxima are merged on every rank (an all-gather of N x k int64 keys and a
+  max all-reduce): the O(N^2 d) part divides by the number of ranks and, the keys being
+  unique, the merged table is exactly the single-process one. This makes
+  :func:`k_reciprocal_encoding` and :func:`jaccard_distance` collectives by default in a
+  distributed run (``distributed=None``): every rank must call them, with the same features;
+  ``distributed=False`` computes everything in the calling process (e.g. on rank 0 alone).
+  :func:`topk_neighbors` shards only with ``distributed=True`` (it also serves rank-0-only
+  helpers). Re-ranking (:func:`k_reciprocal_rerank`) is not sharded;
 * k-reciprocal sets, the expansion test, the query expansion and the Jaccard sums are sparse
   matrix operations on the N x k neighbour table; the Jaccard sums ``sum min(.,.)`` are
   computed like the reference's inverted index, vectorised: one (p, g, min) triple per shared
@@ -391,7 +401,7 @@ def topk_neighbors(
     block_size: int = DEFAULT_BLOCK_SIZE,
     backend: Backend = "auto",
     verbose: bool = False,
-    distributed: bool | None = None,
+    distributed: bool | None = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours under squared euclidean distance, computed in blocks.
 
@@ -404,13 +414,13 @@ def topk_neighbors(
         backend: "auto"/"torch" (exact, blocked torch matmul) or "faiss" (``IndexFlatL2``,
             exact distances, its own choice among neighbours tied at the k-th place).
         verbose: show a progress bar.
-        distributed: shard the exact top-k (the O(N^2 d) part) across torch.distributed
-            ranks: each rank computes every world-size-th block of the distance matrix and the
-            N x k tables are merged on all ranks (exactly the single-process result, same tie
-            order). ``None`` (default): shard when torch.distributed is initialised with world
-            size > 1, and then **every rank must call this function**, with the same
-            features and arguments (it is a collective, like ``all_reduce``; a call on rank 0
-            alone waits forever). ``False``: compute it all in this process.
+        distributed: ``True``: shard the search across torch.distributed ranks (each rank
+            computes every world-size-th block of the distance matrix; the N x k tables are
+            merged on all ranks, exactly the single-process result, same tie order). It is
+            then a collective: **every rank must call it**, with the same inputs. ``None``:
+            shard when torch.distributed is initialised with world size > 1. ``False``
+            (default here, as this function also serves rank-0-only helpers): this process
+            computes everything.
 
     Returns:
         ``(dist, idx)``: (N, k) float32 squared distances and int64 indices, each row sorted by
