@@ -24,10 +24,10 @@ from ..engine import distributed as D
 from ..losses.ranking_triplet import sample_rtl_pairs
 from .datasets import Sample
 from .images import ImageDataset
-from .loaders import seed_worker
+from .loaders import collate_skip_bad, seed_worker
 from .sampler import PKSampler
 
-__all__ = ["RankingTripletBatchSampler", "ranking_triplet_loader"]
+__all__ = ["RankingTripletBatchSampler", "collate_triplets", "ranking_triplet_loader"]
 
 
 class RankingTripletBatchSampler:
@@ -91,6 +91,25 @@ class _KeyedImages(ImageDataset):
         return item
 
 
+def collate_triplets(items: list[dict]) -> dict:
+    """:func:`~adaptreid.data.loaders.collate_skip_bad` for RTL batches: an unreadable image
+    (``bad_images="skip"``) removes its whole triplet (the anchor, its positive and its
+    negative), so that the batch keeps its anchors / positives / negatives layout."""
+    roles = [it["rtl_role"] for it in items]
+    if 1 not in roles:  # anchors only (no RTL)
+        return collate_skip_bad(items)
+    b = roles.count(0)
+    bad_triplets = {i % b for i, it in enumerate(items) if it.get("bad") is not None}
+    if not bad_triplets:
+        return collate_skip_bad(items)
+    good = [it for i, it in enumerate(items) if i % b not in bad_triplets]
+    batch = collate_skip_bad(good)
+    batch["bad"] = [
+        (int(it["index"]), str(it["path"]), str(it["bad"])) for it in items if it.get("bad")
+    ]
+    return batch
+
+
 def ranking_triplet_loader(
     cfg,
     train: Sequence[Sample],
@@ -99,11 +118,13 @@ def ranking_triplet_loader(
     ranked: np.ndarray | None = None,
     eta: int = 20,
     seed: int = 0,
+    bad_images: str = "error",
 ) -> DataLoader:
     """A P x K loader over the pseudo-labelled target images (``labels >= 0``; ``pid`` =
     label), with ``cfg.data``'s augmentation. With ``ranked`` each batch also holds one RTL
     positive and negative per anchor, from the whole of ``train`` (``pid`` -1 for outliers),
-    and the entries ``rtl_role`` / ``rtl_rank``."""
+    and the entries ``rtl_role`` / ``rtl_rank``. ``bad_images="skip"``: an unreadable image
+    drops its triplet from the batch (:func:`collate_triplets`)."""
     from ..engine.builders import identities_per_batch, train_transform
 
     d = cfg.data
@@ -122,8 +143,9 @@ def ranking_triplet_loader(
         unlabelled_ok=True,
     )
     return DataLoader(
-        _KeyedImages(samples, train_transform(cfg)),
+        _KeyedImages(samples, train_transform(cfg), bad_images=bad_images),
         batch_sampler=RankingTripletBatchSampler(pk, ranked, eta, seed=seed),
+        collate_fn=collate_triplets,
         num_workers=d.num_workers,
         persistent_workers=False,  # re-created each epoch: seeds from the trainer's generator
         worker_init_fn=seed_worker if d.num_workers > 0 else None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,8 +75,20 @@ def identities_per_batch(cfg: Config, num_ids: int) -> int:
     return p
 
 
-def train_loader(cfg: Config, samples: Sequence[Sample]):
-    """A P x K loader over ``samples`` (pids already in [0, C)) with the configured augmentation."""
+def bad_images_mode(cfg: Config, role: str) -> str:
+    """``data.bad_images`` for the ``role`` dataset: ``error`` | ``skip``; ``auto`` is skip for
+    the unlabelled target of an adaptation and error for a labelled source."""
+    mode = cfg.data.bad_images
+    if mode not in ("auto", "error", "skip"):
+        raise ConfigError(f"data.bad_images must be auto, error or skip, got {mode!r}")
+    if mode == "auto":
+        return "skip" if role == "target" else "error"
+    return mode
+
+
+def train_loader(cfg: Config, samples: Sequence[Sample], *, bad_images: str = "error"):
+    """A P x K loader over ``samples`` (pids already in [0, C)) with the configured
+    augmentation; ``bad_images="skip"`` drops unreadable images from their batch."""
     d = cfg.data
     tf = train_transform(cfg)
     p = identities_per_batch(cfg, len({s.pid for s in samples if s.pid >= 0}))
@@ -88,6 +101,7 @@ def train_loader(cfg: Config, samples: Sequence[Sample]):
         num_workers=d.num_workers,
         rank=D.rank(),
         world_size=D.world_size(),
+        bad_images=bad_images,
     )
 
 
@@ -159,12 +173,16 @@ def evaluate_cfg(
     verbose: bool = True,
     amp: str | None = None,
     channels_last: bool | None = None,
+    bad_images: str = "error",
+    on_bad: Callable[[list], Any] | None = None,
 ):
     """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, and
-    the run's resolved ``amp`` / ``channels_last``, by default ``train.*``'s)."""
+    the run's resolved ``amp`` / ``channels_last``, by default ``train.*``'s). With
+    ``bad_images="skip"`` unreadable query / gallery images are left out and handed to
+    ``on_bad`` as ``(index, path, reason)`` items."""
     if amp is None:
         amp, channels_last = resolve_precision_cfg(cfg, model, device)
-    return evaluate_model(
+    out = evaluate_model(
         model,
         dataset,
         height=cfg.data.height,
@@ -181,7 +199,13 @@ def evaluate_cfg(
         amp=amp,
         channels_last=bool(channels_last),
         verbose=verbose,
+        bad_images=bad_images,
     )
+    if on_bad is not None:
+        items = [x for split in out.dropped.values() for x in split]
+        if items:
+            on_bad(items)
+    return out
 
 
 def format_metrics(m: dict) -> str:
@@ -211,6 +235,8 @@ def finish_run(
     verbose: bool = True,
     amp: str | None = None,
     channels_last: bool | None = None,
+    bad_images: str = "error",
+    on_bad: Callable[[list], Any] | None = None,
 ) -> None:
     """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
     rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
@@ -231,9 +257,12 @@ def finish_run(
             verbose=verbose,
             amp=amp,
             channels_last=channels_last,
+            bad_images=bad_images,
+            on_bad=on_bad,
         )
         run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
-        q, g = dataset.query, dataset.gallery
+        q = [dataset.query[i] for i in out.query.kept]  # rows of distmat: the readable images
+        g = [dataset.gallery[i] for i in out.gallery.kept]
         picks = np.linspace(0, len(q) - 1, num=min(8, len(q))).round().astype(int)
         idx, match = top_k_matches(
             out.distmat[picks],

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..config import Config, to_dict
+from ..data.bad_images import BadImageLog
 from ..data.datasets import ReidDataset, Sample
 from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
@@ -48,6 +49,7 @@ from ..models import ReidModel
 from ..models.build import model_from_arch
 from . import distributed as D
 from .builders import (
+    bad_images_mode,
     evaluate_on,
     finish_run,
     format_metrics,
@@ -109,6 +111,9 @@ class LoopState:
     stopped: bool = False
     records: int = 0
     """Lines of metrics.jsonl when this state was saved (a resume cuts back to them)."""
+    excluded: list[str] = field(default_factory=list)
+    """Target train images left out as unreadable when this step's labels were made (the
+    labels follow ``target.train`` without them; a resume leaves them out again)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """This step's time so far, per part (extract, distance, cluster, train, ...)."""
 
@@ -135,6 +140,7 @@ class LoopState:
             k: v.numpy() if torch.is_tensor(v) else v for k, v in (state.extra or {}).items()
         }
         state.seconds = dict(state.seconds or {})
+        state.excluded = list(state.excluded or [])
         return state
 
 
@@ -152,26 +158,39 @@ class LoopContext:
     true_pids: np.ndarray | None = None
     """Target train identities when known: label quality in the records only."""
     state: LoopState = field(default_factory=LoopState)
+    bad_images: str = "skip"
+    """``data.bad_images`` resolved for the target (``auto``: skip)."""
+    bad_log: BadImageLog = field(default_factory=BadImageLog)
 
     @property
     def step(self) -> int:
         return self.state.step
 
     def train_loader(self, samples: list[Sample]):
-        """A P x K loader over ``samples`` with ``cfg.data``'s augmentation."""
-        return train_loader(self.cfg, samples)
+        """A P x K loader over ``samples`` with ``cfg.data``'s augmentation (unreadable images
+        dropped from their batch in skip mode)."""
+        return train_loader(self.cfg, samples, bad_images=self.bad_images)
+
+    def note_bad(self, items, where: str) -> None:
+        """Record unreadable images ``(index, path, reason)`` once each (``bad_images.json``)."""
+        if items and self.bad_log.add_many(items, where=where) and D.is_main():
+            self.bad_log.save(self.run.path)
+            for _, path, reason in items:
+                log.warning("skipping unreadable image %s (%s) in %s", path, reason, where)
 
     def extract(self, model: ReidModel, *, normalize: bool, desc: str = "") -> Features:
-        """Features of every target training image, in dataset order (test-time transform),
-        L2-normalised (per part) when ``normalize``."""
+        """Features of the target training images, in dataset order (test-time transform),
+        L2-normalised (per part) when ``normalize``. In skip mode an unreadable image has no
+        row: ``features.kept`` are the positions in ``target.train`` of the rows."""
         d = self.cfg.data
         loader = build_test_loader(
             self.target.train,
             build_transforms(d.height, d.width, train=False),
             d.test_batch_size,
             d.num_workers,
+            bad_images=self.bad_images,
         )
-        return extract_features(
+        feats = extract_features(
             model.to(self.device),
             loader,
             device=self.device,
@@ -182,6 +201,30 @@ class LoopContext:
             desc=desc or f"step {self.state.step} features",
             verbose=self.verbose,
         )
+        self.note_bad(feats.dropped, desc or f"step {self.state.step} features")
+        return feats
+
+    def drop_unreadable(self, feats: Features) -> None:
+        """Leave the images ``feats`` could not read out of ``target.train`` for the rest of
+        the run (the next labels follow the shorter list)."""
+        if len(feats.kept) == len(self.target.train):
+            return
+        gone = sorted(set(range(len(self.target.train))) - set(feats.kept.tolist()))
+        self.state.excluded += [self.target.train[i].path for i in gone]
+        keep = set(feats.kept.tolist())
+        self.target.train = [x for i, x in enumerate(self.target.train) if i in keep]
+        if self.true_pids is not None:
+            self.true_pids = self.true_pids[feats.kept]
+
+    def exclude(self, paths: list[str]) -> None:
+        """Leave ``paths`` out of ``target.train`` (a resume: as when the labels were made)."""
+        if not paths:
+            return
+        gone = set(paths)
+        keep = [i for i, x in enumerate(self.target.train) if x.path not in gone]
+        self.target.train = [self.target.train[i] for i in keep]
+        if self.true_pids is not None:
+            self.true_pids = self.true_pids[keep]
 
 
 def adapt(cfg: Config, *, resume: bool = False, verbose: bool = True) -> RunDir:
@@ -214,6 +257,8 @@ class AdaptationLoop:
             self.run_dir,
             self.verbose,
             true_pids=ground_truth(target.train),
+            bad_images=bad_images_mode(cfg, "target"),
+            bad_log=BadImageLog.load(self.run_dir.path),
         )
         self.method: AdaptationMethod = method_class(cfg.method.name)(cfg, self.ctx)
         self.rule = cfg.adapt.select
@@ -246,7 +291,15 @@ class AdaptationLoop:
             verbose=self.verbose,
             amp=self.ctx.amp,
             channels_last=self.ctx.channels_last,
+            bad_images=self.ctx.bad_images,
+            on_bad=lambda bad: self.ctx.note_bad(bad, "final evaluation"),
         )
+        if len(self.ctx.bad_log):
+            log.warning(
+                "%d unreadable target image(s) were skipped: listed in %s and report.md",
+                len(self.ctx.bad_log),
+                self.run_dir.path / "bad_images.json",
+            )
         D.barrier()
         return self.run_dir
 
@@ -291,6 +344,7 @@ class AdaptationLoop:
         self.ctx.state = LoopState.from_dict(state["loop"])
         set_rng_state(state["rng"])
         self.run_dir.truncate_records(self.state.records)
+        self.ctx.exclude(self.state.excluded)
         s = self.state
         where = (
             "finished"
@@ -331,6 +385,7 @@ class AdaptationLoop:
         feats = self.ctx.extract(
             model, normalize=self.method.normalize_features, desc=f"step {step} features"
         )
+        self.ctx.drop_unreadable(feats)  # the labels will follow target.train without them
         seconds["extract"] += time.perf_counter() - t0
         out = None
         if D.is_main():
@@ -350,7 +405,8 @@ class AdaptationLoop:
         """Label-free scores of the model of ``step`` (rank 0; broadcast); ``best.pt`` and
         the patience counter follow ``adapt.select`` when it is a label-free rule."""
         s = self.state
-        trained_on = s.labels if step > 0 else None
+        # the labels the model was trained on, for the images these features have
+        trained_on = s.labels[feats.kept] if step > 0 else None
         scores = None
         if D.is_main():
             scores = label_free_scores(
@@ -419,6 +475,7 @@ class AdaptationLoop:
                     desc=desc,
                     verbose=self.verbose,
                     hooks=spec.hooks,
+                    on_bad_images=lambda bad, d=desc: self.ctx.note_bad(bad, f"{d} training"),
                 )
                 if s.trainer is not None:  # resuming inside this stage
                     trainer.load_state_dict({**s.trainer, "model": model.state_dict()})
@@ -478,6 +535,8 @@ class AdaptationLoop:
             verbose=self.verbose,
             amp=self.ctx.amp,
             channels_last=self.ctx.channels_last,
+            bad_images=self.ctx.bad_images,
+            on_bad=lambda bad: self.ctx.note_bad(bad, f"step {self.state.step} evaluation"),
         )
         self._add_time("evaluate", time.perf_counter() - t0)
         return out

@@ -16,11 +16,13 @@ import logging
 import time
 
 from ..config import Config
+from ..data.bad_images import BadImageLog
 from ..data.datasets import relabel
 from ..errors import ConfigError
 from ..losses.reid_loss import build_reid_loss
 from . import distributed as D
 from .builders import (
+    bad_images_mode,
     evaluate_on,
     finish_run,
     format_metrics,
@@ -52,6 +54,14 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
 
     model = model_from_cfg(cfg, num_classes)
     amp, channels_last = resolve_precision_cfg(cfg, model, device)
+    bad = BadImageLog.load(run.path)
+    mode = bad_images_mode(cfg, "source")
+
+    def note_bad(items, where: str) -> None:  # data.bad_images: skip
+        if bad.add_many(items, where=where) and D.is_main():
+            bad.save(run.path)
+            log.warning("skipped %d unreadable image(s) in %s", len(items), where)
+
     criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
     optimizer, scheduler = optimizer_from_cfg(cfg, model)
     center_opt = criterion.center_optimizer(cfg.loss.center_lr)
@@ -59,7 +69,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         model,
         criterion,
         optimizer,
-        train_loader(cfg, train),
+        train_loader(cfg, train, bad_images=mode),
         device=device,
         scheduler=scheduler,
         extra_optimizers=[center_opt] if center_opt else [],
@@ -69,8 +79,9 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         iters_per_epoch=cfg.train.iters_per_epoch,
         seed=cfg.seed,
         verbose=verbose,
+        on_bad_images=lambda items: note_bad(items, f"training epoch {trainer.epoch + 1}"),
     )
-    precision = {"amp": amp, "channels_last": channels_last}
+    precision = {"amp": amp, "channels_last": channels_last, "bad_images": mode}
     best = -1.0
     if resume and run.has_checkpoint():
         state = run.load_last()
@@ -91,7 +102,15 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         due = cfg.train.eval_every and epoch % cfg.train.eval_every == 0
         is_best = False
         if has_test and (due or last):
-            metrics = evaluate_on(cfg, model, source, device, verbose=verbose, **precision)
+            metrics = evaluate_on(
+                cfg,
+                model,
+                source,
+                device,
+                verbose=verbose,
+                on_bad=lambda items: note_bad(items, "source evaluation"),
+                **precision,
+            )
             record.update({f"source_{k}": v for k, v in metrics.items()})
             if metrics["mAP"] > best:
                 best, is_best = metrics["mAP"], cfg.train.keep == "best"
@@ -110,13 +129,21 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
             stats["images_per_s"],
         )
 
-    if cfg.data.target and D.is_main():
+    if cfg.data.target:  # every rank: evaluate_on computes on rank 0 and broadcasts
         from ..engine.model_io import model_from_checkpoint
 
         target = load_dataset(cfg, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
         metrics = evaluate_on(
-            cfg, best_model.to(device), target, device, verbose=verbose, **precision
+            cfg,
+            best_model.to(device),
+            target,
+            device,
+            verbose=verbose,
+            amp=amp,
+            channels_last=channels_last,
+            bad_images=bad_images_mode(cfg, "target"),
+            on_bad=lambda items: note_bad(items, "direct-transfer evaluation"),
         )
         run.log_metrics(
             {"kind": "final", "stage": "direct_transfer", "dataset": target.name, **metrics}
@@ -129,6 +156,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         device,
         stage="source",
         verbose=verbose,
+        on_bad=lambda items: note_bad(items, "final evaluation"),
         **precision,
     )
     D.barrier()

@@ -102,6 +102,7 @@ class MSPLR(AdaptationMethod):
                 ranked=extra["ranked"],
                 eta=self.opt.rtl_eta,
                 seed=seed,
+                bad_images=ctx.bad_images,
             )
             criterion = RankingTripletAugmented(
                 criterion, weight=cfg.loss.rtl_weight, eta=self.opt.rtl_eta, margin=cfg.loss.margin

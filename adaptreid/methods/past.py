@@ -174,7 +174,7 @@ class PAST(AdaptationMethod):
                 normalize=self.opt.classifier_init == "normalized",
                 desc=f"step {self.ctx.step} F_U",
             )
-            weight = cluster_means(f_u.feats, labels)
+            weight = cluster_means(f_u.feats, labels[f_u.kept])  # rows: readable images
         model.reset_classifier(self.num_classes(labels), weight)
         return model
 
@@ -198,12 +198,15 @@ class PAST(AdaptationMethod):
                 ranked=None if ranked is None else np.asarray(ranked, dtype=np.int64),
                 eta=p.eta,
                 seed=seed,
+                bad_images=self.ctx.bad_images,
             )
             return Stage(
                 criterion, conservative_optimizer(cfg, model, step), loader, p.conservative_epochs
             )
         criterion = promoting_loss(self.num_classes(labels), model.feat_dim)  # line 10
-        loader = ranking_triplet_loader(cfg, train, labels, seed=seed)
+        loader = ranking_triplet_loader(
+            cfg, train, labels, seed=seed, bad_images=self.ctx.bad_images
+        )
         return Stage(criterion, promoting_optimizer(cfg, model, step), loader, p.promoting_epochs)
 
 
