@@ -5,6 +5,7 @@ with a message naming the file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -68,10 +69,8 @@ def test_adapt_skips_bad_images_once_reports_them_and_resumes(tmp_path, monkeypa
         return original(self, epoch)
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", stop)
-    try:
+    with contextlib.suppress(Stop):
         adapt(cfg, verbose=False)
-    except Stop:
-        pass
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", original)
     adapt(cfg, resume=True, verbose=False)
     cut = load_checkpoint(tmp_path / "runs" / "cut" / "checkpoints" / "last.pt")["loop"]

@@ -387,11 +387,13 @@ class AdaptationLoop:
         )
         self.ctx.drop_unreadable(feats)  # the labels will follow target.train without them
         seconds["extract"] += time.perf_counter() - t0
+        sf = StepFeatures(
+            feats, self.cfg.pseudo, seed=self.cfg.seed, step=step, true_pids=self.ctx.true_pids
+        )
+        if D.world_size() > 1 and self.method.uses_jaccard():
+            sf.jaccard(distributed=True)  # every rank computes its share of the top-k
         out = None
         if D.is_main():
-            sf = StepFeatures(
-                feats, self.cfg.pseudo, seed=self.cfg.seed, step=step, true_pids=self.ctx.true_pids
-            )
             result, extra = self.method.pseudo_labels(sf)
             if not (result.labels >= 0).any():
                 raise TrainingError(f"step {step}: no pseudo-label cluster to train on")

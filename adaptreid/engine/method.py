@@ -153,6 +153,13 @@ class AdaptationMethod:
         checkpoint, e.g. a neighbour table); the loop broadcasts both."""
         raise NotImplementedError
 
+    def uses_jaccard(self) -> bool:
+        """Whether :meth:`pseudo_labels` needs the step's Jaccard distance (then, under
+        torch.distributed, every rank computes its share of it first). Default: when
+        ``pseudo.*`` clusters on it."""
+        p = self.cfg.pseudo
+        return p.distance == "jaccard" and p.method != "kmeans"
+
     def on_labels(self, model: ReidModel, labels: np.ndarray, extra: dict) -> ReidModel:
         """After new pseudo-labels, on every rank (e.g. a new classifier). Default: as is."""
         return model

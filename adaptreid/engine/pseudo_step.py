@@ -149,12 +149,16 @@ class StepFeatures:
             self._prepared = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
         return self._prepared
 
-    def jaccard(self) -> sp.csr_matrix:
+    def jaccard(self, *, distributed: bool = False) -> sp.csr_matrix:
         """The k-reciprocal Jaccard distance (k1, k2 of ``pseudo.*``) of :meth:`prepared`;
-        computed once per step and shared by auto-eps, clustering and ranking."""
+        computed once per step and shared by auto-eps, clustering and ranking.
+        ``distributed=True`` shards its exact top-k across the torch.distributed ranks: a
+        collective, which the loop calls on every rank before the rank-0-only labelling."""
         if self._jaccard is None:
             t0 = time.perf_counter()
-            self._jaccard = jaccard_distance(self.prepared(), k1=self.pseudo.k1, k2=self.pseudo.k2)
+            self._jaccard = jaccard_distance(
+                self.prepared(), k1=self.pseudo.k1, k2=self.pseudo.k2, distributed=distributed
+            )
             self.seconds["distance"] += time.perf_counter() - t0
         return self._jaccard
 

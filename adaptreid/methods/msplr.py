@@ -71,6 +71,9 @@ class MSPLR(AdaptationMethod):
         frozen = self.opt.freeze == "before_schedule" and self.cfg.train.freeze_epochs > 0
         return (FROZEN, FINETUNE) if frozen else (FINETUNE,)
 
+    def uses_jaccard(self) -> bool:
+        return super().uses_jaccard() or self.cfg.loss.rtl_weight > 0
+
     def pseudo_labels(self, feats):
         """Eq. 4, DBSCAN / k-means, cluster selection (:meth:`StepFeatures.cluster`); with RTL
         mixed in, also the ranking score table of PAST eq. 2 from the same Jaccard distance."""

@@ -145,6 +145,9 @@ class PAST(AdaptationMethod):
     def stages(self) -> tuple[str, ...]:
         return (CONSERVATIVE, PROMOTING) if self.opt.use_promoting else (CONSERVATIVE,)
 
+    def uses_jaccard(self) -> bool:
+        return super().uses_jaccard() or self.opt.use_rtl  # D_R comes from it
+
     # ------------------------------------------------------------------ Algorithm 1
     def pseudo_labels(self, feats):
         """Lines 3-5: HDBSCAN (``pseudo.*``) on the Jaccard distance (eq. 1; D_R of eq. 2 only
