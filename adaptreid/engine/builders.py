@@ -147,20 +147,23 @@ def optimizer_from_cfg(
     return opt, sched
 
 
-def resolve_precision_cfg(cfg: Config, model: ReidModel, device) -> tuple[str, bool]:
-    """``(amp, channels_last)`` for this run: ``train.amp`` / ``train.channels_last`` as
-    given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
+def resolve_precision_cfg(
+    cfg: Config, model: ReidModel, device, *, mode: str = "train"
+) -> tuple[str, bool]:
+    """``(amp, channels_last)`` for this run's training (``mode="train"``) or feature
+    extraction and evaluation (``mode="extract"``): ``train.amp`` / ``train.channels_last``
+    as given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
     machine for this model and input size (:func:`adaptreid.engine.precision.resolve_precision`,
-    a short probe cached per machine); the choice is logged."""
+    a short probe per mode, cached per machine); the choice is logged."""
     t = cfg.train
     if t.amp != "auto":
         return t.amp, t.channels_last
     from .precision import resolve_precision
 
     amp, channels_last, reason = resolve_precision(
-        "auto", model, (cfg.data.height, cfg.data.width), device
+        "auto", model, (cfg.data.height, cfg.data.width), device, mode=mode
     )
-    log.info("precision: %s", reason)
+    log.info("precision (%s): %s", mode, reason)
     return amp, channels_last
 
 
@@ -181,7 +184,7 @@ def evaluate_cfg(
     ``bad_images="skip"`` unreadable query / gallery images are left out and handed to
     ``on_bad`` as ``(index, path, reason)`` items."""
     if amp is None:
-        amp, channels_last = resolve_precision_cfg(cfg, model, device)
+        amp, channels_last = resolve_precision_cfg(cfg, model, device, mode="extract")
     out = evaluate_model(
         model,
         dataset,

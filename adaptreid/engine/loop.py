@@ -155,6 +155,10 @@ class LoopContext:
     verbose: bool
     amp: str = "none"
     channels_last: bool = False
+    """Training precision (``train.amp``, resolved)."""
+    extract_amp: str = "none"
+    extract_channels_last: bool = False
+    """Extraction / evaluation precision (``train.amp: auto`` probes it separately)."""
     true_pids: np.ndarray | None = None
     """Target train identities when known: label quality in the records only."""
     state: LoopState = field(default_factory=LoopState)
@@ -196,8 +200,8 @@ class LoopContext:
             device=self.device,
             flip=self.cfg.adapt.extract_flip,
             normalize=normalize,
-            amp=self.amp,
-            channels_last=self.channels_last,
+            amp=self.extract_amp,
+            channels_last=self.extract_channels_last,
             desc=desc or f"step {self.state.step} features",
             verbose=self.verbose,
         )
@@ -289,8 +293,8 @@ class AdaptationLoop:
             self.device,
             stage=self.method.name,
             verbose=self.verbose,
-            amp=self.ctx.amp,
-            channels_last=self.ctx.channels_last,
+            amp=self.ctx.extract_amp,
+            channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
             on_bad=lambda bad: self.ctx.note_bad(bad, "final evaluation"),
         )
@@ -320,7 +324,11 @@ class AdaptationLoop:
                 )
                 model = model_from_cfg(self.cfg, 0)
             model = self.method.initial_model(model)
-        self.ctx.amp, self.ctx.channels_last = resolve_precision_cfg(self.cfg, model, self.device)
+        c = self.ctx
+        c.amp, c.channels_last = resolve_precision_cfg(self.cfg, model, self.device)
+        c.extract_amp, c.extract_channels_last = resolve_precision_cfg(
+            self.cfg, model, self.device, mode="extract"
+        )
         if self.resume and self.run_dir.has_checkpoint():
             return model
         metrics = self._evaluate(model)
@@ -535,8 +543,8 @@ class AdaptationLoop:
             target,
             self.device,
             verbose=self.verbose,
-            amp=self.ctx.amp,
-            channels_last=self.ctx.channels_last,
+            amp=self.ctx.extract_amp,
+            channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
             on_bad=lambda bad: self.ctx.note_bad(bad, f"step {self.state.step} evaluation"),
         )

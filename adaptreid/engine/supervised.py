@@ -54,6 +54,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
 
     model = model_from_cfg(cfg, num_classes)
     amp, channels_last = resolve_precision_cfg(cfg, model, device)
+    ev_amp, ev_cl = resolve_precision_cfg(cfg, model, device, mode="extract")
     bad = BadImageLog.load(run.path)
     mode = bad_images_mode(cfg, "source")
 
@@ -81,7 +82,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         verbose=verbose,
         on_bad_images=lambda items: note_bad(items, f"training epoch {trainer.epoch + 1}"),
     )
-    precision = {"amp": amp, "channels_last": channels_last, "bad_images": mode}
+    precision = {"amp": ev_amp, "channels_last": ev_cl, "bad_images": mode}  # evaluation
     best = -1.0
     if resume and run.has_checkpoint():
         state = run.load_last()
@@ -140,8 +141,8 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
             target,
             device,
             verbose=verbose,
-            amp=amp,
-            channels_last=channels_last,
+            amp=ev_amp,
+            channels_last=ev_cl,
             bad_images=bad_images_mode(cfg, "target"),
             on_bad=lambda items: note_bad(items, "direct-transfer evaluation"),
         )
