@@ -15,7 +15,7 @@ from ..config import Config
 from ..data.datasets import ReidDataset, Sample, open_dataset
 from ..data.loaders import build_train_loader
 from ..data.transforms import build_transforms
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import ReidModel, build_model
 from . import distributed as D
 from .evaluator import evaluate_model
@@ -106,7 +106,20 @@ def train_loader(cfg: Config, samples: Sequence[Sample], *, bad_images: str = "e
 
 
 def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
+    """The network of ``cfg.model``; a ``model.pretrained`` file that is missing is an error
+    that names the key and the file (a preset never starts from random weights silently)."""
     m = cfg.model
+    if m.pretrained and not str(m.pretrained).startswith(("http://", "https://", "imagenet")):
+        from pathlib import Path
+
+        p = Path(m.pretrained).expanduser()
+        if not p.is_file() and str(m.pretrained).lower() not in _known_weight_names():
+            raise CheckpointError(
+                f"model.pretrained: the ImageNet weights of {m.backbone!r} are expected at "
+                f"{p} ({p.resolve()}), and there is no such file. Put the file there, or pass "
+                "model.pretrained=PATH (torchvision / official key layout), or "
+                "model.pretrained=null to start from random weights on purpose"
+            )
     return build_model(
         m.backbone,
         num_classes=num_classes,
@@ -118,6 +131,12 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
         head=m.head,
         head_options=m.head_options,
     )
+
+
+def _known_weight_names() -> set[str]:
+    from ..models.weights import KNOWN_URLS
+
+    return {k.lower() for k in KNOWN_URLS}
 
 
 def optimizer_from_cfg(

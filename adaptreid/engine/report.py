@@ -117,7 +117,8 @@ def plot_steps(records: Sequence[dict], path: str | Path, rule: str = "last") ->
     ax.set_ylabel("target metric (%)")
     ax.set_title("target query / gallery")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     ax = axes[1]
     if labels:
         x = [r["step"] for r in labels]
@@ -141,7 +142,8 @@ def plot_steps(records: Sequence[dict], path: str | Path, rule: str = "last") ->
     ax.set_ylabel("%")
     ax.set_title("pseudo-labels")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
