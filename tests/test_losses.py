@@ -169,24 +169,6 @@ def test_rescale_center_grad_helper():
         rescale_center_grad(crit, 0.0)
 
 
-def test_center_reset_new_label_space_and_optimizer_follows():
-    crit = CenterLoss(3, 4, generator=torch.Generator().manual_seed(0))
-    copt = CenterOptimizer(crit)
-    crit.reset(5, generator=torch.Generator().manual_seed(1))
-    assert crit.centers.shape == (5, 4) and crit.num_classes == 5
-    before = crit.centers.detach().clone()
-    copt.zero_grad()
-    (0.005 * crit(torch.randn(4, 4), torch.tensor([0, 4, 4, 2]))).backward()
-    copt.step()
-    assert not torch.equal(before, crit.centers.detach())
-    assert torch.equal(before[[1, 3]], crit.centers.detach()[[1, 3]])  # unused centres
-    with pytest.raises(ValueError):
-        crit(torch.randn(2, 4), torch.tensor([0, 5]))
-    with pytest.raises(ConfigError):
-        CenterLoss(0, 4)
-
-
-# ---------------------------------------------------------------------------- label smoothing
 def test_label_smoothing_matches_manual_formula():
     logits = _feats(7, 5, seed=7)
     y = torch.tensor([0, 4, 2, 2, 1, 3, 0])

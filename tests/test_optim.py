@@ -14,9 +14,7 @@ from adaptreid.engine.optim import (
     ParamGroup,
     WarmupMultiStepLR,
     build_optimizer,
-    freeze_body,
     multistep_factor,
-    scale_lrs,
     warmup_multistep_factor,
 )
 from adaptreid.errors import ConfigError
@@ -149,8 +147,6 @@ def test_past_decay_after_three_iterations():
         "sgd",
         lr=1e-4,
     )
-    scale_lrs(opt, multistep_factor(4, **PAST_LR_DECAY))
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-5, 2e-5])
     assert [g["name"] for g in opt.param_groups] == ["fine_tune", "embedding"]
 
 
@@ -214,56 +210,3 @@ def test_adamw_and_plain_parameter_list():
     opt = build_optimizer(ps, "adamw", lr=1e-3, weight_decay=0.05)
     assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
     assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["name"] == "all"
-
-
-# ------------------------------------------------------------------------------- freezing
-def test_freeze_body_grads_bn_stats_and_unfreeze():
-    torch.manual_seed(0)
-    model = Tiny()
-    opt = build_optimizer(model, "adam", lr=1e-2)
-    bn = model.body[1]
-    freeze_body(model, True)
-    model.train()  # a trainer calls this every epoch: the body BN must stay frozen
-    assert all(not p.requires_grad for p in model.body_parameters())
-    assert all(p.requires_grad for p in model.head_parameters())
-    body_before = [p.detach().clone() for p in model.body_parameters()]
-    head_before = model.fc.weight.detach().clone()
-    stats_before = bn.running_mean.clone(), bn.running_var.clone()
-    x = torch.randn(6, 3, 8, 8) * 3 + 1
-    for _ in range(3):
-        opt.zero_grad()
-        model(x).pow(2).mean().backward()
-        opt.step()
-    assert not bn.training
-    assert model.neck.training  # head BN still in train mode
-    assert torch.equal(bn.running_mean, stats_before[0])
-    assert torch.equal(bn.running_var, stats_before[1])
-    assert all(torch.equal(a, b) for a, b in zip(body_before, model.body_parameters()))
-    assert not torch.equal(head_before, model.fc.weight)
-
-    freeze_body(model, False)
-    assert bn.training and all(p.requires_grad for p in model.body_parameters())
-    opt.zero_grad()
-    model(x).pow(2).mean().backward()
-    opt.step()
-    assert not torch.equal(bn.running_mean, stats_before[0])
-    assert not all(torch.equal(a, b) for a, b in zip(body_before, model.body_parameters()))
-    freeze_body(model, True)
-    freeze_body(model, True)  # idempotent: one hook only
-    assert len(bn._forward_pre_hooks) == 1
-    clone = copy.deepcopy(model)
-    freeze_body(clone, False)
-    assert len(clone.body[1]._forward_pre_hooks) == 0
-
-
-def test_freeze_body_delegates_to_model_method():
-    class Own(Tiny):
-        def freeze_body(self, frozen=True):
-            self.called = frozen
-
-    m = Own()
-    freeze_body(m, True)
-    assert m.called is True
-    assert all(p.requires_grad for p in m.parameters())
-    with pytest.raises(ConfigError):
-        freeze_body(nn.Linear(2, 2), True)

@@ -5,11 +5,10 @@
   biases and normalisation weights.
 * :class:`WarmupMultiStepLR`: linear warm-up then step decay, per epoch; its defaults are
   MSPLR's eq. 6 (seed 000, section 3.6.1; the bag-of-tricks schedule).
-* :func:`multistep_factor` / :func:`scale_lrs`: PAST's "after 3 iterations, all learning
-  rates are multiplied by 0.1" (seed 003, section 3.1), for recipes that build a new
-  optimiser at every stage.
-* :func:`freeze_body`: MSPLR's "freeze the body for 20 epochs and let the last fully
-  connected layer learn" (seed 000, section 3.6.2).
+* :func:`multistep_factor`: PAST's "after 3 iterations, all learning rates are multiplied
+  by 0.1" (seed 003, section 3.1), for methods that build a new optimiser at every stage.
+
+(Freezing the body, MSPLR section 3.6.2, is :meth:`adaptreid.models.ReidModel.freeze_body`.)
 
 Conventions: epochs (and PAST iterations) are **1-based**, as in the papers, and a milestone
 ``m`` means "decayed for every epoch ``> m``" (MSPLR eq. 6: ``10 < epoch <= 40`` runs at the
@@ -36,9 +35,7 @@ __all__ = [
     "ParamGroup",
     "WarmupMultiStepLR",
     "build_optimizer",
-    "freeze_body",
     "multistep_factor",
-    "scale_lrs",
     "warmup_multistep_factor",
 ]
 
@@ -361,81 +358,3 @@ class WarmupMultiStepLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
-
-
-def scale_lrs(optimizer: Optimizer, factor: float) -> None:
-    """Multiply every param group's lr (and ``initial_lr`` if a scheduler set one) by
-    ``factor``. For PAST, which builds an optimiser per stage:
-    ``scale_lrs(opt, multistep_factor(iteration, **PAST_LR_DECAY))``."""
-    if not factor > 0:
-        raise ConfigError(f"lr scale factor must be > 0, got {factor}")
-    for g in optimizer.param_groups:
-        g["lr"] = g["lr"] * factor
-        if "initial_lr" in g:
-            g["initial_lr"] = g["initial_lr"] * factor
-
-
-# ---------------------------------------------------------------------------------------------
-# freezing
-# ---------------------------------------------------------------------------------------------
-def _keep_eval(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of a frozen body BatchNorm: run it in eval mode whatever
-    ``model.train()`` said."""
-    module.training = False
-
-
-def _has_keep_eval(m: nn.Module) -> bool:
-    # Looked up in the module's own hook table (not in a side registry), so that copies of
-    # the model (copy.deepcopy, e.g. for a teacher) stay consistent.
-    return any(h is _keep_eval for h in m._forward_pre_hooks.values())
-
-
-def _remove_keep_eval(m: nn.Module) -> None:
-    for key in [k for k, h in m._forward_pre_hooks.items() if h is _keep_eval]:
-        del m._forward_pre_hooks[key]
-
-
-def freeze_body(model: nn.Module, frozen: bool = True) -> None:
-    """Freeze (``frozen=True``) or unfreeze the model's body (MSPLR section 3.6.2).
-
-    MSPLR fine-tunes on new pseudo-labels with "the body of our model frozen for 20 epochs",
-    letting the last fully connected layer learn first, to avoid the cross-entropy spike of
-    a fresh label space destroying the source model. Freezing here means:
-
-    * ``requires_grad=False`` on every ``model.body_parameters()`` (so optimisers skip them:
-      keep them in the optimiser, they train again after unfreezing);
-    * the body's BatchNorm layers stay in **eval mode** while frozen, even across
-      ``model.train()``: otherwise their running mean / variance would keep moving towards
-      the target batches, which is not "frozen" and changes the features the head learns on.
-
-    A model with its own ``freeze_body(frozen)`` method (``adaptreid.models.ReidModel``) is
-    asked to do it itself (same semantics). For any other model exposing
-    ``body_parameters()``, the BatchNorm layers owning body parameters get a forward
-    pre-hook that keeps them in eval mode; unfreezing removes it (and the next
-    ``model.train()`` puts them back in train mode; they are set to the model's current
-    mode right away). BatchNorm layers without affine parameters cannot be attributed to the
-    body this way and are left alone.
-    """
-    own = getattr(model, "freeze_body", None)
-    if callable(own):
-        own(frozen)
-        return
-    getter = getattr(model, "body_parameters", None)
-    if not callable(getter):
-        raise ConfigError(f"{type(model).__name__} has no body_parameters(); cannot freeze body")
-    body = list(getter())
-    for p in body:
-        p.requires_grad_(not frozen)
-    ids = {id(p) for p in body}
-    for m in model.modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            continue
-        if not any(id(p) in ids for p in m.parameters(recurse=False)):
-            continue
-        if frozen:
-            m.eval()
-            if not _has_keep_eval(m):
-                m.register_forward_pre_hook(_keep_eval)
-        else:
-            _remove_keep_eval(m)
-            m.train(model.training)

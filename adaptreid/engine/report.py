@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from .run import RunDir  # noqa: E402
+
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: what each ``adapt.select`` rule is called in reports
 RULE_NAMES = {
@@ -28,13 +30,6 @@ RULE_NAMES = {
     "last": "the last step",
     "target_map": "ORACLE: best target test mAP (uses the target's test labels)",
 }
-
-
-def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run folder's metrics.jsonl (:meth:`RunDir.read_metrics`)."""
-    from .run import RunDir
-
-    return RunDir(run_dir).read_metrics()
 
 
 def pick_step(records: Sequence[dict], rule: str) -> int | None:
@@ -214,7 +209,7 @@ def _fmt_pct(v: Any) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` and its plots in ``run_dir``; returns the report's path."""
     run_dir = Path(run_dir)
-    records = read_records(run_dir)
+    records = RunDir(run_dir).read_metrics()
     lines = [f"# Run report: {run_dir.name}", ""]
     cfg_path = run_dir / "config.yaml"
     rule = "last"

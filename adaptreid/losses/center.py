@@ -86,22 +86,6 @@ class CenterLoss(nn.Module):
             )
         return centers.detach().clone()
 
-    def reset(
-        self,
-        num_classes: int,
-        centers: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        """Start over for a new pseudo-label space of ``num_classes`` identities.
-
-        Replaces :attr:`centers` by a new parameter (random, or ``centers`` if given) on the
-        same device and dtype. A :class:`CenterOptimizer` follows the new parameter automatically; a
-        plain optimiser built on the old one must be rebuilt.
-        """
-        old = self.centers
-        new = self._init(num_classes, centers, generator)
-        self.centers = nn.Parameter(new.to(device=old.device, dtype=old.dtype))
-
     def forward(self, feats: Tensor, labels: Tensor) -> Tensor:
         """Mean over the batch of ``||f_i - c_{y_i}||^2`` (each clamped to [1e-12, 1e12])."""
         if feats.dim() != 2 or feats.size(1) != self.feat_dim:

@@ -50,11 +50,6 @@ class ReidLoss(nn.Module):
         self.ce = CrossEntropyLabelSmooth(epsilon=label_smoothing)
         self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
 
-    def reset(self, num_classes: int) -> None:
-        """New label space (a new round of pseudo-labels): fresh centres."""
-        if self.center is not None:
-            self.center.reset(num_classes)
-
     def center_optimizer(self, lr: float = 0.5) -> CenterOptimizer | None:
         """The centres' own SGD (lr 0.5: the bag of tricks' value), or None without a centre
         loss."""
