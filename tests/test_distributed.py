@@ -113,7 +113,7 @@ def test_adapt_clusters_once_and_every_rank_trains_on_the_same_labels(tmp_path):
     import json
 
     from adaptreid.config import load_config
-    from adaptreid.methods.source import train_source
+    from adaptreid.engine.supervised import train_source
 
     src_root, tgt_root = tmp_path / "syn-src", tmp_path / "syn-tgt"
     cfg = load_config(
@@ -154,7 +154,8 @@ def test_adapt_clusters_once_and_every_rank_trains_on_the_same_labels(tmp_path):
     r0 = json.loads((out / "adapt_rank0_w2.json").read_text())
     r1 = json.loads((out / "adapt_rank1_w2.json").read_text())
     assert r0["world"] == r1["world"] == 2 and (r0["rank"], r1["rank"]) == (0, 1)
-    assert r0["cluster_calls"] == r0["auto_eps_calls"] == 2  # two steps, on rank 0 only
+    # two steps and the label-free score of the last model, on rank 0 only
+    assert r0["cluster_calls"] == r0["auto_eps_calls"] == 3
     assert r1["cluster_calls"] == r1["auto_eps_calls"] == 0
     assert len(r0["labels"]) == 2 and r0["labels"] == r1["labels"]
     # one run folder, written by rank 0, with both steps
