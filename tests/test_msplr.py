@@ -93,7 +93,8 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
         (3, True),
     ]
     assert [r["step"] for r in recs if r["kind"] == "select"] == [0, 1, 2]
-    assert all(0 < r["portion_kept"] <= 1 for r in labels)
+    for r in labels:  # consistent statistics (the selected clusters hold the kept images)
+        assert r["portion_kept"] == (r["num_images"] - r["num_outliers"]) / r["num_images"]
     assert all("quality_f1" in r for r in labels)  # target ids known: analysis only
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert [(r["step"], r["epoch"]) for r in epochs] == [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -133,6 +134,8 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
     adapt(cfg, resume=True, verbose=False)
     resumed = load_checkpoint(cut / "checkpoints" / "last.pt")
     assert np.array_equal(resumed["loop"]["labels"].numpy(), final["loop"]["labels"].numpy())
+    # a replay on the same machine in the same process: equal up to float noise (a property
+    # of resume, not a training outcome; both runs take exactly the same steps)
     for k, v in final["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
     cut_epochs = [(r["step"], r["epoch"]) for r in _records(cut) if r["kind"] == "epoch"]
@@ -193,6 +196,8 @@ def test_auto_eps_picks_eps_per_step_without_labels(tmp_path):
             ),
         ]
     )
-    assert code == 0  # eps=0.0001 alone finds no cluster; auto eps replaces it
+    # eps=0.0001 alone finds no cluster (the run would stop); the label-free sweep replaced
+    # it by one of its candidates, quantiles of distances between distinct images (> 0)
+    assert code == 0
     labels = [r for r in _records(tmp_path / "runs" / "auto") if r["kind"] == "labels"]
-    assert labels[0]["eps"] > 0.0001 and labels[0]["num_clusters"] > 0
+    assert labels[0]["eps"] > 0.0001

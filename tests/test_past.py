@@ -394,6 +394,8 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
     adapt(cfg, resume=True, verbose=False)
     resumed = load_checkpoint(cut / "checkpoints" / "last.pt")
     assert np.array_equal(resumed["loop"]["labels"].numpy(), final["loop"]["labels"].numpy())
+    # a replay on the same machine in the same process: equal up to float noise (a property
+    # of resume, not a training outcome; both runs take exactly the same steps)
     for k, v in final["model"].items():
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
     cut_epochs = [

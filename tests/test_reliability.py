@@ -88,6 +88,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(setup, reference, point):
     steps, labels = _steps(tmp / "runs" / name)
     ref_steps, ref_labels = reference
     assert [s["step"] for s in steps] == [s["step"] for s in ref_steps]  # no duplicates
+    # both runs on this machine with the same seed: resume must replay exactly
     for a, b in zip(steps, ref_steps):
         assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6)
         assert a["rank1"] == pytest.approx(b["rank1"], abs=1e-6)

@@ -194,13 +194,15 @@ def test_concurrent_generation_into_one_folder(tmp_path):
 
 
 def test_generation_is_fast(tmp_path):
+    """CPU time of this process, not wall time (a loaded 2-core machine stretches the latter):
+    ~2 ms per image; the bound is 10x that, so it only catches an accidental slow path."""
     spec = SyntheticSpec.preset("demo", num_train_ids=10, num_test_ids=5)  # 180 images, 64x32
-    start = time.perf_counter()
+    start = time.process_time()
     generate_synthetic_reid(tmp_path / "d", num_train_ids=10, num_test_ids=5)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     n = sum(spec.counts().values())
     assert n == 180
-    assert seconds / n < 0.02, f"{1000 * seconds / n:.1f} ms per image"  # ~2 ms when idle
+    assert seconds / n < 0.02, f"{1000 * seconds / n:.1f} ms of CPU per image"
 
 
 # --------------------------------------------------------------------------------------------
