@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,6 +29,40 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("needs ../shared (absent)")
     return SHARED
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a test's child process: this checkout importable, one thread per
+    process, no leftover torch.distributed variables."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def torchrun(worker: Path, *args: object, nproc: int = 2, timeout: int = 600):
+    """Run ``worker`` under ``torch.distributed.run`` with ``nproc`` CPU (gloo) processes;
+    returns the completed process (stdout / stderr captured)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        str(worker),
+        *map(str, args),
+    ]
+    return subprocess.run(
+        cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_jpeg(path: Path, size: tuple[int, int] = (8, 16), color: int = 0) -> Path:

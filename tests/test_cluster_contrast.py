@@ -4,14 +4,12 @@ a tiny run end to end, and the memory kept identical on 2 gloo ranks under DDP."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_distributed import _env, _free_port
+from conftest import torchrun
 from test_msplr import _source
 from test_train import _write_market
 
@@ -90,22 +88,7 @@ def test_memory_stays_identical_across_two_gloo_ranks(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     args = _cc_args(tmp_path, ckpt, tgt, "ddp_cc", "device=cpu")
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            str(WORKER),
-            str(out),
-            *args,
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ddp = torchrun(WORKER, out, *args)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     r0 = json.loads((out / "cc_rank0.json").read_text())
     r1 = json.loads((out / "cc_rank1.json").read_text())

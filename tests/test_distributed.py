@@ -6,32 +6,16 @@ order), on a model whose outputs do not depend on how the batch is split (see
 tests/ddp_worker.py). Both ranks end with identical weights and centre-loss centres. No
 tolerance on a training outcome: the property holds on any CPU and in any run."""
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env, torchrun
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 EXACT = 1e-5  # float32 sums in another order differ by ~1e-8 here; 1e-5 is a wide margin
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
@@ -51,27 +35,13 @@ def test_two_gloo_ranks_on_half_batches_step_like_one_process_on_the_full_batch(
     out.mkdir()
     single = subprocess.run(
         [sys.executable, str(WORKER), str(out)],
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            str(WORKER),
-            str(out),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = torchrun(WORKER, out, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     r0 = torch.load(out / "ddp_rank0_w2.pt", weights_only=True)
     r1 = torch.load(out / "ddp_rank1_w2.pt", weights_only=True)
@@ -133,23 +103,7 @@ def test_adapt_clusters_once_and_every_rank_trains_on_the_same_labels(tmp_path):
     train_source(cfg, verbose=False)
     ckpt = tmp_path / "src" / "checkpoints" / "best.pt"
     out = tmp_path / "out"
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            str(ADAPT_WORKER),
-            str(ckpt),
-            str(tgt_root),
-            str(out),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ddp = torchrun(ADAPT_WORKER, ckpt, tgt_root, out)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     r0 = json.loads((out / "adapt_rank0_w2.json").read_text())
     r1 = json.loads((out / "adapt_rank1_w2.json").read_text())
