@@ -1,0 +1,193 @@
+"""The real-data runs behind BENCHMARKS.md's adaptation tables, one queue, resumable.
+
+    python benchmarks/uda_runs.py --list               # the runs and where each stands
+    python benchmarks/uda_runs.py                      # run every unfinished one, in order
+    python benchmarks/uda_runs.py --only msplr_m2d     # those whose name contains a string
+
+Each run is an ``adaptreid train`` / ``adapt`` command on the CPU presets (MobileNetV2,
+Market-1501 <-> DukeMTMC-reID in ../shared). A run folder that holds a checkpoint is continued
+with ``--resume``; a finished one (its ``final`` record written) is skipped, so the queue can be
+killed at any moment and started again, in this session or the next. Every command runs under
+the shared lock of benchmarks/README.md, and its wall time is added to
+``runs/<name>/wall_time.json`` (one entry per invocation: a resumed run's total is their sum).
+Tables: ``python benchmarks/uda_tables.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = "/tmp/adaptreid-heavy.lock"
+M2D, D2M = "market1501_to_dukemtmc_cpu.yaml", "dukemtmc_to_market1501_cpu.yaml"
+
+
+@dataclass
+class Run:
+    name: str
+    command: str  # train | adapt
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    group: str = ""
+
+    def argv(self, resume: bool) -> list[str]:
+        cmd = [str(ROOT / ".venv" / "bin" / "adaptreid"), self.command, "--config", self.config]
+        cmd += ["-q", *self.overrides, f"name={self.name}"]
+        return cmd + (["--resume"] if resume else [])
+
+
+def _seeds(prefix: str, config: str, group: str) -> list[Run]:
+    return [Run(f"{prefix}_seed{s}", "adapt", config, [f"seed={s}"], group) for s in (1, 2)]
+
+
+#: in priority order: sources, headline rows, ablations, seeds
+RUNS: list[Run] = [
+    Run("source_market1501_mobilenet_cpu", "train", "source/market1501_mobilenet_cpu.yaml"),
+    Run("source_dukemtmc_mobilenet_cpu", "train", "source/dukemtmc_mobilenet_cpu.yaml"),
+    Run("msplr_market1501_to_dukemtmc_cpu", "adapt", f"msplr/{M2D}", group="table1"),
+    Run("msplr_dukemtmc_to_market1501_cpu", "adapt", f"msplr/{D2M}", group="table1"),
+    Run("past_market1501_to_dukemtmc_cpu", "adapt", f"past/{M2D}", group="table1"),
+    Run("past_dukemtmc_to_market1501_cpu", "adapt", f"past/{D2M}", group="table1"),
+    Run("cc_market1501_to_dukemtmc_cpu", "adapt", f"cluster_contrast/{M2D}", group="table1"),
+    Run("cc_dukemtmc_to_market1501_cpu", "adapt", f"cluster_contrast/{D2M}", group="table1"),
+    Run(
+        "cc_dukemtmc_unsupervised_cpu",
+        "adapt",
+        "cluster_contrast/dukemtmc_unsupervised_cpu.yaml",
+        [],
+        "cc",
+    ),
+    Run(
+        "cc_market1501_unsupervised_cpu",
+        "adapt",
+        "cluster_contrast/market1501_unsupervised_cpu.yaml",
+        [],
+        "cc",
+    ),
+    # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
+    Run(
+        "msplr_m2d_da",
+        "adapt",
+        f"msplr/{M2D}",
+        ["adapt.max_steps=1", "pseudo.select=false", "pseudo.camera_norm=false"],
+        "msplr_t3",
+    ),
+    Run(
+        "msplr_m2d_pl",
+        "adapt",
+        f"msplr/{M2D}",
+        ["pseudo.select=false", "pseudo.camera_norm=false"],
+        "msplr_t3",
+    ),
+    Run("msplr_m2d_sel", "adapt", f"msplr/{M2D}", ["pseudo.camera_norm=false"], "msplr_t3"),
+    Run("msplr_m2d_kmeans", "adapt", f"msplr/{M2D}", ["pseudo.method=kmeans"], "msplr_t4"),
+    # PAST Table 1 (CTL / RTL / CTL + RTL / + promoting) and Table 2 (k-means / DBSCAN)
+    Run(
+        "past_m2d_ctl",
+        "adapt",
+        f"past/{M2D}",
+        ["method.use_rtl=false", "method.use_promoting=false"],
+        "past_t1",
+    ),
+    Run(
+        "past_m2d_rtl",
+        "adapt",
+        f"past/{M2D}",
+        ["method.use_ctl=false", "method.use_promoting=false"],
+        "past_t1",
+    ),
+    Run("past_m2d_ctl_rtl", "adapt", f"past/{M2D}", ["method.use_promoting=false"], "past_t1"),
+    Run(
+        "past_m2d_kmeans",
+        "adapt",
+        f"past/{M2D}",
+        ["pseudo.method=kmeans", "pseudo.kmeans_k=702"],
+        "past_t2",
+    ),
+    Run(
+        "past_m2d_dbscan",
+        "adapt",
+        f"past/{M2D}",
+        ["pseudo.method=dbscan", "pseudo.auto_eps=true"],
+        "past_t2",
+    ),
+    *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
+    *_seeds("past_m2d", f"past/{M2D}", "seeds"),
+]
+
+
+def status(run: Run) -> str:
+    folder = ROOT / "runs" / run.name
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file() and '"kind": "final"' in metrics.read_text():
+        return "done"
+    if (folder / "checkpoints" / "last.pt").is_file():
+        return "started"
+    return "new"
+
+
+def wall_time(run: Run) -> float:
+    path = ROOT / "runs" / run.name / "wall_time.json"
+    if not path.is_file():
+        return 0.0
+    return sum(e["seconds"] for e in json.loads(path.read_text()))
+
+
+def execute(run: Run) -> int:
+    resume = status(run) == "started"
+    argv = ["flock", LOCK, *run.argv(resume)]
+    print(f"[{time.strftime('%H:%M:%S')}] {shlex.join(argv)}", flush=True)
+    t0 = time.time()
+    code = subprocess.run(argv, cwd=ROOT).returncode
+    seconds = time.time() - t0
+    folder = ROOT / "runs" / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "wall_time.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append(
+        {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
+            "seconds": round(seconds, 1),
+            "exit": code,
+            "resume": resume,
+            "command": shlex.join(run.argv(resume)),
+            "machine": platform.processor() or platform.machine(),
+        }
+    )
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+    print(f"  exit {code} after {seconds / 60:.1f} min", flush=True)
+    return code
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", action="append", default=[], help="run names containing this")
+    ap.add_argument("--list", action="store_true", help="print the queue and exit")
+    args = ap.parse_args()
+    runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
+    if args.list:
+        for r in runs:
+            print(
+                f"{status(r):8s} {wall_time(r) / 60:6.1f} min  {r.name:28s} {r.config} "
+                f"{' '.join(r.overrides)}"
+            )
+        return 0
+    for r in runs:
+        if status(r) == "done":
+            continue
+        if execute(r) != 0:
+            print(f"{r.name} failed: fix it, then run the queue again (it resumes)", flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
