@@ -69,7 +69,8 @@ def test_every_readme_command_parses_and_its_config_loads():
             pytest.fail(f"README command does not parse ({e}): {cmd}")
         config = getattr(args, "config", None)
         if config and args.command in ("train", "adapt"):
-            load_config(config, args.overrides)  # raises on a bad path or key
+            # raises on a bad path or key, and on a key the command would ignore
+            load_config(config, args.overrides, command=args.command)
     assert seen >= 15
 
 
@@ -106,3 +107,46 @@ def test_data_commands_on_shared_run_as_written(monkeypatch, capsys):
     assert ran >= 2
     out = capsys.readouterr().out
     assert "market1501" in out and "train" in out
+
+
+def test_add_a_method_example_runs(tmp_path):
+    """The "Add a method" section's code, as written, registers a method that the loop runs."""
+    import importlib.util
+    import sys
+
+    import torch
+    from test_msplr import _adapt_args, _source
+    from test_train import _write_market
+
+    from adaptreid.engine.loop import adapt
+
+    text = README.read_text()
+    section = text[text.index("## Add a method") :]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    name = "adaptreid.methods.my_method"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "adaptreid.methods"
+    sys.modules[name] = module
+    try:
+        exec(compile(code, "README.md (Add a method)", "exec"), module.__dict__)
+        torch.set_num_threads(1)
+        ckpt = _source(tmp_path)
+        tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51), seed=5)
+        args = _adapt_args(tmp_path, ckpt, tgt, "mine", "method.epochs=1", "adapt.max_steps=1")
+        args = [a for a in args if not a.startswith(("method.freeze", "train.freeze_epochs"))]
+        cfg = load_config("configs/base/recipe.yaml", ["method.name=my_method", *args])
+        assert cfg.method.name == "my_method" and cfg.method.epochs == 1
+        run = adapt(cfg, verbose=False)
+        assert (run.path / "report.md").is_file()
+        with pytest.raises(Exception, match="freeze_epochs"):
+            load_config(
+                "configs/base/recipe.yaml",
+                ["method.name=my_method", "train.freeze_epochs=3"],
+                command="adapt",
+            )
+    finally:
+        sys.modules.pop(name, None)
+        from adaptreid.engine.method import METHODS
+
+        METHODS._items.pop("my_method", None)
