@@ -541,3 +541,22 @@ def test_one_cluster_holding_most_images_counts_as_chained():
         },
     ]
     assert recommend_eps(rows)[0] == 0.9
+
+
+def test_auto_eps_candidates_positive_and_fixed_on_jaccard():
+    """Tiny neighbour distances (tight clusters) must not round to an eps of 0; on the Jaccard
+    distance the candidates are the fixed grid whatever the features."""
+    from adaptreid.pseudo.labels import JACCARD_EPS_GRID, auto_eps
+
+    x, pid, cam = blobs(per_cam=4)
+    tight = (
+        x * 1e-4
+        + np.repeat(
+            np.eye(x.shape[1])[: len(np.unique(pid))], len(x) // len(np.unique(pid)), axis=0
+        )[: len(x)]
+    )
+    _, rows, _ = auto_eps(tight, cam, camera_norm=False, l2_after=False, min_size=2)
+    assert rows and all(r["eps"] > 0 for r in rows)
+    jaccard_or_skip()
+    _, rows, _ = auto_eps(x, cam, distance="jaccard", k1=8, k2=3)
+    assert [r["eps"] for r in rows] == list(JACCARD_EPS_GRID)
