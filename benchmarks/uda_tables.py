@@ -1,19 +1,35 @@
-"""Tables of adaptation results from run folders (for BENCHMARKS.md).
+"""Tables of adaptation results from run folders (for BENCHMARKS.md). Nothing is typed by
+hand: every figure comes from the folders' ``metrics.jsonl`` and ``wall_time.json``.
 
-    python benchmarks/uda_tables.py runs/msplr_market1501_to_pku_cpu runs/abl_m2p_1step ...
+    python benchmarks/uda_tables.py table1 --supervised runs/source_dukemtmc_mobilenet_cpu \\
+        MSPLR=runs/msplr_market1501_to_dukemtmc_cpu PAST=runs/past_market1501_to_dukemtmc_cpu
+    python benchmarks/uda_tables.py steps runs/msplr_market1501_to_dukemtmc_cpu
+    python benchmarks/uda_tables.py select runs/msplr_* runs/past_*
+    python benchmarks/uda_tables.py seeds runs/msplr_market1501_to_dukemtmc_cpu runs/msplr_m2d_seed*
 
-For each run folder: the direct-transfer row (step 0), the best step's row, the time spent in
-the steps (sum of the step records' ``time_s``; the process wall time adds start-up, step 0 and
-the report), and with ``--steps`` one row per step with its pseudo-label statistics and quality
-(pairwise precision / F1 and NMI against the target's true identities: analysis only).
-Nothing is typed by hand: every figure comes from the folders' ``metrics.jsonl``.
+``table1``: MSPLR Table 1's layout: supervised on the target (the in-domain evaluation of the
+source run trained on the target), direct transfer (step 0), then for each method the model
+``adapt.select`` picked (label-free by default) and the oracle's (best target test mAP), with
+rank-1/5/10, mAP, the share of the direct-transfer -> supervised mAP gap closed, and wall
+time. ``steps``: one row per step (pseudo-labels: eps, clusters, portion kept, pairwise
+precision / recall / F1 and NMI against the hidden train identities; the label-free scores of
+the step's model; target mAP; time). ``select``: what each selection rule picks and how far
+its mAP is from the oracle's. ``seeds``: min / median / max of the picked and the oracle mAP.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adaptreid.engine.report import pick_step  # noqa: E402
+
+RULES = ("agreement", "snd", "cross_camera", "last")
 
 
 def records(run: Path) -> list[dict]:
@@ -21,68 +37,181 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def summary_row(run: Path, label: str | None = None) -> str:
+def wall(run: Path) -> str:
+    path = run / "wall_time.json"
+    if not path.is_file():
+        return "-"
+    seconds = sum(e["seconds"] for e in json.loads(path.read_text()))
+    return f"{seconds / 60:.0f} min"
+
+
+def steps_of(run: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in records(run) if r.get("kind") == "step" and "mAP" in r}
+
+
+def supervised(run: Path) -> dict:
+    """The source run's in-domain evaluation of its best.pt (the 'final' record)."""
     recs = records(run)
-    steps = [r for r in recs if r.get("kind") == "step" and "mAP" in r]
-    best = max((r for r in steps if r["step"] > 0), key=lambda r: r["mAP"], default=steps[0])
-    spent = sum(r.get("time_s", 0.0) for r in steps if r["step"] > 0)
-    n = max(r["step"] for r in steps)
+    final = [r for r in recs if r.get("kind") == "final" and r.get("stage") == "source"]
+    return final[-1]
+
+
+def metrics_row(name: str, m: dict, lo: float | None, hi: float | None, extra: str) -> str:
+    gap = "-"
+    if lo is not None and hi is not None and hi > lo:
+        gap = f"{100 * (m['mAP'] - lo) / (hi - lo):.0f}%"
     return (
-        f"| {label or run.name} | {pct(best['rank1'])} | {pct(best.get('rank5'))} | "
-        f"{pct(best['mAP'])} | {pct(best.get('mINP'))} | {best['step']} of {n} | "
-        f"{spent / 60:.1f} min |"
+        f"| {name} | {pct(m.get('rank1'))} | {pct(m.get('rank5'))} | {pct(m.get('rank10'))} | "
+        f"{pct(m['mAP'])} | {gap} | {extra} |"
     )
 
 
-def direct_row(run: Path) -> str:
-    d = next(r for r in records(run) if r.get("kind") == "step" and r["step"] == 0)
-    return (
-        f"| direct transfer | {pct(d['rank1'])} | {pct(d.get('rank5'))} | {pct(d['mAP'])} | "
-        f"{pct(d.get('mINP'))} | - | - |"
-    )
-
-
-def step_rows(run: Path) -> list[str]:
-    recs = records(run)
-    labels = {r["step"]: r for r in recs if r.get("kind") == "labels"}
+def table1(sup: Path | None, runs: list[tuple[str, Path]]) -> list[str]:
     out = [
-        "| step | clusters | portion kept | eps | precision | F1 | NMI | rank-1 | mAP |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | rank-1 | rank-5 | rank-10 | mAP | gap closed | step (of) / wall time |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in recs if r.get("kind") == "step"):
-        lab = labels.get(r["step"], {})
-        eps = lab.get("eps")
+    hi = supervised(sup)["mAP"] if sup else None
+    first = steps_of(runs[0][1])
+    lo = first[0]["mAP"]
+    if sup:
+        out.append(metrics_row("supervised on the target", supervised(sup), lo, hi, wall(sup)))
+    out.append(metrics_row("direct transfer (no adaptation)", first[0], lo, hi, "-"))
+    for label, run in runs:
+        steps = steps_of(run)
+        rule = config(run).get("adapt", {}).get("select", "last")
+        pick, oracle = pick_step(records(run), rule), pick_step(records(run), "target_map")
+        n = max(steps)
         out.append(
-            f"| {r['step']} | {lab.get('num_clusters', '-')} | {pct(lab.get('portion_kept'))} | "
-            f"{'-' if eps is None else f'{eps:.3f}'} | {pct(lab.get('quality_precision'))} | "
-            f"{pct(lab.get('quality_f1'))} | {pct(lab.get('quality_nmi'))} | "
-            f"{pct(r.get('rank1'))} | {pct(r.get('mAP'))} |"
+            metrics_row(
+                f"{label}, label-free pick ({rule})",
+                steps[pick],
+                lo,
+                hi,
+                f"step {pick} of {n} / {wall(run)}",
+            )
+        )
+        out.append(
+            metrics_row(
+                f"{label}, oracle: best target test mAP",
+                steps[oracle],
+                lo,
+                hi,
+                f"step {oracle} of {n}",
+            )
         )
     return out
 
 
+def step_table(run: Path) -> list[str]:
+    recs = records(run)
+    labels = {r["step"]: r for r in recs if r.get("kind") == "labels" and not r.get("probe")}
+    probe = {r["step"]: r for r in recs if r.get("kind") == "labels" and r.get("probe")}
+    select = {r["step"]: r for r in recs if r.get("kind") == "select"}
+    out = [
+        "| step | eps | clusters | portion kept | precision | recall | F1 | NMI | agreement "
+        "| SND | cross-cam | rank-1 | mAP | step time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f3(v):
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for s, r in sorted(steps_of(run).items()):
+        lab, sel = labels.get(s, {}), select.get(s, {})
+        eps = lab.get("eps")
+        out.append(
+            f"| {s} | {'-' if eps is None else f'{eps:.3f}'} | {lab.get('num_clusters', '-')} | "
+            f"{pct(lab.get('portion_kept'))} | {pct(lab.get('quality_precision'))} | "
+            f"{pct(lab.get('quality_recall'))} | {pct(lab.get('quality_f1'))} | "
+            f"{pct(lab.get('quality_nmi'))} | {f3(sel.get('agreement'))} | "
+            f"{f3(sel.get('snd'))} | {f3(sel.get('cross_camera'))} | {pct(r.get('rank1'))} | "
+            f"{pct(r['mAP'])} | {r.get('time_s', 0) / 60:.1f} min |"
+        )
+    for s, lab in sorted(probe.items()):
+        out.append(
+            f"| ({s}: probe of step {s - 1}'s model) | {lab.get('eps', '-')} | "
+            f"{lab.get('num_clusters', '-')} | {pct(lab.get('portion_kept'))} | "
+            f"{pct(lab.get('quality_precision'))} | {pct(lab.get('quality_recall'))} | "
+            f"{pct(lab.get('quality_f1'))} | {pct(lab.get('quality_nmi'))} | | | | | | |"
+        )
+    return out
+
+
+def select_table(runs: list[tuple[str, Path]]) -> list[str]:
+    out = [
+        "| run | oracle: step / mAP | "
+        + " | ".join(f"{r}: step / mAP / gap" for r in RULES)
+        + " |",
+        "|---|---|" + "---|" * len(RULES),
+    ]
+    for label, run in runs:
+        recs, steps = records(run), steps_of(run)
+        o = pick_step(recs, "target_map")
+        cells = []
+        for rule in RULES:
+            p = pick_step(recs, rule)
+            if p is None:
+                cells.append("-")
+                continue
+            d = 100 * (steps[p]["mAP"] - steps[o]["mAP"])
+            cells.append(f"{p} / {pct(steps[p]['mAP'])} / {d:+.1f}")
+        out.append(f"| {label} | {o} / {pct(steps[o]['mAP'])} | " + " | ".join(cells) + " |")
+    return out
+
+
+def seeds_table(runs: list[tuple[str, Path]]) -> list[str]:
+    picked, oracle = [], []
+    for _, run in runs:
+        recs, steps = records(run), steps_of(run)
+        rule = config(run).get("adapt", {}).get("select", "last")
+        picked.append(steps[pick_step(recs, rule)]["mAP"])
+        oracle.append(steps[pick_step(recs, "target_map")]["mAP"])
+    out = ["| model | seeds | min | median | max | spread |", "|---|---|---|---|---|---|"]
+    for name, v in (("label-free pick", picked), ("oracle", oracle)):
+        out.append(
+            f"| {name} | {len(v)} | {pct(min(v))} | {pct(statistics.median(v))} | "
+            f"{pct(max(v))} | {100 * (max(v) - min(v)):.1f} |"
+        )
+    return out
+
+
+def _runs(items: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for item in items:
+        label, _, folder = item.rpartition("=")
+        out.append((label or Path(folder).name, Path(folder)))
+    return out
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders, or LABEL=FOLDER")
-    p.add_argument("--steps", action="store_true", help="also one table of steps per run")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("table", choices=["table1", "steps", "select", "seeds"])
+    p.add_argument("runs", nargs="+", help="run folders, or LABEL=FOLDER")
+    p.add_argument("--supervised", type=Path, help="table1: the source run trained on the target")
     args = p.parse_args()
-    parsed = []
-    for item in args.runs:
-        label, _, folder = str(item).rpartition("=")
-        parsed.append((label or None, Path(folder)))
-    print("| method | rank-1 | rank-5 | mAP | mINP | best step | time in steps |")
-    print("|---|---|---|---|---|---|---|")
-    print(direct_row(parsed[0][1]))
-    for label, run in parsed:
-        print(summary_row(run, label))
-    if args.steps:
-        for label, run in parsed:
-            print(f"\n{label or run.name}:\n")
-            print("\n".join(step_rows(run)))
+    runs = _runs(args.runs)
+    if args.table == "table1":
+        lines = table1(args.supervised, runs)
+    elif args.table == "steps":
+        lines = []
+        for label, run in runs:
+            lines += [f"{label}:", "", *step_table(run), ""]
+    elif args.table == "select":
+        lines = select_table(runs)
+    else:
+        lines = seeds_table(runs)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
