@@ -126,6 +126,12 @@ def worker(n: int, verbose: bool) -> dict:
             "images_kept": info["images_kept"],
             "ari_vs_identities": float(adjusted_rand_score(pid, lab)),
         }
+    # rows whose stored neighbours (other than the row itself, distance < 1) are fewer than
+    # 2 eta: ranked_neighbors fills them by an exact euclidean top-k over all the features
+    rows = np.repeat(np.arange(n), np.diff(jac.indptr))
+    ok = (jac.indices != rows) & (jac.data < 1.0)
+    out["ranking_rows_short"] = int((np.bincount(rows[ok], minlength=n) < 2 * ETA).sum())
+    del rows, ok
     valid = ranked[:, 0] >= 0
     out["ranking"] = {
         "shape": list(ranked.shape),
