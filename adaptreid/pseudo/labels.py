@@ -119,7 +119,9 @@ def _jaccard(x, k1: int, k2: int, given=None) -> sp.csr_matrix:
         return given
     from adaptreid.pseudo.kreciprocal import jaccard_distance
 
-    return jaccard_distance(x, k1=k1, k2=k2)
+    # computed in this process: these functions may run on one rank only (rank 0 makes the
+    # labels); the loop shards the step's Jaccard across ranks itself and passes it here
+    return jaccard_distance(x, k1=k1, k2=k2, distributed=False)
 
 
 def _selected(labels, camids, select, min_size, min_cameras):
