@@ -139,8 +139,10 @@ def step_table(run: Path) -> list[str]:
             f"{pct(r['mAP'])} | {r.get('time_s', 0) / 60:.1f} min |"
         )
     for s, lab in sorted(probe.items()):
+        eps = lab.get("eps")
         out.append(
-            f"| ({s}: probe of step {s - 1}'s model) | {lab.get('eps', '-')} | "
+            f"| ({s}: probe of step {s - 1}'s model) | "
+            f"{'-' if eps is None else f'{eps:.3f}'} | "
             f"{lab.get('num_clusters', '-')} | {pct(lab.get('portion_kept'))} | "
             f"{pct(lab.get('quality_precision'))} | {pct(lab.get('quality_recall'))} | "
             f"{pct(lab.get('quality_f1'))} | {pct(lab.get('quality_nmi'))} | | | | | | |"

@@ -452,6 +452,7 @@ class AdaptationLoop:
         seconds = {k: 0.0 for k in _TIMES}
         result, _, feats = self._pseudo_labels(model, self.state.step + 1, seconds)
         record = {"kind": "labels", "step": self.state.step + 1, "probe": True, **result.stats}
+        record.update({k: v for k, v in result.params.items() if k in ("eps", "k")})
         record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
         self.run_dir.log_metrics(record)
         self._score(model, self.state.step, feats, result.labels)
