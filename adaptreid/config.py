@@ -86,10 +86,14 @@ class LossConfig:
     soft_margin: bool = False
     ce_weight: float = 1.0
     label_smoothing: float = 0.1
+    """epsilon of the label-smoothed cross-entropy: the bag-of-tricks baseline's value (MSPLR
+    reference [21]); MSPLR itself gives none."""
     center_weight: float = 0.005
+    """MSPLR eq. 5."""
     center_lr: float = 0.5
+    """SGD learning rate of the centres: the bag-of-tricks baseline's (MSPLR gives none)."""
     rtl_weight: float = 0.0
-    """> 0 adds ``rtl_weight * L_RTL`` (PAST eq. 4, eta = ``past.eta``) to MSPLR's loss."""
+    """> 0 adds ``rtl_weight * L_RTL`` (PAST eq. 4, eta = ``method.rtl_eta``) to MSPLR's loss."""
 
 
 @dataclass
