@@ -10,15 +10,19 @@ MobileNetV2 + BNNeck, 128x64, P x K = 16 x 4, triplet + label-smoothed CE + cent
 
 * ``bare step``: forward + loss + backward + optimiser steps on one fixed batch of real,
   augmented images already in memory (what the hardware can do);
+* ``trainer (in memory)``: ``Trainer.train_epoch`` over that same batch held in memory
+  (``--iters`` times): the Trainer's own overhead, without data loading;
 * ``trainer``: ``Trainer.train_epoch`` with the real loader (JPEG decoding and augmentation
   in the workers), ``--iters`` batches per epoch; its own ``images_per_s`` (the epoch's wall
   time, including the start of the loader workers: the preset's loader re-creates them every
-  epoch so that a resumed run draws the same augmentations);
+  epoch so that a resumed run draws the same augmentations; that start is also measured
+  alone, as the time to the first batch of a fresh iterator);
 * ``loader only``: the same loader iterated with no model (what the workers can deliver
   while nothing else runs);
 * ``bare forward``: eval-mode forward passes on a fixed batch of ``test_batch_size`` images;
 * ``extract``: ``extract_features`` over ``--extract-images`` images with the real test
-  loader (``build_test_loader``, the test transform, ``data.num_workers`` workers);
+  loader (``build_test_loader``, the test transform, ``data.num_workers`` persistent workers,
+  started by an untimed first pass);
 * ``test loader only``: that loader iterated with no model.
 
     flock /tmp/adaptreid-heavy.lock .venv/bin/python benchmarks/throughput.py
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import statistics
@@ -93,6 +98,23 @@ def _bare_forward(model, x, amp, channels_last, reps) -> float:
     return reps * x.shape[0] / (time.perf_counter() - t0)
 
 
+def _first_batch_s(loader) -> float:
+    """Seconds to the first batch of a fresh iterator (worker start + one batch)."""
+    t0 = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    seconds = time.perf_counter() - t0
+    del it
+    gc.collect()
+    return seconds
+
+
+def _settle() -> None:
+    """Let the workers of an abandoned iterator exit before the next measurement."""
+    gc.collect()
+    time.sleep(1.0)
+
+
 def _loader_only(loader, batches: int) -> float:
     n, t0 = 0, time.perf_counter()
     for i, b in enumerate(loader):
@@ -106,10 +128,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="source/market1501_mobilenet_cpu.yaml")
     ap.add_argument("--root", default=None, help="Market-1501 root (default: the preset's)")
-    ap.add_argument("--iters", type=int, default=30, help="batches per Trainer epoch")
+    ap.add_argument("--iters", type=int, default=100, help="batches per Trainer epoch")
     ap.add_argument("--bare-steps", type=int, default=10)
     ap.add_argument("--extract-images", type=int, default=2560)
-    ap.add_argument("--forward-reps", type=int, default=10)
+    ap.add_argument("--forward-reps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -154,7 +176,24 @@ def main(argv=None) -> None:
             iters_per_epoch=args.iters,
             verbose=False,
         )
-        return {"model": model, "crit": crit, "opts": [opt, center_opt], "trainer": trainer}
+        mem = Trainer(
+            model,
+            crit,
+            opt,
+            [],  # filled with the fixed batch below
+            device=torch.device("cpu"),
+            extra_optimizers=[center_opt],
+            amp=amp,
+            channels_last=cl,
+            verbose=False,
+        )
+        return {
+            "model": model,
+            "crit": crit,
+            "opts": [opt, center_opt],
+            "trainer": trainer,
+            "trainer_mem": mem,
+        }
 
     setups = {name: new_setup(amp, cl) for name, amp, cl in VARIANTS}
     # one fixed batch of real augmented training images, and one of test images
@@ -167,20 +206,25 @@ def main(argv=None) -> None:
 
     for name, amp, cl in VARIANTS:  # warm-up (first-call allocations, kernel selection)
         s = setups[name]
+        s["trainer_mem"].loader = [batch] * args.iters
         _bare_steps(s["model"], s["crit"], s["opts"], batch, amp, cl, 1)
         _bare_forward(s["model"], fwd_x, amp, cl, 1)
+    extract_features(setups["fp32"]["model"], test_loader, verbose=False)  # start the workers
     res: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in VARIANTS}
-    loader_rates, test_loader_rates = [], []
+    loader_rates, test_loader_rates, first_batch = [], [], []
     for epoch in range(1, args.repeats + 1):  # interleaved: all variants see the same load
         for name, amp, cl in VARIANTS:
             s = setups[name]
             rate = _bare_steps(s["model"], s["crit"], s["opts"], batch, amp, cl, args.bare_steps)
             res[name].setdefault("bare_step", []).append(rate)
+            stats = s["trainer_mem"].train_epoch(epoch)
+            res[name].setdefault("trainer_in_memory", []).append(stats["images_per_s"])
             t0 = time.perf_counter()
             stats = s["trainer"].train_epoch(epoch)
             wall = time.perf_counter() - t0
             res[name].setdefault("trainer", []).append(stats["images_per_s"])
             res[name].setdefault("trainer_wall", []).append(args.iters * d.batch_size / wall)
+            _settle()
             res[name].setdefault("bare_forward", []).append(
                 _bare_forward(s["model"], fwd_x, amp, cl, args.forward_reps)
             )
@@ -193,8 +237,17 @@ def main(argv=None) -> None:
             )
             print(name, {k: round(v[-1], 1) for k, v in res[name].items()}, flush=True)
         loader_rates.append(_loader_only(setups["fp32"]["trainer"].loader, args.iters))
+        _settle()
+        first_batch.append(_first_batch_s(setups["fp32"]["trainer"].loader))
+        _settle()
         test_loader_rates.append(_loader_only(test_loader, 10**9))
-        print("loader only", round(loader_rates[-1], 1), round(test_loader_rates[-1], 1))
+        print(
+            "loader only",
+            round(loader_rates[-1], 1),
+            round(test_loader_rates[-1], 1),
+            "first batch",
+            round(first_batch[-1], 2),
+        )
 
     out = {
         "machine": machine(),
@@ -214,6 +267,7 @@ def main(argv=None) -> None:
         },
         "loader_only_img_s": statistics.median(loader_rates),
         "test_loader_only_img_s": statistics.median(test_loader_rates),
+        "train_loader_first_batch_s": statistics.median(first_batch),
         "variants": {
             name: {k: {"median": statistics.median(v), "all": v} for k, v in m.items()}
             for name, m in res.items()
@@ -226,20 +280,21 @@ def main(argv=None) -> None:
 
 def markdown(o: dict) -> str:
     lines = [
-        "| variant | bare step | Trainer (its img/s) | Trainer / bare | bare forward | "
-        "extract_features | extract / bare |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | bare step | Trainer, in-memory batch | Trainer, real loader | "
+        "Trainer / bare | bare forward | extract_features | extract / bare |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in o["variants"].items():
-        bs, tr = m["bare_step"]["median"], m["trainer"]["median"]
+        bs, tm, tr = (m[k]["median"] for k in ("bare_step", "trainer_in_memory", "trainer"))
         bf, ex = m["bare_forward"]["median"], m["extract"]["median"]
         lines.append(
-            f"| {name} | {bs:.1f} | {tr:.1f} | {100 * tr / bs:.0f}% | {bf:.1f} | {ex:.1f} | "
-            f"{100 * ex / bf:.0f}% |"
+            f"| {name} | {bs:.1f} | {tm:.1f} | {tr:.1f} | {100 * tr / bs:.0f}% | {bf:.1f} | "
+            f"{ex:.1f} | {100 * ex / bf:.0f}% |"
         )
     lines.append(
         f"\nloader only (train, {o['setup']['workers']} workers): "
-        f"{o['loader_only_img_s']:.1f} img/s; test loader only: "
+        f"{o['loader_only_img_s']:.1f} img/s, first batch of a fresh iterator "
+        f"{o['train_loader_first_batch_s']:.2f} s; test loader only: "
         f"{o['test_loader_only_img_s']:.1f} img/s"
     )
     return "\n".join(lines)

@@ -72,6 +72,7 @@ RUNS: list[Run] = [
         [],
         "cc",
     ),
+    *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(
         "msplr_m2d_da",
@@ -119,7 +120,6 @@ RUNS: list[Run] = [
         ["pseudo.method=dbscan", "pseudo.auto_eps=true"],
         "past_t2",
     ),
-    *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     *_seeds("past_m2d", f"past/{M2D}", "seeds"),
 ]
 
