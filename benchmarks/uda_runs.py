@@ -8,7 +8,8 @@ Each run is an ``adaptreid train`` / ``adapt`` command on the CPU presets (Mobil
 Market-1501 <-> DukeMTMC-reID in ../shared). A run folder that holds a checkpoint is continued
 with ``--resume``; a finished one (its ``final`` record written) is skipped, so the queue can be
 killed at any moment and started again, in this session or the next. Every command runs under
-the shared lock of benchmarks/README.md, and its wall time is added to
+the shared lock of benchmarks/README.md, and its wall time (the lock's wait left out) is
+added to
 ``runs/<name>/wall_time.json`` (one entry per invocation: a resumed run's total is their sum).
 Tables: ``python benchmarks/uda_tables.py``.
 """
@@ -158,12 +159,17 @@ def wall_time(run: Run) -> float:
 
 
 def execute(run: Run) -> int:
+    import fcntl
+
     resume = status(run) == "started"
-    argv = ["flock", LOCK, *run.argv(resume)]
+    argv = run.argv(resume)
     print(f"[{time.strftime('%H:%M:%S')}] {shlex.join(argv)}", flush=True)
-    t0 = time.time()
-    code = subprocess.run(argv, cwd=ROOT).returncode
-    seconds = time.time() - t0
+    waited = time.time()
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the shared lock; its wait is not the run's time
+        t0 = time.time()
+        code = subprocess.run(argv, cwd=ROOT).returncode
+        seconds = time.time() - t0
     folder = ROOT / "runs" / run.name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "wall_time.json"
@@ -172,6 +178,7 @@ def execute(run: Run) -> int:
         {
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
             "seconds": round(seconds, 1),
+            "lock_wait_s": round(t0 - waited, 1),
             "exit": code,
             "resume": resume,
             "command": shlex.join(run.argv(resume)),
