@@ -58,8 +58,9 @@ CHECK_ROWS = 256  # rows of the output compared between sparse and dense
 # --------------------------------------------------------------------------------------------
 
 
-def synthetic_features(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192):
-    """(n, d) float32 L2-normalised features: identity centre + camera offset + noise."""
+def synthetic_reid(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192):
+    """``(x, pid, cam)``: (n, d) float32 L2-normalised features (identity centre + camera
+    offset + noise) and the identities and cameras drawn for them."""
     rng = np.random.default_rng(seed)
     n_ids = max(1, n // per_identity)
     centres = rng.standard_normal((n_ids, d), dtype=np.float32)
@@ -74,7 +75,12 @@ def synthetic_features(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=81
         b = centres[pid[s:e]] + cams[cam[s:e]]
         b += rng.standard_normal((e - s, d), dtype=np.float32) * np.float32(0.7 / np.sqrt(d))
         x[s:e] = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return x
+    return x, pid, cam
+
+
+def synthetic_features(n, d=2048, seed=0, **kwargs):
+    """The features of :func:`synthetic_reid` alone."""
+    return synthetic_reid(n, d, seed, **kwargs)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,32 +38,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from kreciprocal import machine  # noqa: E402
+from kreciprocal import machine, synthetic_reid  # noqa: E402
 
 RESULTS = HERE / "results" / "pseudo_step.json"
 K1, K2, ETA = 20, 6, 20
 EPS, MIN_SAMPLES, MIN_CLUSTER_SIZE = 0.6, 4, 10
-
-
-def synthetic_reid(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192):
-    """``kreciprocal.synthetic_features`` (the same features, draw for draw) plus the
-    identities and cameras it drew."""
-    rng = np.random.default_rng(seed)
-    n_ids = max(1, n // per_identity)
-    centres = rng.standard_normal((n_ids, d), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    cams = rng.standard_normal((n_cameras, d), dtype=np.float32)
-    cams *= 0.5 / np.linalg.norm(cams, axis=1, keepdims=True)
-    pid = rng.integers(0, n_ids, n)
-    cam = rng.integers(0, n_cameras, n)
-    x = np.empty((n, d), np.float32)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        b = centres[pid[s:e]] + cams[cam[s:e]]
-        b += rng.standard_normal((e - s, d), dtype=np.float32) * np.float32(0.7 / np.sqrt(d))
-        x[s:e] = b / np.linalg.norm(b, axis=1, keepdims=True)
-    del centres
-    return x, pid, cam
 
 
 def _peak_gb() -> float:

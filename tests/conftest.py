@@ -115,3 +115,19 @@ def make_market(tmp_path: Path) -> Callable[..., Path]:
         return write_market(tmp_path / name, **names)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_adaptation(tmp_path_factory):
+    """``(tmp, checkpoint, target)``: a ResNet-18 source model trained for 2 epochs on a tiny
+    Market-style folder, and a tiny target folder (8 train identities, 3 test identities),
+    shared by the tests of a module."""
+    import torch
+    from test_msplr import _source
+    from test_train import _write_market
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("adapt")
+    ckpt = _source(tmp)
+    tgt = _write_market(tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    return tmp, ckpt, tgt

@@ -25,12 +25,8 @@ def _records(run_dir):
 
 
 @pytest.fixture(scope="module")
-def source_and_target(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("fid")
-    ckpt = _source(tmp)
-    tgt = _write_market(tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
-    return tmp, ckpt, tgt
+def source_and_target(tiny_adaptation):
+    return tiny_adaptation
 
 
 def test_msplr_paper_schedule_freezes_before_the_whole_schedule(source_and_target):

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_cluster_contrast import _cc_args
-from test_msplr import _adapt_args, _source
+from test_msplr import _adapt_args
 from test_past import _past_args
-from test_train import _write_market
 
 from adaptreid.engine.checkpoint import load_checkpoint
 
@@ -34,12 +32,8 @@ POINTS = {"cluster": 1, "train_step": 3, "checkpoint_write": 3}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("soak")
-    ckpt = _source(tmp)
-    tgt = _write_market(tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
-    return tmp, ckpt, tgt
+def setup(tiny_adaptation):
+    return tiny_adaptation
 
 
 #: long enough for 10 kills: each kill costs at most the epoch it interrupts

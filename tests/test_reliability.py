@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_msplr import _adapt_args, _source
+from test_msplr import _adapt_args
 from test_train import _write_market
 
 from adaptreid.cli import main
@@ -25,12 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("rel")
-    ckpt = _source(tmp)
-    tgt = _write_market(tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
-    return tmp, ckpt, tgt
+def setup(tiny_adaptation):
+    return tiny_adaptation
 
 
 def _adapt_cmd(tmp, ckpt, tgt, name, *extra, resume=False):

@@ -2,33 +2,15 @@
 equals the single-process top-k, ties and their order included, and so does the Jaccard
 distance built on it."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import torchrun
 
 from adaptreid.pseudo.kreciprocal import jaccard_distance, topk_neighbors
 
 WORKER = Path(__file__).with_name("ddp_topk_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_distributed_true_without_process_group_is_an_error():
@@ -45,21 +27,7 @@ def test_distributed_true_without_process_group_is_an_error():
 
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            str(WORKER),
-            str(tmp_path),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun(WORKER, tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = np.load(tmp_path / "topk_rank0.npz")
     r1 = np.load(tmp_path / "topk_rank1.npz")
