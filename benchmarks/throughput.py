@@ -134,7 +134,15 @@ def main(argv=None) -> None:
     ap.add_argument("--forward-reps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[name for name, _, _ in VARIANTS],
+        default=[name for name, _, _ in VARIANTS],
+        help="measure only these (fp32 always builds the shared batch and loaders)",
+    )
     args = ap.parse_args(argv)
+    variants = [v for v in VARIANTS if v[0] in args.variants or v[0] == "fp32"]
 
     from adaptreid.config import load_config
     from adaptreid.data.datasets import relabel
@@ -195,7 +203,7 @@ def main(argv=None) -> None:
             "trainer_mem": mem,
         }
 
-    setups = {name: new_setup(amp, cl) for name, amp, cl in VARIANTS}
+    setups = {name: new_setup(amp, cl) for name, amp, cl in variants}
     # one fixed batch of real augmented training images, and one of test images
     batch = next(iter(setups["fp32"]["trainer"].loader))
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
@@ -204,16 +212,16 @@ def main(argv=None) -> None:
     test_loader = build_test_loader(test_samples, test_tf, d.test_batch_size, d.num_workers)
     fwd_x = next(iter(build_test_loader(test_samples, test_tf, d.test_batch_size, 0)))["img"]
 
-    for name, amp, cl in VARIANTS:  # warm-up (first-call allocations, kernel selection)
+    for name, amp, cl in variants:  # warm-up (first-call allocations, kernel selection)
         s = setups[name]
         s["trainer_mem"].loader = [batch] * args.iters
         _bare_steps(s["model"], s["crit"], s["opts"], batch, amp, cl, 1)
         _bare_forward(s["model"], fwd_x, amp, cl, 1)
     extract_features(setups["fp32"]["model"], test_loader, verbose=False)  # start the workers
-    res: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in VARIANTS}
+    res: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in variants}
     loader_rates, test_loader_rates, first_batch = [], [], []
     for epoch in range(1, args.repeats + 1):  # interleaved: all variants see the same load
-        for name, amp, cl in VARIANTS:
+        for name, amp, cl in variants:
             s = setups[name]
             rate = _bare_steps(s["model"], s["crit"], s["opts"], batch, amp, cl, args.bare_steps)
             res[name].setdefault("bare_step", []).append(rate)

@@ -180,3 +180,36 @@ def test_auto_on_cpu_never_picks_fp16_with_the_real_probe(tmp_path):
     assert not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx avx2 fma
+
+processor\t: 1
+cpu family\t: 25
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx avx2 fma
+"""
+ZEN5 = ZEN3.replace("25", "26").replace("avx2 fma", "avx2 fma avx512f avx512_bf16")
+
+
+def test_cpu_identity_tells_apart_cpus_that_share_a_model_name():
+    # the two AMD machines of BENCHMARKS.md both report "AMD EPYC"; bf16 is 10x slower on
+    # one and faster on the other, so a shared cache must not give one the other's choice
+    zen3, zen5 = P.cpu_identity(ZEN3), P.cpu_identity(ZEN5)
+    assert zen3 == "AMD EPYC [family 25 model 1]"
+    assert zen5 == "AMD EPYC [family 26 model 1 avx512f avx512_bf16]"
+    assert P.cpu_identity("") == "" and P.cpu_identity("flags: avx2\n") == ""
+
+
+def test_cache_key_follows_the_cpu_identity(monkeypatch):
+    model = Tiny()
+    keys = []
+    for info in (ZEN3, ZEN5):
+        monkeypatch.setattr(P, "_cpu_model", lambda info=info: P.cpu_identity(info))
+        keys.append(probe_key(model, (16, 8), "cpu"))
+    assert keys[0] != keys[1] and "family 25" in keys[0] and "avx512_bf16" in keys[1]

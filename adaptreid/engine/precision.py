@@ -5,7 +5,8 @@ bf16 autocast with the channels_last layout is 1.7x faster than fp32 for a Mobil
 can be ten times slower (BENCHMARKS.md, issue 16). No rule of thumb covers every CPU and GPU,
 so ``auto`` measures: a short probe of the given model at the given input size, fp32 against
 bf16 + channels_last, interleaved, and keeps bf16 + channels_last only where it is faster by
-a margin. The answer is cached per machine (CPU model string or GPU name, torch version),
+a margin. The answer is cached per machine (CPU model name, family / model number and bf16
+flags, or GPU name; torch version),
 model architecture, input size, batch and mode (training step or forward-only extraction)
 in a small JSON file, ``~/.cache/adaptreid/precision.json`` by default (``$ADAPTREID_CACHE_DIR``
 or ``cache_dir`` to move it), so the probe runs once per machine and model.
@@ -66,20 +67,47 @@ _BF16_CL = {"amp": "bf16", "channels_last": True}
 # --------------------------------------------------------------------------------------------
 
 
+#: CPU flags that decide whether bf16 pays on a CPU (native bf16 dot products, AMX tiles)
+_BF16_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_identity(cpuinfo: str) -> str:
+    """The CPU as the probe's answer depends on it, from the text of ``/proc/cpuinfo``: the
+    model name, family / model number and the bf16-relevant flags of the first processor.
+    The model name alone is not enough: virtual machines report "AMD EPYC" for a Zen 3
+    (no AVX-512; bf16 10x slower than fp32) and a Zen 5 (avx512_bf16; bf16 the faster)
+    alike, so a cache shared by both would hand one the other's choice."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    if not name:
+        return ""
+    flags = set(fields.get("flags", "").split())
+    parts = [f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"]
+    parts += [f for f in _BF16_FLAGS if f in flags]
+    return f"{name} [{' '.join(parts)}]"
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            ident = cpu_identity(f.read())
+        if ident:
+            return ident
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def machine_id(device: torch.device | str) -> str:
-    """What the probe's answer depends on besides the model: the CPU model string and core
-    count (or the GPU's name), and the torch version."""
+    """What the probe's answer depends on besides the model: the CPU (:func:`cpu_identity`)
+    and core count (or the GPU's name), and the torch version."""
     device = torch.device(device)
     if device.type == "cuda":
         hw = torch.cuda.get_device_name(device)
