@@ -212,13 +212,9 @@ def run_child(case: str, impl: str, check_file: str | None, profile: bool) -> di
 def machine() -> dict:
     import torch
 
-    model = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from adaptreid.engine.precision import cpu_model
+
+    model = cpu_model()  # model name + family / model number + bf16 flags
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {
         "cpu": model,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 
 from adaptreid.engine.extract import autocast
+from adaptreid.engine.precision import cpu_model
 from adaptreid.losses.reid_loss import ReidLoss
 from adaptreid.models import build_model
 
@@ -70,7 +70,7 @@ def main() -> None:
     base = results["fp32"]["images_per_s"]
     print(
         f"{args.backbone} {args.height}x{args.width} batch {args.batch}, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or ''}"
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}"
     )
     for name, r in results.items():
         print(

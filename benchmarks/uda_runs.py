@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from adaptreid.engine.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/adaptreid-heavy.lock"
@@ -182,7 +183,7 @@ def execute(run: Run) -> int:
             "exit": code,
             "resume": resume,
             "command": shlex.join(run.argv(resume)),
-            "machine": platform.processor() or platform.machine(),
+            "machine": cpu_model(),
         }
     )
     path.write_text(json.dumps(entries, indent=1) + "\n")

@@ -210,6 +210,6 @@ def test_cache_key_follows_the_cpu_identity(monkeypatch):
     model = Tiny()
     keys = []
     for info in (ZEN3, ZEN5):
-        monkeypatch.setattr(P, "_cpu_model", lambda info=info: P.cpu_identity(info))
+        monkeypatch.setattr(P, "cpu_model", lambda info=info: P.cpu_identity(info))
         keys.append(probe_key(model, (16, 8), "cpu"))
     assert keys[0] != keys[1] and "family 25" in keys[0] and "avx512_bf16" in keys[1]

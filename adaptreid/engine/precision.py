@@ -94,7 +94,9 @@ def cpu_identity(cpuinfo: str) -> str:
     return f"{name} [{' '.join(parts)}]"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """This machine's :func:`cpu_identity` (from ``/proc/cpuinfo``), or what ``platform``
+    knows where that file is missing (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             ident = cpu_identity(f.read())
@@ -112,7 +114,7 @@ def machine_id(device: torch.device | str) -> str:
     if device.type == "cuda":
         hw = torch.cuda.get_device_name(device)
     else:
-        hw = f"{_cpu_model()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+        hw = f"{cpu_model()} x{os.cpu_count()} threads={torch.get_num_threads()}"
     return f"{device.type}:{hw}|torch {torch.__version__}"
 
 
