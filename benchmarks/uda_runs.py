@@ -78,6 +78,8 @@ RUNS: list[Run] = [
     # (impure HDBSCAN clusters without camera normalisation; SGD at the paper's small learning
     # rates for a stage 20x shorter than the authors' 40 epochs)
     Run("past_d2m_cn", "adapt", f"past/{D2M}", ["pseudo.camera_norm=true"], "past_tries"),
+    # the same try on Market -> Duke (its source model trains in 24-36 min, Duke's in 40-80)
+    Run("past_m2d_cn", "adapt", f"past/{M2D}", ["pseudo.camera_norm=true"], "past_tries"),
     Run(
         "past_d2m_lr10",
         "adapt",
