@@ -46,6 +46,16 @@ class Run:
         return cmd + (["--resume"] if resume else [])
 
 
+#: PAST's stages are 2 epochs on the CPU (the authors' script: 40) at learning rates set for
+#: 40-epoch stages: every one of them x10
+PAST_LR10 = [
+    "method.lr_trunk_conservative=1e-3",
+    "method.lr_embedding_conservative=2e-3",
+    "method.lr_classifier_promoting=1e-2",
+    "method.lr_rest_promoting=5e-4",
+]
+
+
 def _seeds(prefix: str, config: str, group: str) -> list[Run]:
     return [Run(f"{prefix}_seed{s}", "adapt", config, [f"seed={s}"], group) for s in (1, 2)]
 
@@ -80,16 +90,15 @@ RUNS: list[Run] = [
     Run("past_d2m_cn", "adapt", f"past/{D2M}", ["pseudo.camera_norm=true"], "past_tries"),
     # the same try on Market -> Duke (its source model trains in 24-36 min, Duke's in 40-80)
     Run("past_m2d_cn", "adapt", f"past/{M2D}", ["pseudo.camera_norm=true"], "past_tries"),
+    Run("past_d2m_lr10", "adapt", f"past/{D2M}", PAST_LR10, "past_tries"),
+    # the learning-rate try on Market -> Duke (its source trains in one session with the run),
+    # alone and with camera normalisation
+    Run("past_m2d_lr10", "adapt", f"past/{M2D}", PAST_LR10, "past_tries"),
     Run(
-        "past_d2m_lr10",
+        "past_m2d_cn_lr10",
         "adapt",
-        f"past/{D2M}",
-        [
-            "method.lr_trunk_conservative=1e-3",
-            "method.lr_embedding_conservative=2e-3",
-            "method.lr_classifier_promoting=1e-2",
-            "method.lr_rest_promoting=5e-4",
-        ],
+        f"past/{M2D}",
+        ["pseudo.camera_norm=true", *PAST_LR10],
         "past_tries",
     ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
