@@ -11,6 +11,13 @@ killed at any moment and started again, in this session or the next. Every comma
 the shared lock of benchmarks/README.md, and its wall time (the lock's wait left out) is
 added to
 ``runs/<name>/wall_time.json`` (one entry per invocation: a resumed run's total is their sum).
+
+Run folders are not committed (checkpoints, pictures) and a new checkout starts without them,
+so after every invocation the run's records (``metrics.jsonl``, ``config.yaml``,
+``wall_time.json``: a few kB of text) are copied to ``benchmarks/results/uda_runs/<name>/``,
+which is committed. The tables read either place. An adaptation run whose records hold its
+``final`` record is done even without its folder; a source run is trained again when its
+checkpoint is missing, because the adaptation runs start from it.
 Tables: ``python benchmarks/uda_tables.py``.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -153,21 +161,49 @@ RUNS: list[Run] = [
 ]
 
 
-def status(run: Run) -> str:
-    folder = ROOT / "runs" / run.name
+#: the committed copy of each run's records (see the module docstring)
+RECORDS = ROOT / "benchmarks" / "results" / "uda_runs"
+RECORD_FILES = ("metrics.jsonl", "config.yaml", "wall_time.json")
+
+
+def _finished(folder: Path) -> bool:
     metrics = folder / "metrics.jsonl"
-    if metrics.is_file() and '"kind": "final"' in metrics.read_text():
+    return metrics.is_file() and '"kind": "final"' in metrics.read_text()
+
+
+def status(run: Run) -> str:
+    """done (run folder finished) | started (a checkpoint to resume) | recorded (finished in
+    an earlier checkout: only its committed records are here) | new"""
+    folder = ROOT / "runs" / run.name
+    if _finished(folder):
         return "done"
     if (folder / "checkpoints" / "last.pt").is_file():
         return "started"
+    if _finished(RECORDS / run.name):
+        return "recorded"
     return "new"
 
 
+def needs_running(run: Run) -> bool:
+    state = status(run)
+    return state in ("new", "started") or (state == "recorded" and run.command == "train")
+
+
+def save_records(run: Run) -> None:
+    """Copy the run's records to the committed ``RECORDS/<name>/``."""
+    folder, dest = ROOT / "runs" / run.name, RECORDS / run.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, dest / name)
+
+
 def wall_time(run: Run) -> float:
-    path = ROOT / "runs" / run.name / "wall_time.json"
-    if not path.is_file():
-        return 0.0
-    return sum(e["seconds"] for e in json.loads(path.read_text()))
+    for folder in (ROOT / "runs" / run.name, RECORDS / run.name):
+        path = folder / "wall_time.json"
+        if path.is_file():
+            return sum(e["seconds"] for e in json.loads(path.read_text()))
+    return 0.0
 
 
 def execute(run: Run) -> int:
@@ -198,6 +234,7 @@ def execute(run: Run) -> int:
         }
     )
     path.write_text(json.dumps(entries, indent=1) + "\n")
+    save_records(run)
     print(f"  exit {code} after {seconds / 60:.1f} min", flush=True)
     return code
 
@@ -206,8 +243,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="run names containing this")
     ap.add_argument("--list", action="store_true", help="print the queue and exit")
+    ap.add_argument(
+        "--save-records",
+        action="store_true",
+        help="copy the records of every run folder here to benchmarks/results/uda_runs and exit",
+    )
     args = ap.parse_args()
     runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
+    if args.save_records:
+        for r in runs:
+            if (ROOT / "runs" / r.name / "metrics.jsonl").is_file():
+                save_records(r)
+                print(f"{status(r):8s} {r.name} -> {(RECORDS / r.name).relative_to(ROOT)}")
+        return 0
     if args.list:
         for r in runs:
             print(
@@ -216,7 +264,7 @@ def main() -> int:
             )
         return 0
     for r in runs:
-        if status(r) == "done":
+        if not needs_running(r):
             continue
         if execute(r) != 0:
             print(f"{r.name} failed: fix it, then run the queue again (it resumes)", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -88,11 +89,20 @@ def _step_maps(recs):
     return {r["step"]: r["mAP"] for r in recs if r["kind"] == "step"}
 
 
+RULE_RUNS = ("agreement", "target_map", "last")
+
+
+@pytest.fixture(scope="module")
+def rule_runs(source):
+    """One 3-step run per rule, each with the disagreeing label-free score."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return {rule: _run(source, f"sel_{rule}", rule, monkeypatch) for rule in RULE_RUNS}
+
+
 @pytest.mark.slow
-def test_each_rule_picks_its_step_and_best_pt_holds_it(source, monkeypatch):
+def test_each_rule_picks_its_step_and_best_pt_holds_it(rule_runs):
     picks = {}
-    for rule in ("agreement", "target_map", "last"):
-        run = _run(source, f"sel_{rule}", rule, monkeypatch)
+    for rule, run in rule_runs.items():
         recs = _records(run)
         maps = _step_maps(recs)
         assert sorted(maps) == [0, 1, 2, 3]
@@ -165,3 +175,96 @@ def test_label_agreement_is_one_for_a_relabelling_and_falls_with_noise():
     out = label_agreement(a, dropped)
     assert out["both"] == pytest.approx(0.5) and out["score"] == pytest.approx(0.5)
     assert label_agreement(-np.ones(5), -np.ones(5))["score"] == 0.0
+
+
+def _load_script(name):
+    """A script of benchmarks/ (not a package) as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cells(row):
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+@pytest.mark.slow
+def test_benchmark_tables_read_the_picks_from_the_run_records(source, rule_runs):
+    """BENCHMARKS.md's adaptation tables (benchmarks/uda_tables.py) on runs whose label-free
+    pick and oracle differ: the label-free row comes first and its gap to the oracle is the
+    difference of the two steps' mAP in the records."""
+    tables = _load_script("uda_tables")
+    runs = [(rule, run.path) for rule, run in rule_runs.items()]
+    maps = {rule: _step_maps(_records(run)) for rule, run in rule_runs.items()}
+    oracle = {rule: pick_step(_records(run), "target_map") for rule, run in rule_runs.items()}
+
+    rows = tables.select_table(runs)[2:]
+    cells = _cells(rows[0])  # the agreement run: oracle, then agreement, snd, cross_camera, last
+    assert cells[0] == "agreement"
+    assert cells[1] == f"{oracle['agreement']} / {100 * maps['agreement'][oracle['agreement']]:.1f}"
+    pick = pick_step(_records(rule_runs["agreement"]), "agreement")
+    gap = 100 * (maps["agreement"][pick] - maps["agreement"][oracle["agreement"]])
+    assert pick != oracle["agreement"] and gap < 0
+    assert cells[2] == f"{pick} / {100 * maps['agreement'][pick]:.1f} / {gap:+.1f}"
+
+    tmp = source[0]
+    t1 = tables.table1(tmp / "src", [("M", rule_runs["agreement"].path)])
+    labels = [_cells(r)[0] for r in t1[2:]]
+    assert labels == [
+        "supervised on the target",
+        "direct transfer (no adaptation)",
+        "M, label-free pick (agreement)",
+        "M, oracle: best target test mAP",
+    ]
+    # gap closed: (mAP - direct transfer) / (supervised - direct transfer), "-" without a gap
+    hi, lo = tables.supervised(tmp / "src")["mAP"], maps["agreement"][0]
+    assert _cells(t1[3])[5] == ("0%" if hi > lo else "-")
+    share = f"{100 * (maps['agreement'][pick] - lo) / (hi - lo):.0f}%" if hi > lo else "-"
+    assert _cells(t1[4])[5] == share
+    assert _cells(t1[4])[6].startswith(f"step {pick} of 3")
+
+    seeds = tables.seeds_table(runs)
+    picked = [maps[r][pick_step(_records(rule_runs[r]), r)] for r in RULE_RUNS]
+    low, mid, high = (100 * v for v in sorted(picked))
+    assert _cells(seeds[2])[1:] == [
+        "3",
+        f"{low:.1f}",
+        f"{mid:.1f}",
+        f"{high:.1f}",
+        f"{high - low:.1f}",
+    ]
+
+
+def test_benchmark_queue_skips_recorded_runs_but_trains_a_missing_source(tmp_path, monkeypatch):
+    """benchmarks/uda_runs.py: a run finished in an earlier checkout leaves only its committed
+    records; an adaptation run is then done, a source run is trained again for its
+    checkpoint."""
+    runs = _load_script("uda_runs")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    monkeypatch.setattr(runs, "RECORDS", tmp_path / "records")
+    src = runs.Run("src", "train", "source/x.yaml")
+    ada = runs.Run("ada", "adapt", "msplr/x.yaml")
+    for r in (src, ada):
+        assert runs.status(r) == "new" and runs.needs_running(r)
+        folder = tmp_path / "runs" / r.name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.pt").write_bytes(b"")
+        assert runs.status(r) == "started" and runs.needs_running(r)
+        (folder / "metrics.jsonl").write_text('{"kind": "step", "step": 0}\n{"kind": "final"}\n')
+        (folder / "wall_time.json").write_text('[{"seconds": 60.0}]\n')
+        assert runs.status(r) == "done" and not runs.needs_running(r)
+        runs.save_records(r)
+        shutil.rmtree(folder)  # a new checkout
+        assert runs.status(r) == "recorded" and runs.wall_time(r) == 60.0
+        assert sorted(p.name for p in (tmp_path / "records" / r.name).iterdir()) == [
+            "metrics.jsonl",
+            "wall_time.json",
+        ]
+    assert runs.needs_running(src) and not runs.needs_running(ada)
