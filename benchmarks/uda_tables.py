@@ -14,7 +14,8 @@ rank-1/5/10, mAP, the share of the direct-transfer -> supervised mAP gap closed,
 time. ``steps``: one row per step (pseudo-labels: eps, clusters, portion kept, pairwise
 precision / recall / F1 and NMI against the hidden train identities; the label-free scores of
 the step's model; target mAP; time). ``select``: what each selection rule picks and how far
-its mAP is from the oracle's. ``seeds``: min / median / max of the picked and the oracle mAP.
+its mAP is from the oracle's. ``seeds``: each run's picked and oracle mAP, then min / median /
+max; ``--recorded "seed 0=57.0"`` adds a run whose folder is gone by its recorded mAP.
 """
 
 from __future__ import annotations
@@ -172,14 +173,25 @@ def select_table(runs: list[tuple[str, Path]]) -> list[str]:
     return out
 
 
-def seeds_table(runs: list[tuple[str, Path]]) -> list[str]:
+def seeds_table(
+    runs: list[tuple[str, Path]], recorded: list[tuple[str, float, float]] = ()
+) -> list[str]:
+    """One row per run (``recorded``: a run whose folder is gone, as its label, label-free
+    pick mAP and oracle mAP, in %), then min / median / max / spread of both columns."""
     picked, oracle = [], []
-    for _, run in runs:
+    out = ["| run | label-free pick: step / mAP | oracle: step / mAP |", "|---|---|---|"]
+    for label, run in runs:
         recs, steps = records(run), steps_of(run)
         rule = config(run).get("adapt", {}).get("select", "last")
-        picked.append(steps[pick_step(recs, rule)]["mAP"])
-        oracle.append(steps[pick_step(recs, "target_map")]["mAP"])
-    out = ["| model | seeds | min | median | max | spread |", "|---|---|---|---|---|---|"]
+        p, o = pick_step(recs, rule), pick_step(recs, "target_map")
+        picked.append(steps[p]["mAP"])
+        oracle.append(steps[o]["mAP"])
+        out.append(f"| {label} | {p} / {pct(picked[-1])} | {o} / {pct(oracle[-1])} |")
+    for label, p_map, o_map in recorded:
+        picked.append(p_map / 100)
+        oracle.append(o_map / 100)
+        out.append(f"| {label} (recorded) | {p_map:.1f} | {o_map:.1f} |")
+    out += ["", "| model | seeds | min | median | max | spread |", "|---|---|---|---|---|---|"]
     for name, v in (("label-free pick", picked), ("oracle", oracle)):
         out.append(
             f"| {name} | {len(v)} | {pct(min(v))} | {pct(statistics.median(v))} | "
@@ -201,6 +213,13 @@ def main() -> None:
     p.add_argument("table", choices=["table1", "steps", "select", "seeds"])
     p.add_argument("runs", nargs="+", help="run folders, or LABEL=FOLDER")
     p.add_argument("--supervised", type=Path, help="table1: the source run trained on the target")
+    p.add_argument(
+        "--recorded",
+        action="append",
+        default=[],
+        metavar="LABEL=PICKED[/ORACLE]",
+        help="seeds: a run whose folder is gone, by its recorded mAP (%%)",
+    )
     args = p.parse_args()
     runs = _runs(args.runs)
     if args.table == "table1":
@@ -212,7 +231,12 @@ def main() -> None:
     elif args.table == "select":
         lines = select_table(runs)
     else:
-        lines = seeds_table(runs)
+        recorded = []
+        for item in args.recorded:
+            label, _, value = item.rpartition("=")
+            p_map, _, o_map = value.partition("/")
+            recorded.append((label, float(p_map), float(o_map or p_map)))
+        lines = seeds_table(runs, recorded)
     print("\n".join(lines))
 
 

@@ -230,15 +230,15 @@ def test_benchmark_tables_read_the_picks_from_the_run_records(source, rule_runs)
     assert _cells(t1[4])[5] == share
     assert _cells(t1[4])[6].startswith(f"step {pick} of 3")
 
-    seeds = tables.seeds_table(runs)
-    picked = [maps[r][pick_step(_records(rule_runs[r]), r)] for r in RULE_RUNS]
-    low, mid, high = (100 * v for v in sorted(picked))
-    assert _cells(seeds[2])[1:] == [
-        "3",
-        f"{low:.1f}",
-        f"{mid:.1f}",
-        f"{high:.1f}",
-        f"{high - low:.1f}",
+    seeds = tables.seeds_table(runs, [("lost", 99.0, 99.5)])
+    picked = [maps[r][pick_step(_records(rule_runs[r]), r)] for r in RULE_RUNS] + [0.99]
+    assert _cells(seeds[2]) == ["agreement", f"{pick} / {100 * picked[0]:.1f}", _cells(rows[0])[1]]
+    assert _cells(seeds[5]) == ["lost (recorded)", "99.0", "99.5"]
+    low, mid, high = min(picked), (sorted(picked)[1] + sorted(picked)[2]) / 2, max(picked)
+    summary = _cells(seeds[-2])
+    assert summary[:2] == ["label-free pick", "4"]
+    assert summary[2:] == [f"{100 * v:.1f}" for v in (low, mid, high)] + [
+        f"{100 * (high - low):.1f}"
     ]
 
 
