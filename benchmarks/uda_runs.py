@@ -109,6 +109,16 @@ RUNS: list[Run] = [
         ["pseudo.camera_norm=true", *PAST_LR10],
         "past_tries",
     ),
+    # PAST from a PCB source model (Table 1's "PCB (DT)" start) instead of a new PCB head on
+    # the BNNeck source's trunk
+    Run("source_market1501_pcb_cpu", "train", "past/source_market1501_pcb_cpu.yaml"),
+    Run(
+        "past_m2d_pcbsrc",
+        "adapt",
+        f"past/{M2D}",
+        ["adapt.init_checkpoint=runs/source_market1501_pcb_cpu/checkpoints/best.pt"],
+        "past_tries",
+    ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(
