@@ -54,8 +54,8 @@ class Run:
         return cmd + (["--resume"] if resume else [])
 
 
-#: PAST's stages are 2 epochs on the CPU (the authors' script: 40) at learning rates set for
-#: 40-epoch stages: every one of them x10
+#: PAST's stages are 2 epochs on the CPU at the paper's learning rates (the authors' script: 40
+#: epochs, with every loss weighted 0.1, i.e. 2x the CPU stage's lr x steps): every rate x10
 PAST_LR10 = [
     "method.lr_trunk_conservative=1e-3",
     "method.lr_embedding_conservative=2e-3",
