@@ -119,3 +119,30 @@ def test_adapt_clusters_once_and_every_rank_trains_on_the_same_labels(tmp_path):
         if '"kind": "step"' in line
     ]
     assert [s["step"] for s in steps] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("auto", "cuda:0"), ("cuda", "cuda:0"), ("cuda:1", "cuda:1")]
+)
+def test_a_single_process_on_a_gpu_gets_an_indexed_device(monkeypatch, name, expected):
+    """``device: cuda`` (or ``auto`` on a GPU machine) without torchrun: ``set_device`` needs an
+    index, so ``init`` names the current device. (A real H200 failed here with "Expected a
+    torch.device with a specified index"; CI has no GPU, so CUDA is stood in for.)"""
+    from adaptreid.engine import distributed as D
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    chosen = []
+
+    def set_device(device):
+        if device.index is None:  # what torch.cuda.set_device raises on a real GPU
+            raise ValueError("Expected a torch.device with a specified index")
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    rank, world, device = D.init(name)
+    assert (rank, world) == (0, 1)
+    assert device == torch.device(expected)
+    assert chosen == [device]

@@ -27,6 +27,8 @@ def init(device_name: str = "auto") -> tuple[int, int, torch.device]:
             device = torch.device(f"cuda:{local}")
         else:
             device = torch.device("cuda" if device_name == "auto" else device_name)
+            if device.index is None:  # "cuda": the current device, named (set_device needs it)
+                device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
