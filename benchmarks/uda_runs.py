@@ -156,7 +156,7 @@ RUNS: list[Run] = [
         "past_m2d_kmeans",
         "adapt",
         f"past/{M2D}",
-        ["pseudo.method=kmeans", "pseudo.kmeans_k=702"],
+        ["pseudo.method=kmeans", "pseudo.kmeans_k=751"],
         "past_t2",
     ),
     Run(
