@@ -118,6 +118,17 @@ RUNS: list[Run] = [
         ["adapt.init_checkpoint=runs/source_market1501_pcb_cpu/checkpoints/best.pt"],
         "past_tries",
     ),
+    # the two that moved PAST most, together: camera normalisation from the PCB source
+    Run(
+        "past_m2d_cn_pcbsrc",
+        "adapt",
+        f"past/{M2D}",
+        [
+            "pseudo.camera_norm=true",
+            "adapt.init_checkpoint=runs/source_market1501_pcb_cpu/checkpoints/best.pt",
+        ],
+        "past_tries",
+    ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(
