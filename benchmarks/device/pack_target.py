@@ -3,6 +3,12 @@
     python benchmarks/device/pack_target.py ../shared/data/dukemtmc/DukeMTMC-reID \
         .gpu/data/dukemtmc/DukeMTMC-reID 70
     tar -czf .gpu/duke.tgz -C .gpu data && rm -rf .gpu/data
+    python -c "import torch; s = torch.load(
+        'runs/source_market1501_mobilenet_cpu/checkpoints/best.pt', weights_only=False);
+        torch.save({k: v for k, v in s.items() if k not in ('trainer', 'rng')},
+        '.gpu/source_market1501_mobilenet.pt')"   # the source model's weights: 12 MiB, not 41
+
+The scripts beside this one (``m2d_seeds.sh``, ``m2d_ablations.sh``) read both from ``.gpu/``.
 
 Every image of ``bounding_box_train``, ``query`` and ``bounding_box_test`` is resized to the CPU
 presets' 128x64 (bilinear, what ``data.transforms.Resize`` does) and saved again as JPEG at the
