@@ -4,8 +4,8 @@
         .gpu/data/dukemtmc/DukeMTMC-reID 70
     tar -czf .gpu/duke.tgz -C .gpu data && rm -rf .gpu/data
     python -c "import torch; s = torch.load(
-        'runs/source_market1501_mobilenet_cpu/checkpoints/best.pt', weights_only=False);
-        torch.save({k: v for k, v in s.items() if k not in ('trainer', 'rng')},
+        'runs/source_market1501_mobilenet_cpu/checkpoints/best.pt', weights_only=False)
+    torch.save({k: v for k, v in s.items() if k not in ('trainer', 'rng')},
         '.gpu/source_market1501_mobilenet.pt')"   # the source model's weights: 12 MiB, not 41
 
 The scripts beside this one (``m2d_seeds.sh``, ``m2d_ablations.sh``) read both from ``.gpu/``.
