@@ -204,13 +204,20 @@ class AdaptConfig:
     """Pseudo-label refinement steps; 1 = a single round (Table 3 "+DA" without "+PL")."""
     select: str = "agreement"
     """Which step's model is ``best.pt`` (reported and exported). ``agreement``: label-free,
-    see :mod:`adaptreid.engine.selection`; ``last``: the last step; ``target_map``: the best
+    see :mod:`adaptreid.evaluation.label_free`; ``last``: the last step; ``target_map``: the best
     target test mAP, as the MSPLR paper's Figure 2 (an oracle: it uses the target's test
     labels, and every report names it so). Steps are evaluated on the target's query/gallery
     when it has them whatever the rule, for the report."""
     patience: int = 0
     """Stop after this many steps without a better score of ``select`` (0: never; ``last``:
     never)."""
+    holdout: float = 0.0
+    """Portion of the first pseudo-labels' clusters (those spanning two cameras or more) held
+    back from training at every step, to score each model by retrieval on them (the
+    ``holdout`` rule of ``select``; 0: none)."""
+    keep_steps: bool = False
+    """Also keep every step's model (and the labels it was trained on) as
+    ``steps/step_<s>.pt``, to compare steps afterwards."""
     epochs_per_step: int = 30
     """Training epochs of each step (MSPLR, cluster contrast; PAST has its own per stage)."""
     extract_flip: bool = False

@@ -191,7 +191,7 @@ def _finished(folder: Path) -> bool:
     return metrics.is_file() and '"kind": "final"' in metrics.read_text()
 
 
-def status(run: Run) -> str:
+def status(run: Run, records: Path = RECORDS) -> str:
     """done (run folder finished) | started (a checkpoint to resume) | recorded (finished in
     an earlier checkout: only its committed records are here) | new"""
     folder = ROOT / "runs" / run.name
@@ -199,37 +199,37 @@ def status(run: Run) -> str:
         return "done"
     if (folder / "checkpoints" / "last.pt").is_file():
         return "started"
-    if _finished(RECORDS / run.name):
+    if _finished(records / run.name):
         return "recorded"
     return "new"
 
 
-def needs_running(run: Run) -> bool:
-    state = status(run)
+def needs_running(run: Run, records: Path = RECORDS) -> bool:
+    state = status(run, records)
     return state in ("new", "started") or (state == "recorded" and run.command == "train")
 
 
-def save_records(run: Run) -> None:
-    """Copy the run's records to the committed ``RECORDS/<name>/``."""
-    folder, dest = ROOT / "runs" / run.name, RECORDS / run.name
+def save_records(run: Run, records: Path = RECORDS) -> None:
+    """Copy the run's records to the committed ``records/<name>/``."""
+    folder, dest = ROOT / "runs" / run.name, records / run.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, dest / name)
 
 
-def wall_time(run: Run) -> float:
-    for folder in (ROOT / "runs" / run.name, RECORDS / run.name):
+def wall_time(run: Run, records: Path = RECORDS) -> float:
+    for folder in (ROOT / "runs" / run.name, records / run.name):
         path = folder / "wall_time.json"
         if path.is_file():
             return sum(e["seconds"] for e in json.loads(path.read_text()))
     return 0.0
 
 
-def execute(run: Run) -> int:
+def execute(run: Run, records: Path = RECORDS) -> int:
     import fcntl
 
-    resume = status(run) == "started"
+    resume = status(run, records) == "started"
     argv = run.argv(resume)
     print(f"[{time.strftime('%H:%M:%S')}] {shlex.join(argv)}", flush=True)
     waited = time.time()
@@ -254,7 +254,7 @@ def execute(run: Run) -> int:
         }
     )
     path.write_text(json.dumps(entries, indent=1) + "\n")
-    save_records(run)
+    save_records(run, records)
     print(f"  exit {code} after {seconds / 60:.1f} min", flush=True)
     return code
 

@@ -20,9 +20,15 @@ from adaptreid.config import load_config
 from adaptreid.engine import loop as loop_mod
 from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
+from adaptreid.engine.model_io import model_from_checkpoint
 from adaptreid.engine.report import pick_step, selection_rows
 from adaptreid.engine.supervised import train_source
-from adaptreid.evaluation.label_free import label_agreement, label_free_scores
+from adaptreid.evaluation.label_free import (
+    choose_holdout,
+    holdout_map,
+    label_agreement,
+    label_free_scores,
+)
 
 TINY = [
     "data.source_options.preset=tiny",
@@ -268,3 +274,56 @@ def test_benchmark_queue_skips_recorded_runs_but_trains_a_missing_source(tmp_pat
             "wall_time.json",
         ]
     assert runs.needs_running(src) and not runs.needs_running(ada)
+
+
+def test_choose_holdout_takes_multi_camera_clusters_and_never_more_than_half():
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, -1, 6, 6])
+    cams = np.array([1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2])  # 5, 6: one camera each
+    chosen = choose_holdout(labels, cams, 0.5, seed=3)
+    assert set(chosen) <= {0, 1, 2, 3, 4} and len(chosen) == 2  # half of 5, rounded down
+    assert np.array_equal(chosen, choose_holdout(labels, cams, 0.5, seed=3))  # seeded
+    assert len(choose_holdout(labels, cams, 0.0)) == 0
+    # unknown cameras: any cluster of two images or more is eligible
+    assert set(choose_holdout(labels, -np.ones(15, int), 0.9)) <= {0, 1, 2, 3, 4, 5, 6}
+    with pytest.raises(ValueError, match="adapt.holdout"):
+        choose_holdout(labels, cams, 1.0)
+
+
+def test_holdout_map_is_one_for_separated_clusters_and_falls_with_confusing_distractors():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    labels = np.repeat(np.arange(4), 3)
+    cams = np.tile([1, 2, 3], 4)
+    feats = centres[labels] + 0.01 * rng.normal(size=(12, 16))
+    far = rng.normal(size=(30, 16)) * 5
+    assert holdout_map(feats, labels, cams) == pytest.approx(1.0)
+    assert holdout_map(feats, labels, cams, far) == pytest.approx(1.0)
+    # distractors that sit on top of the held-back people push true matches down the list
+    close = np.repeat(centres, 5, axis=0) + 0.001 * rng.normal(size=(20, 16))
+    assert holdout_map(feats, labels, cams, close) < 0.6
+    # one cluster only and nothing else to search among, or no camera-crossing match
+    assert math.isnan(holdout_map(feats[:3], labels[:3], cams[:3]))
+    assert holdout_map(feats[:3], labels[:3], cams[:3], far) == pytest.approx(1.0)
+    assert math.isnan(holdout_map(feats, labels, np.ones(12, int)))
+    # unknown cameras: only the query itself is left out
+    assert holdout_map(feats, labels, -np.ones(12, int)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_holdout_images_are_never_trained_on_and_every_step_model_is_kept(source, monkeypatch):
+    run = _run(
+        source, "sel_holdout", "holdout", monkeypatch, "adapt.holdout=0.3", "adapt.keep_steps=true"
+    )
+    recs = _records(run)
+    held = load_checkpoint(run.last)["loop"]["holdout"]
+    assert held, "no cluster was held back"
+    scores = {r["step"]: r["holdout"] for r in recs if r["kind"] == "select"}
+    assert math.isnan(scores[0]) and all(0 <= scores[s] <= 1 for s in (1, 2, 3))
+    assert pick_step(recs, "holdout") == load_checkpoint(run.last)["loop"]["best_step"]
+    for step in (1, 2, 3):
+        kept = load_checkpoint(run.path / "steps" / f"step_{step}.pt")
+        labels = dict(zip(kept["paths"], kept["labels"].tolist()))
+        assert all(labels[p] == -1 for p in held)  # trained on by no step
+        assert (kept["labels"] >= 0).any()
+        model, _ = model_from_checkpoint(run.path / "steps" / f"step_{step}.pt")
+        assert sum(p.numel() for p in model.parameters()) > 0

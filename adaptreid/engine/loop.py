@@ -44,7 +44,7 @@ from ..data.datasets import ReidDataset, Sample
 from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..errors import ConfigError, TrainingError
-from ..evaluation.label_free import label_free_scores
+from ..evaluation.label_free import choose_holdout, holdout_map, label_free_scores
 from ..models import ReidModel
 from ..models.build import model_from_arch
 from . import distributed as D
@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 #: ``adapt.select`` values that need no target label (scores of adaptreid.evaluation.label_free)
-LABEL_FREE_RULES = ("agreement", "snd", "cross_camera")
+LABEL_FREE_RULES = ("agreement", "holdout", "snd", "cross_camera")
 #: every ``adapt.select`` value; ``target_map`` is the oracle
 SELECT_RULES = (*LABEL_FREE_RULES, "last", "target_map")
 _TIMES = ("extract", "distance", "cluster", "train", "evaluate", "checkpoint")
@@ -116,6 +116,8 @@ class LoopState:
     labels follow ``target.train`` without them; a resume leaves them out again)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """This step's time so far, per part (extract, distance, cluster, train, ...)."""
+    holdout: dict[str, int] = field(default_factory=dict)
+    """Held-back images (``adapt.holdout``): path -> step-1 cluster id; no step trains on them."""
 
     def to_dict(self) -> dict[str, Any]:
         """Checkpointable (``weights_only`` loads take tensors, not numpy arrays)."""
@@ -375,8 +377,10 @@ class AdaptationLoop:
         if s.stopped:
             return model
         s.step, s.step_done, s.stage, s.stage_begun, s.trainer = step, False, 0, False, None
-        s.labels, s.extra, s.seconds = result.labels, extra, seconds
+        s.labels, s.extra, s.seconds = self._hold_back(result.labels), extra, seconds
         record = {"kind": "labels", "step": step, **result.stats}
+        if s.holdout:
+            record["held_back"] = len(s.holdout)
         record.update({k: v for k, v in result.params.items() if k in ("eps", "k")})
         record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
         self.run_dir.log_metrics(record)
@@ -411,6 +415,42 @@ class AdaptationLoop:
         seconds["cluster"] += sec["cluster"]
         return result, extra, feats
 
+    def _hold_back(self, labels: np.ndarray) -> np.ndarray:
+        """``adapt.holdout``: on the first labels, choose the held-back clusters; at every
+        step, leave their images out of training (label -1)."""
+        s, frac, train = self.state, self.cfg.adapt.holdout, self.ctx.target.train
+        if frac <= 0:
+            return labels
+        if not s.holdout and s.step == 1:
+            cams = np.asarray([x.camid for x in train])
+            chosen = choose_holdout(labels, cams, frac, seed=self.cfg.seed)
+            s.holdout = {
+                x.path: int(c) for x, c in zip(train, labels.tolist()) if c in set(chosen.tolist())
+            }
+            log.info(
+                "holding back %d clusters (%d images) of the step-1 labels to score models on",
+                len(chosen),
+                len(s.holdout),
+            )
+        out = labels.copy()
+        for i, x in enumerate(train):
+            if x.path in s.holdout:
+                out[i] = -1
+        return out
+
+    def _holdout_score(self, feats: Features) -> float:
+        """:func:`holdout_map` of the model whose features ``feats`` are (rows follow
+        ``target.train``), on the held-back images; NaN without them."""
+        train, held = self.ctx.target.train, self.state.holdout
+        rows = [i for i, x in enumerate(train) if x.path in held]
+        if not rows:
+            return float("nan")
+        others = [i for i, x in enumerate(train) if x.path not in held]
+        labels = np.asarray([held[train[i].path] for i in rows])
+        cams = np.asarray([train[i].camid for i in rows])
+        f = feats.feats
+        return holdout_map(f[rows], labels, cams, f[others], seed=self.cfg.seed)
+
     def _score(self, model: ReidModel, step: int, feats: Features, relabelled) -> None:
         """Label-free scores of the model of ``step`` (rank 0; broadcast); ``best.pt`` and
         the patience counter follow ``adapt.select`` when it is a label-free rule."""
@@ -422,12 +462,15 @@ class AdaptationLoop:
             scores = label_free_scores(
                 feats.feats, feats.camids, trained_on, relabelled, seed=self.cfg.seed
             )
+            if self.cfg.adapt.holdout > 0:
+                # the source model made the held-back labels: it is not scored on them
+                scores["holdout"] = self._holdout_score(feats) if step > 0 else float("nan")
         scores = D.broadcast_object(scores)
         s.scored = step
         self.run_dir.log_metrics({"kind": "select", "step": step, **scores})
         if self.rule not in LABEL_FREE_RULES:
             return
-        value = scores[self.rule]
+        value = scores.get(self.rule, float("nan"))
         if math.isfinite(value) and value > s.best_score:
             s.best_score, s.best_step, s.stale = value, step, 0
             self._save(model, best=True)  # the model in memory is still the model of `step`
@@ -524,6 +567,8 @@ class AdaptationLoop:
         record["time_s"] = round(sum(s.seconds.values()), 3)
         self.run_dir.log_metrics(record)
         self._save(model, best=is_best)
+        if self.cfg.adapt.keep_steps and D.is_main():
+            self.run_dir.save_step_model(s.step, self._weights(model, labels=s.labels))
         log.info(
             "step %d: %s (%s); time %s",
             s.step,
@@ -554,6 +599,23 @@ class AdaptationLoop:
 
     def _add_time(self, part: str, seconds: float) -> None:
         self.state.seconds[part] = self.state.seconds.get(part, 0.0) + seconds
+
+    def _weights(self, model: ReidModel, *, labels: np.ndarray | None = None) -> dict[str, Any]:
+        """A weights-only checkpoint of ``model`` (loads wherever a checkpoint is accepted);
+        with the pseudo-labels it was trained on when given (``target.train`` order)."""
+        out = {
+            "format": "adaptreid-checkpoint",
+            "version": 2,
+            "method": self.method.name,
+            "arch": model.arch,
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "input_size": [self.cfg.data.height, self.cfg.data.width],
+            "config": to_dict(self.cfg),
+        }
+        if labels is not None:
+            out["labels"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+            out["paths"] = [x.path for x in self.ctx.target.train]
+        return out
 
     def _save(self, model: ReidModel, *, best: bool = False) -> None:
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: what each ``adapt.select`` rule is called in reports
 RULE_NAMES = {
     "agreement": "label-free: agreement of consecutive pseudo-labels",
+    "holdout": "label-free: retrieval on held-back step-1 clusters",
     "snd": "label-free: soft neighbourhood density",
     "cross_camera": "label-free: cross-camera neighbours",
     "last": "the last step",
@@ -248,7 +249,7 @@ def write_report(run_dir: str | Path) -> Path:
     labels = {r["step"]: r for r in records if r.get("kind") == "labels" and not r.get("probe")}
     selects = {r["step"]: r for r in records if r.get("kind") == "select"}
     if labels:
-        score = rule if rule in ("agreement", "snd", "cross_camera") else "agreement"
+        score = rule if rule in ("agreement", "holdout", "snd", "cross_camera") else "agreement"
         lines += [
             "## Adaptation steps",
             "",

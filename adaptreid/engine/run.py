@@ -197,6 +197,13 @@ class RunDir:
             save_checkpoint(state, self.best)
         save_checkpoint(state, self.last)
 
+    def save_step_model(self, step: int, state: dict[str, Any]) -> Path:
+        """``steps/step_<step>.pt`` (``adapt.keep_steps``): a step's model, atomically."""
+        path = self.path / "steps" / f"step_{step}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(state, path)
+        return path
+
     def load_last(self) -> dict[str, Any]:
         return load_checkpoint(self.last)
 

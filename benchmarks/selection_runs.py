@@ -1,0 +1,220 @@
+"""Small-target adaptation runs for the label-free model choice (which step's model to keep).
+
+    python benchmarks/selection_runs.py --list          # the runs and where each stands
+    python benchmarks/selection_runs.py                 # run every unfinished one, in order
+    python benchmarks/selection_runs.py --only pku      # those whose name contains a string
+    python benchmarks/selection_runs.py --table         # every rule on every run (markdown)
+
+The Market -> Duke / Duke -> Market benchmark runs improve at almost every step, so any rule
+that grows with training picks well there. A user's own small camera network does not: a
+target of a few thousand crops from 2-3 cameras peaks after one or two steps and then
+degrades. These runs make such targets from the data in ../shared:
+
+* ``pku``: PKU-Reid as it is (592 training images, 2 cameras);
+* ``duke_c<cams>``: DukeMTMC-reID restricted to a few cameras (training images of those
+  cameras; query / gallery of the dev half from the same cameras), written as a CSV manifest
+  under ``runs/small_targets/<name>/`` (a ``data`` link points at the Duke folder);
+
+and adapt the Market-1501 source model of ../shared/checkpoints to them with longer schedules
+and noisier labels (a loose eps, k-means) than the presets'. Every run keeps every step's
+model (``adapt.keep_steps``), holds back a slice of the step-1 clusters (``adapt.holdout``)
+and records every label-free score of every step (``select`` records), so that each rule's
+choice can be read from ``metrics.jsonl`` next to the oracle's (the step with the best target
+test mAP, which uses test labels). The queue, the lock and the committed records work as in
+``uda_runs.py`` (records in ``benchmarks/results/selection_runs/<name>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import uda_runs as U
+
+from adaptreid.engine.report import pick_step
+
+ROOT = U.ROOT
+RECORDS = ROOT / "benchmarks" / "results" / "selection_runs"
+SOURCE = "../shared/checkpoints/source_market1501_mobilenet_cpu.pt"
+DUKE = ROOT.parent / "shared" / "data" / "dukemtmc" / "DukeMTMC-reID"
+SMALL = ROOT / "runs" / "small_targets"
+#: rules compared in the table (adapt.select values); target_map is the oracle
+RULES = ("holdout", "agreement", "snd", "cross_camera", "last")
+
+#: every run: labels are scored whatever the rule, so ``select`` only decides best.pt
+COMMON = [
+    f"adapt.init_checkpoint={SOURCE}",
+    "adapt.select=holdout",
+    "adapt.holdout=0.15",
+    "adapt.patience=0",
+    "adapt.keep_steps=true",
+    "train.amp=none",
+]
+#: PKU-Reid: 592 images, so short steps (18 iterations an epoch at 32 a batch)
+PKU = [
+    "adapt.max_steps=8",
+    "adapt.epochs_per_step=6",
+    "train.freeze_epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.milestones=[4]",
+]
+
+
+def duke_subset(name: str, cameras: tuple[int, ...]) -> Path:
+    """Write ``runs/small_targets/<name>/manifest.csv`` for DukeMTMC-reID's ``cameras``:
+    every training image of those cameras (pids kept for label figures only), and the dev
+    half's query / gallery images of those cameras. Returns the folder."""
+    folder = SMALL / name
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "data"
+    if not link.exists():
+        os.symlink(DUKE.resolve(), link)
+    rows = []
+    for split, sub in (("train", "bounding_box_train"), ("query", "query")):
+        rows += _duke_rows(split, sub, cameras)
+    rows += _duke_rows("gallery", "bounding_box_test", cameras)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "pid", "camid", "split"])
+        w.writerows(rows)
+    return folder
+
+
+def _duke_rows(split: str, sub: str, cameras: tuple[int, ...]) -> list[list]:
+    out = []
+    for p in sorted((DUKE / sub).glob("*.jpg")):
+        pid, cam = p.name.split("_")[:2]
+        if int(cam[1:]) in cameras:
+            out.append([f"data/{sub}/{p.name}", int(pid), int(cam[1:]), split])
+    return out
+
+
+def _duke(name: str, subset: str, config: str, extra: list[str]) -> U.Run:
+    root = (SMALL / subset).relative_to(ROOT)
+    target = ["data.target=manifest", f"data.target_root={root}"]
+    return U.Run(name, "adapt", config, [*COMMON, *target, *extra], group=subset)
+
+
+PKU_CFG = "msplr/market1501_to_pku_cpu.yaml"
+DUKE_CFG = "msplr/market1501_to_dukemtmc_cpu.yaml"
+#: Duke subsets: their cameras
+SUBSETS = {"duke_c34": (3, 4), "duke_c578": (5, 7, 8)}
+RUNS: list[U.Run] = [
+    U.Run("pku_msplr", "adapt", PKU_CFG, [*COMMON, *PKU], group="pku"),
+    U.Run(
+        "pku_msplr_loose",
+        "adapt",
+        PKU_CFG,
+        [*COMMON, *PKU, "pseudo.auto_eps=false", "pseudo.eps=1.0"],
+        group="pku",
+    ),
+    U.Run(
+        "pku_msplr_kmeans",
+        "adapt",
+        PKU_CFG,
+        [*COMMON, *PKU, "pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=40"],
+        group="pku",
+    ),
+    U.Run(
+        "pku_msplr_long",
+        "adapt",
+        PKU_CFG,
+        [*COMMON, *PKU, "adapt.max_steps=12", "adapt.epochs_per_step=10", "optim.milestones=[7]"],
+        group="pku",
+    ),
+    U.Run(
+        "pku_cc",
+        "adapt",
+        "cluster_contrast/market1501_to_dukemtmc_cpu.yaml",
+        [
+            *COMMON,
+            "data.target=pku-reid",
+            "data.target_root=../shared/data/pku-reid",
+            "adapt.max_steps=8",
+            "adapt.epochs_per_step=2",
+        ],
+        group="pku",
+    ),
+    _duke("duke_c34", "duke_c34", DUKE_CFG, []),
+    _duke("duke_c34_loose", "duke_c34", DUKE_CFG, ["pseudo.auto_eps=false", "pseudo.eps=0.8"]),
+    _duke("duke_c578", "duke_c578", DUKE_CFG, []),
+]
+
+
+def _records(name: str) -> list[dict]:
+    for folder in (ROOT / "runs" / name, RECORDS / name):
+        path = folder / "metrics.jsonl"
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def rule_table(names: list[str]) -> str:
+    """Markdown: per run, the oracle step and mAP, then each rule's step and its mAP minus the
+    oracle's (within 1 / 2 mAP counted at the bottom)."""
+    head = "| run | steps | mAP by step | oracle (step: mAP) | " + " | ".join(RULES) + " |"
+    lines = [head, "|" + "---|" * (4 + len(RULES))]
+    near = {r: [0, 0, 0] for r in RULES}  # within 1, within 2, runs
+    for name in names:
+        recs = _records(name)
+        steps = {r["step"]: r for r in recs if r.get("kind") == "step" and "mAP" in r}
+        if len(steps) < 2:
+            continue
+        oracle = pick_step(recs, "target_map")
+        best = 100 * steps[oracle]["mAP"]
+        cells = []
+        for rule in RULES:
+            s = pick_step(recs, rule)
+            if s is None or s not in steps:
+                cells.append("-")
+                continue
+            d = 100 * steps[s]["mAP"] - best
+            near[rule][0] += d >= -1
+            near[rule][1] += d >= -2
+            near[rule][2] += 1
+            cells.append(f"{s}: {d:+.1f}")
+        curve = " ".join(f"{100 * steps[s]['mAP']:.1f}" for s in sorted(steps))
+        done = "" if any(r.get("kind") == "final" for r in recs) else " (running)"
+        lines.append(
+            f"| {name}{done} | {max(steps)} | {curve} | {oracle}: {best:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    foot = [f"{n[0]}/{n[2]} within 1, {n[1]}/{n[2]} within 2" for n in near.values()]
+    lines.append("| **all runs** | | | | " + " | ".join(foot) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", action="append", default=[], help="run names containing this")
+    ap.add_argument("--list", action="store_true", help="print the queue and exit")
+    ap.add_argument("--table", action="store_true", help="print the rules x runs table and exit")
+    args = ap.parse_args()
+    runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
+    if args.table:
+        print(rule_table([r.name for r in runs]))
+        return 0
+    if args.list:
+        for r in runs:
+            t = U.wall_time(r, RECORDS) / 60
+            print(f"{U.status(r, RECORDS):8s} {t:6.1f} min  {r.name:22s} {' '.join(r.overrides)}")
+        return 0
+    for name, cams in SUBSETS.items():
+        if any(name in " ".join(r.overrides) for r in runs):
+            duke_subset(name, cams)
+    for r in runs:
+        if not U.needs_running(r, RECORDS):
+            continue
+        if U.execute(r, RECORDS) != 0:
+            print(f"{r.name} failed: fix it, then run the queue again (it resumes)", flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
