@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -213,7 +214,14 @@ def main() -> int:
         if U.execute(r, RECORDS) != 0:
             print(f"{r.name} failed: fix it, then run the queue again (it resumes)", flush=True)
             return 1
+        rescore(r.name)
     return 0
+
+
+def rescore(name: str) -> int:
+    """``selection_scores.py name``: the rules the loop does not record, from the kept models."""
+    script = ROOT / "benchmarks" / "selection_scores.py"
+    return subprocess.run([sys.executable, str(script), name], cwd=ROOT).returncode
 
 
 if __name__ == "__main__":
