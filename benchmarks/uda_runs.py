@@ -191,7 +191,12 @@ def _finished(folder: Path) -> bool:
     return metrics.is_file() and '"kind": "final"' in metrics.read_text()
 
 
-def status(run: Run, records: Path = RECORDS) -> str:
+def _records_dir(records: Path | None) -> Path:
+    """``records`` or, when None, the module's ``RECORDS`` read at call time (tests patch it)."""
+    return RECORDS if records is None else records
+
+
+def status(run: Run, records: Path | None = None) -> str:
     """done (run folder finished) | started (a checkpoint to resume) | recorded (finished in
     an earlier checkout: only its committed records are here) | new"""
     folder = ROOT / "runs" / run.name
@@ -199,34 +204,34 @@ def status(run: Run, records: Path = RECORDS) -> str:
         return "done"
     if (folder / "checkpoints" / "last.pt").is_file():
         return "started"
-    if _finished(records / run.name):
+    if _finished(_records_dir(records) / run.name):
         return "recorded"
     return "new"
 
 
-def needs_running(run: Run, records: Path = RECORDS) -> bool:
+def needs_running(run: Run, records: Path | None = None) -> bool:
     state = status(run, records)
     return state in ("new", "started") or (state == "recorded" and run.command == "train")
 
 
-def save_records(run: Run, records: Path = RECORDS) -> None:
+def save_records(run: Run, records: Path | None = None) -> None:
     """Copy the run's records to the committed ``records/<name>/``."""
-    folder, dest = ROOT / "runs" / run.name, records / run.name
+    folder, dest = ROOT / "runs" / run.name, _records_dir(records) / run.name
     dest.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, dest / name)
 
 
-def wall_time(run: Run, records: Path = RECORDS) -> float:
-    for folder in (ROOT / "runs" / run.name, records / run.name):
+def wall_time(run: Run, records: Path | None = None) -> float:
+    for folder in (ROOT / "runs" / run.name, _records_dir(records) / run.name):
         path = folder / "wall_time.json"
         if path.is_file():
             return sum(e["seconds"] for e in json.loads(path.read_text()))
     return 0.0
 
 
-def execute(run: Run, records: Path = RECORDS) -> int:
+def execute(run: Run, records: Path | None = None) -> int:
     import fcntl
 
     resume = status(run, records) == "started"
