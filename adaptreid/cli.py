@@ -51,9 +51,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.datasets import open_dataset
     from .engine.evaluator import evaluate_model
-    from .engine.extract import resolve_device
-    from .engine.model_io import model_from_checkpoint
     from .models import build_model
+    from .rundir.model_io import model_from_checkpoint
+    from .runtime.device import resolve_device
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine.export import export_checkpoint
+    from .export.onnx import export_checkpoint
 
     report = export_checkpoint(
         args.checkpoint,
@@ -182,10 +182,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .data.datasets import open_dataset
     from .data.loaders import build_test_loader
     from .data.transforms import build_transforms
-    from .engine.extract import extract_features, resolve_device
-    from .engine.model_io import model_from_checkpoint
+    from .engine.extract import extract_features
     from .engine.pseudo_step import SWEEP_KEYS, pseudo_label_kwargs
     from .pseudo.labels import auto_eps, recommend_eps, sweep_eps
+    from .rundir.model_io import model_from_checkpoint
+    from .runtime.device import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
@@ -273,7 +274,7 @@ def _cached_features(path, checkpoint, dataset):
 def _save_features(path, checkpoint, dataset, feats) -> None:
     import torch
 
-    from .engine.checkpoint import save_checkpoint
+    from .rundir.checkpoint import save_checkpoint
 
     save_checkpoint(
         {
@@ -288,7 +289,7 @@ def _save_features(path, checkpoint, dataset, feats) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .engine.report import write_report
+    from .report.report import write_report
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():

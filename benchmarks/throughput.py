@@ -63,7 +63,7 @@ def _builders():
 
 
 def _bare_steps(model, crit, opts, batch, amp, channels_last, steps) -> float:
-    from adaptreid.engine.extract import autocast
+    from adaptreid.runtime.device import autocast
 
     dev = torch.device("cpu")
     x = batch["img"]
@@ -86,7 +86,7 @@ def _bare_steps(model, crit, opts, batch, amp, channels_last, steps) -> float:
 
 @torch.no_grad()
 def _bare_forward(model, x, amp, channels_last, reps) -> float:
-    from adaptreid.engine.extract import autocast
+    from adaptreid.runtime.device import autocast
 
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptreid.engine.precision import cpu_model
+from adaptreid.runtime.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/adaptreid-heavy.lock"

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adaptreid.engine import distributed as D
 from adaptreid.engine.optim import build_optimizer
 from adaptreid.engine.trainer import Trainer
 from adaptreid.losses.reid_loss import ReidLoss
 from adaptreid.models import build_model
+from adaptreid.runtime import distributed as D
 
 STEPS = 2  # one step per epoch: epoch 1 with the body frozen (MSPLR), epoch 2 all trainable
 BATCH = 8

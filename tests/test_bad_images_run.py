@@ -17,8 +17,8 @@ from test_train import _write_market
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.engine import trainer as trainer_mod
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 #: corrupt, truncated, zero-byte and non-image files placed among the target's images
 BAD = {

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from adaptreid.engine.checkpoint import (
+from adaptreid.errors import CheckpointError
+from adaptreid.rundir.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from adaptreid.errors import CheckpointError
 
 
 def test_round_trip_with_rng_state(tmp_path):

@@ -9,8 +9,8 @@ from test_train import _write_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 COMMON = [
     "data.height=32",

@@ -15,7 +15,6 @@ from adaptreid.config import load_config
 from adaptreid.data.datasets import Sample
 from adaptreid.data.ranking import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.data.sampler import PKSampler
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.extract import l2_normalize
 from adaptreid.engine.loop import adapt
 from adaptreid.errors import ConfigError
@@ -31,6 +30,7 @@ from adaptreid.models.pcb import PCBHead
 from adaptreid.pseudo.centroids import cluster_means
 from adaptreid.pseudo.kreciprocal import jaccard_distance, sparse_distance_to_dense
 from adaptreid.pseudo.ranking import ranked_neighbors
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 # --------------------------------------------------------------------------------------------
 # PCB head: feature layout
@@ -469,7 +469,7 @@ def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
     assert main(args) == 0
     ckpt = load_checkpoint(tmp_path / "runs" / "pcb" / "checkpoints" / "last.pt")
     assert ckpt["arch"]["head"] == "pcb" and ckpt["arch"]["num_classes"] == 4
-    from adaptreid.engine.model_io import model_from_checkpoint
+    from adaptreid.rundir.model_io import model_from_checkpoint
 
     model, _ = model_from_checkpoint(tmp_path / "runs" / "pcb" / "checkpoints" / "last.pt")
     cfg = load_config(

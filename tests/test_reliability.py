@@ -1,6 +1,6 @@
 """Crash safety, bad input and determinism of a real (tiny) adaptation run.
 
-Kills use ``ADAPTREID_CRASH_AT`` (adaptreid/engine/faults.py): the process SIGKILLs itself at a
+Kills use ``ADAPTREID_CRASH_AT`` (adaptreid/runtime/faults.py): the process SIGKILLs itself at a
 named point, so each test kills at a known place instead of racing a timer."""
 
 import json
@@ -16,10 +16,10 @@ from test_msplr import _adapt_args
 from test_train import _write_market
 
 from adaptreid.cli import main
-from adaptreid.engine.checkpoint import load_checkpoint, save_checkpoint
-from adaptreid.engine.model_io import model_from_checkpoint
 from adaptreid.errors import CheckpointError
 from adaptreid.models import build_model
+from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
+from adaptreid.rundir.model_io import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,11 @@ import torch
 
 from adaptreid.config import load_config
 from adaptreid.engine import loop as loop_mod
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
-from adaptreid.engine.report import pick_step, selection_rows
 from adaptreid.engine.supervised import train_source
 from adaptreid.evaluation.label_free import label_agreement, label_free_scores
+from adaptreid.report.report import pick_step, selection_rows
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 TINY = [
     "data.source_options.preset=tiny",

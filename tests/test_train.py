@@ -9,9 +9,9 @@ from PIL import Image
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.supervised import train_source
 from adaptreid.errors import ConfigError
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 
 def _write_market(root, ids=(1, 2, 3, 4, 5, 6), test_ids=(20, 21, 22), seed=0):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..engine import distributed as D
 from ..losses.ranking_triplet import sample_rtl_pairs
+from ..runtime import distributed as D
 from .datasets import Sample
 from .images import ImageDataset
 from .loaders import collate_skip_bad, seed_worker

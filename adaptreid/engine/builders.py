@@ -17,7 +17,7 @@ from ..data.loaders import build_train_loader
 from ..data.transforms import build_transforms
 from ..errors import CheckpointError, ConfigError
 from ..models import ReidModel, build_model
-from . import distributed as D
+from ..runtime import distributed as D
 from .evaluator import evaluate_model
 from .optim import WarmupMultiStepLR, build_optimizer
 
@@ -172,12 +172,12 @@ def resolve_precision_cfg(
     """``(amp, channels_last)`` for this run's training (``mode="train"``) or feature
     extraction and evaluation (``mode="extract"``): ``train.amp`` / ``train.channels_last``
     as given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
-    machine for this model and input size (:func:`adaptreid.engine.precision.resolve_precision`,
+    machine for this model and input size (:func:`adaptreid.runtime.precision.resolve_precision`,
     a short probe per mode, cached per machine); the choice is logged."""
     t = cfg.train
     if t.amp != "auto":
         return t.amp, t.channels_last
-    from .precision import resolve_precision
+    from ..runtime.precision import resolve_precision
 
     amp, channels_last, reason = resolve_precision(
         "auto", model, (cfg.data.height, cfg.data.width), device, mode=mode
@@ -263,8 +263,8 @@ def finish_run(
     """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
     rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
     from ..evaluation import top_k_matches
-    from .model_io import model_from_checkpoint
-    from .report import draw_ranklist, write_report
+    from ..report.report import draw_ranklist, write_report
+    from ..rundir.model_io import model_from_checkpoint
 
     if not D.is_main():
         return

@@ -47,7 +47,11 @@ from ..errors import ConfigError, TrainingError
 from ..evaluation.label_free import label_free_scores
 from ..models import ReidModel
 from ..models.build import model_from_arch
-from . import distributed as D
+from ..rundir.checkpoint import rng_state, set_rng_state
+from ..rundir.model_io import load_model_state, model_from_checkpoint
+from ..rundir.run import RunDir
+from ..runtime import distributed as D
+from ..runtime.faults import crash_point
 from .builders import (
     bad_images_mode,
     evaluate_on,
@@ -59,13 +63,9 @@ from .builders import (
     seed_everything,
     train_loader,
 )
-from .checkpoint import rng_state, set_rng_state
 from .extract import Features, extract_features
-from .faults import crash_point
 from .method import AdaptationMethod, method_class
-from .model_io import load_model_state, model_from_checkpoint
 from .pseudo_step import StepFeatures
-from .run import RunDir
 from .trainer import Trainer
 
 log = logging.getLogger("adaptreid")

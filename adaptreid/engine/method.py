@@ -73,8 +73,9 @@ class TrainHooks:
       checkpointed with the trainer (a memory bank), restored on resume.
 
     State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
-    sync, e.g. by gathering the batch features of every rank (``engine.distributed``) before
-    the update, so that every rank applies the same update.
+    sync, e.g. by gathering the batch features of every rank
+    (``adaptreid.runtime.distributed``) before the update, so that every rank applies the
+    same update.
     """
 
     before_epoch: Callable[[int], None] | None = None

@@ -20,7 +20,9 @@ from ..data.bad_images import BadImageLog
 from ..data.datasets import relabel
 from ..errors import ConfigError
 from ..losses.reid_loss import build_reid_loss
-from . import distributed as D
+from ..rundir.checkpoint import rng_state, set_rng_state
+from ..rundir.run import RunDir
+from ..runtime import distributed as D
 from .builders import (
     bad_images_mode,
     evaluate_on,
@@ -33,8 +35,6 @@ from .builders import (
     seed_everything,
     train_loader,
 )
-from .checkpoint import rng_state, set_rng_state
-from .run import RunDir
 from .trainer import Trainer
 
 log = logging.getLogger("adaptreid")
@@ -131,7 +131,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         )
 
     if cfg.data.target:  # every rank: evaluate_on computes on rank 0 and broadcasts
-        from ..engine.model_io import model_from_checkpoint
+        from ..rundir.model_io import model_from_checkpoint
 
         target = load_dataset(cfg, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError
-from . import distributed as D
-from .extract import autocast
-from .faults import crash_point
+from ..runtime import distributed as D
+from ..runtime.device import autocast
+from ..runtime.faults import crash_point
 
 log = logging.getLogger("adaptreid")
 

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodOptions
-from ..engine import distributed as D
 from ..engine.builders import optimizer_from_cfg
 from ..engine.loop import pseudo_samples
 from ..engine.method import AdaptationMethod, Stage, TrainHooks, register_method
 from ..engine.optim import multistep_factor
 from ..errors import ConfigError
 from ..pseudo.centroids import cluster_means
+from ..runtime import distributed as D
 
 
 @dataclass

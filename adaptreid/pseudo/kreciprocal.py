@@ -330,7 +330,7 @@ def _use_sharding(distributed: bool | None, backend: str) -> bool:
     elif distributed and world == 0:
         raise ValueError(
             "distributed=True needs an initialised torch.distributed process group (launch with "
-            "torchrun and call adaptreid.engine.distributed.init()); distributed=None shards "
+            "torchrun and call adaptreid.runtime.distributed.init()); distributed=None shards "
             "only when there is one"
         )
     if not distributed or world == 1:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import Config, config_from_saved, save_config, to_dict
 from ..errors import ConfigError
-from . import distributed as D
+from ..runtime import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("adaptreid")
