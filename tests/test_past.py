@@ -13,7 +13,6 @@ from test_train import _write_market
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.data.datasets import Sample
-from adaptreid.data.ranking import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.data.sampler import PKSampler
 from adaptreid.engine.extract import l2_normalize
 from adaptreid.engine.loop import adapt
@@ -25,6 +24,7 @@ from adaptreid.losses.past_loss import (
     split_rtl_batch,
 )
 from adaptreid.methods.past import conservative_optimizer, past_model, promoting_optimizer
+from adaptreid.methods.past_rtl import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.models import build_model
 from adaptreid.models.pcb import PCBHead
 from adaptreid.pseudo.centroids import cluster_means

@@ -63,6 +63,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..errors import ConfigError, DatasetError
 from ..registry import Registry
 
@@ -301,6 +303,17 @@ def relabel(samples: Iterable[Sample]) -> tuple[list[Sample], dict[int, int]]:
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
+
+
+def pseudo_samples(train: list[Sample], labels: np.ndarray) -> list[Sample]:
+    """The pseudo-labelled training set: images with a label >= 0, pid = the label."""
+    return [Sample(s.path, int(lab), s.camid) for s, lab in zip(train, labels) if lab >= 0]
+
+
+def ground_truth(train: list[Sample]) -> np.ndarray | None:
+    """Target train pids when every image has one (for label-quality analysis only)."""
+    pids = np.array([s.pid for s in train])
+    return pids if len(pids) and (pids >= 0).all() else None
 
 
 def _check_root(root: str | Path) -> Path:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from ..config import Config, MethodOptions
     from ..models import ReidModel
     from ..pseudo.labels import PseudoLabels
-    from .loop import LoopContext, StepFeatures
+    from .context import LoopContext
+    from .pseudo_step import StepFeatures
 
 __all__ = [
     "METHODS",
@@ -116,7 +117,7 @@ class AdaptationMethod:
     * ``reads_model``: ``model.*`` keys it reads although the network comes from
       ``adapt.init_checkpoint`` (e.g. PAST's new PCB head).
 
-    ``self.ctx`` (a :class:`~adaptreid.engine.loop.LoopContext`) gives the loop's services:
+    ``self.ctx`` (a :class:`~adaptreid.engine.context.LoopContext`) gives the loop's services:
     ``cfg``, ``device``, ``target``, ``train_loader(samples)``, ``extract(model, ...)``,
     ``step``, ``true_pids`` (analysis only).
     """

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodOptions
+from ..data.datasets import pseudo_samples
 from ..engine.builders import optimizer_from_cfg
-from ..engine.loop import pseudo_samples
 from ..engine.method import AdaptationMethod, Stage, TrainHooks, register_method
 from ..engine.optim import multistep_factor
 from ..errors import ConfigError

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import MethodOptions
-from ..data.ranking import ranking_triplet_loader
+from ..data.datasets import pseudo_samples
 from ..engine.builders import optimizer_from_cfg
-from ..engine.loop import pseudo_samples
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..errors import ConfigError
 from ..losses.past_loss import RankingTripletAugmented
 from ..losses.reid_loss import build_reid_loss
 from ..pseudo.ranking import ranked_neighbors
+from .past_rtl import ranking_triplet_loader
 
 FROZEN, FINETUNE = "frozen", "finetune"
 
@@ -96,7 +96,7 @@ class MSPLR(AdaptationMethod):
         criterion = build_reid_loss(cfg.loss, n_cls, model.feat_dim).to(ctx.device)
         center_opt = criterion.center_optimizer(cfg.loss.center_lr)
         samples = pseudo_samples(ctx.target.train, labels)
-        seed = cfg.seed * 1000 + ctx.step
+        seed = ctx.seed
         if cfg.loss.rtl_weight > 0:  # + w L_RTL, with RTL triplets in the batches
             loader = ranking_triplet_loader(
                 cfg,

@@ -26,7 +26,7 @@ the embedding layers; promoting 1e-3 on the new classifier and 5e-5 on the rest;
 iterations, all learning rates are multiplied by 0.1". Constant within a stage.
 
 Design decisions the paper leaves open, each an option: the epochs of each stage (40 in the
-authors' released script); the RTL batch layout (:mod:`adaptreid.data.ranking`); D_R beyond
+authors' released script); the RTL batch layout (:mod:`adaptreid.methods.past_rtl`); D_R beyond
 the stored Jaccard entries (euclidean order, :mod:`adaptreid.pseudo.ranking`); eq. 7 on the
 normalised features (``classifier_init``). S_min's reading: ``pseudo.s_min_reading``.
 
@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import MethodOptions
-from ..data.ranking import ranking_triplet_loader
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import build_optimizer, multistep_factor
 from ..errors import ConfigError
@@ -51,6 +50,7 @@ from ..losses.past_loss import ConservativeLoss, promoting_loss
 from ..models import BACKBONES, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
+from .past_rtl import ranking_triplet_loader
 
 log = logging.getLogger("adaptreid")
 
@@ -183,7 +183,7 @@ class PAST(AdaptationMethod):
 
     def build_stage(self, stage, model, labels, extra):
         p, cfg, step = self.opt, self.cfg, self.ctx.step
-        seed = cfg.seed * 1000 + step
+        seed = self.ctx.seed
         train = self.ctx.target.train
         if stage == CONSERVATIVE:  # line 6
             criterion = ConservativeLoss(
