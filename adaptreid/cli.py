@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from . import methods  # noqa: F401  (registers the built-in methods)
     from .config import load_config
     from .engine.loop import adapt
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import methods  # noqa: F401  (registers the built-in methods)
 from .config import Config, load_config
 from .engine.loop import LABEL_FREE_RULES, adapt
 from .engine.supervised import train_source

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import adaptreid.methods  # noqa: F401  (registers the built-in methods, as the CLI does)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 

@@ -147,6 +147,7 @@ def test_add_a_method_example_runs(tmp_path):
             )
     finally:
         sys.modules.pop(name, None)
-        from adaptreid.engine.method import METHODS
+        from adaptreid.registry import METHOD_OPTIONS, METHODS
 
         METHODS._items.pop("my_method", None)
+        METHOD_OPTIONS._items.pop("my_method", None)

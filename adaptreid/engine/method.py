@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..config import registered_method
+from ..registry import METHOD_OPTIONS, METHODS
 
 if TYPE_CHECKING:
     from ..config import Config, MethodOptions
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from .pseudo_step import StepFeatures
 
 __all__ = [
-    "METHODS",
     "AdaptationMethod",
     "Stage",
     "TrainHooks",
@@ -47,20 +47,23 @@ __all__ = [
     "register_method",
 ]
 
-METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method")
-
 
 def register_method(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
-    """Class decorator: make ``cls`` available as ``method: <cls.name>``."""
+    """Class decorator: make ``cls`` available as ``method: <cls.name>``, with its options
+    dataclass ``cls.Options`` (registered here unless :mod:`adaptreid.method_options` has)."""
+    if cls.name in METHOD_OPTIONS:
+        if METHOD_OPTIONS.get(cls.name) is not cls.Options:
+            raise KeyError(f"method {cls.name!r}: another options class is registered")
+    else:
+        METHOD_OPTIONS.register(cls.name)(cls.Options)
     METHODS.register(cls.name)(cls)
     return cls
 
 
 def method_class(name: str) -> type[AdaptationMethod]:
-    """The registered method ``name`` (the built-in methods register on first use)."""
-    import adaptreid.methods  # noqa: F401  (registers msplr, past, cluster_contrast)
-
-    return METHODS.get(name)
+    """The registered method ``name`` (``import adaptreid.methods`` registers the built-in
+    ones; the engine never imports a method)."""
+    return registered_method(name)
 
 
 @dataclass

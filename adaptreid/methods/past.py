@@ -38,15 +38,14 @@ eq. 4 before the Jaccard distance, ``pseudo.select: true`` MSPLR's cluster selec
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import MethodOptions
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import build_optimizer, multistep_factor
 from ..errors import ConfigError
 from ..losses.past_loss import ConservativeLoss, promoting_loss
+from ..method_options import PASTOptions
 from ..models import BACKBONES, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
@@ -56,38 +55,6 @@ log = logging.getLogger("adaptreid")
 
 CONSERVATIVE, PROMOTING = "conservative", "promoting"
 _CLASSIFIER_INITS = ("normalized", "raw", "random")
-
-
-@dataclass
-class PASTOptions(MethodOptions):
-    """PAST's own options; ``pseudo.k1`` / ``k2`` are eq. 1's encoding, ``pseudo.s_min``
-    HDBSCAN's S_min (10), ``loss.margin`` the m of eq. 3-4 (0.3)."""
-
-    name: str = "past"
-    conservative_epochs: int = 40
-    """Epochs (passes of the P x K sampler over T_U) of each conservative stage. Not given in
-    the paper; 40 is the authors' released training script."""
-    promoting_epochs: int = 40
-    use_ctl: bool = True
-    """Clustering-based triplet loss, eq. 3."""
-    use_rtl: bool = True
-    """Ranking-based triplet loss, eq. 4."""
-    use_promoting: bool = True
-    """Promoting stage (eq. 6-7); off = the "C" rows of Table 1."""
-    eta: int = 20
-    """RTL: positives from ranks 1..eta, negatives from eta+1..2 eta (appendix, Table 4)."""
-    lambda_ctl: float = 0.5
-    """lambda of eq. 5, L_C = L_RTL + lambda L_CTL (section 3.4)."""
-    lr_trunk_conservative: float = 1.0e-4
-    lr_embedding_conservative: float = 2.0e-4
-    lr_classifier_promoting: float = 1.0e-3
-    lr_rest_promoting: float = 5.0e-5
-    lr_decay_after: int = 3
-    """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
-    lr_decay: float = 0.1
-    classifier_init: str = "normalized"
-    """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
-    features (raw), or a random classifier (random; an ablation)."""
 
 
 _OWN_LR = "its learning rates are method.lr_* (section 3.1), constant within a stage"
