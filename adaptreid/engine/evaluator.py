@@ -112,7 +112,7 @@ def evaluate_model(
             )
     t0 = time.perf_counter()
     if rerank:
-        from ..evaluation.rerank import rerank as k_reciprocal_rerank
+        from ..pseudo.kreciprocal import k_reciprocal_rerank
 
         dist = k_reciprocal_rerank(q.feats, g.feats, k1=k1, k2=k2, lambda_value=lambda_value)
     else:

@@ -68,13 +68,12 @@ def method_class(name: str) -> type[AdaptationMethod]:
 
 @dataclass
 class TrainHooks:
-    """Callbacks around the trainer's work (fast-reid's hooks), all optional.
+    """Callbacks around the trainer's work (fast-reid's hooks), optional.
 
-    * ``before_epoch(epoch)``, ``after_epoch(epoch, stats) -> extra stats or None``;
     * ``after_step(outputs, batch)``: after every optimiser step, with the batch's training
-      outputs (detached by the hook if it keeps them), e.g. a memory-bank update;
-    * ``state_dict() -> dict`` / ``load_state_dict(d)``: state of the hooks that must be
-      checkpointed with the trainer (a memory bank), restored on resume.
+      outputs (detached by the hook if it keeps them), e.g. a memory-bank update. State the
+      hook updates belongs to the criterion (an ``nn.Module`` buffer), which the trainer
+      checkpoints.
 
     State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
     sync, e.g. by gathering the batch features of every rank
@@ -82,11 +81,7 @@ class TrainHooks:
     same update.
     """
 
-    before_epoch: Callable[[int], None] | None = None
-    after_epoch: Callable[[int, dict], dict | None] | None = None
     after_step: Callable[[dict, dict], None] | None = None
-    state_dict: Callable[[], dict] | None = None
-    load_state_dict: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -187,7 +182,3 @@ class AdaptationMethod:
     @staticmethod
     def num_classes(labels: np.ndarray) -> int:
         return int(np.max(labels)) + 1 if len(labels) else 0
-
-    def describe(self) -> str:
-        """One line for the log."""
-        return self.name

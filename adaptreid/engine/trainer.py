@@ -4,9 +4,9 @@ The :class:`Trainer` knows nothing about re-ID losses or datasets: it is given a
 criterion ``(outputs, batch) -> (loss, {name: value})``, optimisers and a loader, and runs
 epochs with optional autocast (bf16 / fp16), channels_last, a frozen body for the first
 epochs (MSPLR section 3.6.2), DDP across ranks, a progress bar (loss, lr, images/s) and a
-non-finite-loss guard. Hooks (:class:`~adaptreid.engine.method.TrainHooks`) run before and
-after each epoch and after each optimiser step, e.g. to update a memory bank. Its
-:meth:`state_dict` holds everything needed to resume, the hooks' state included.
+non-finite-loss guard. A hook (:class:`~adaptreid.engine.method.TrainHooks`) runs after each
+optimiser step, e.g. to update a memory bank (whose state is the criterion's, so it is
+checkpointed with it). Its :meth:`state_dict` holds everything needed to resume.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ class Trainer:
         freeze_epochs: the body is frozen while ``epoch <= freeze_epochs`` (1-based epochs).
         amp: ``none`` | ``bf16`` | ``fp16`` (fp16 uses a GradScaler; CUDA only).
         iters_per_epoch: cap on batches per epoch (0: the loader's length).
-        hooks: a :class:`~adaptreid.engine.method.TrainHooks` (before / after each epoch,
-            after each optimiser step, and their checkpointed state).
+        hooks: a :class:`~adaptreid.engine.method.TrainHooks` (after each optimiser step).
         on_bad_images: called with the ``(index, path, reason)`` items a loader in skip mode
             dropped from a batch (``batch["bad"]``), if any.
     """
@@ -134,8 +133,6 @@ class Trainer:
             self.model.freeze_body(frozen)
         self._set_epoch(epoch)
         hook = self.hooks
-        if hook is not None and hook.before_epoch is not None:
-            hook.before_epoch(epoch)
         self.model.train()
         net = self._net()
         total_iters = len(self.loader)
@@ -213,8 +210,6 @@ class Trainer:
         stats["images_per_s"] = n_images * D.world_size() / max(seconds, 1e-9)
         stats["epoch_s"] = seconds
         stats["body_frozen"] = float(frozen)
-        if hook is not None and hook.after_epoch is not None:
-            stats.update(hook.after_epoch(epoch, stats) or {})
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch = epoch
@@ -236,8 +231,6 @@ class Trainer:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        if self.hooks is not None and self.hooks.state_dict is not None:
-            state["hooks"] = self.hooks.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,6 +244,4 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        if self.hooks is not None and self.hooks.load_state_dict is not None and "hooks" in state:
-            self.hooks.load_state_dict(state["hooks"])
         self.epoch = int(state["epoch"])

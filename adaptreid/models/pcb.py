@@ -281,9 +281,6 @@ class PCBHead(nn.Module):
             pooled = [fmap[:, :, a:b].amax(dim=(2, 3)) for a, b in rows]
         return torch.stack(pooled, dim=1)
 
-    #: the name of :meth:`pool_parts` before the 9-region layouts existed
-    stripes = pool_parts
-
     def reset_classifier(self, num_classes: int, weight: Tensor | None = None) -> None:
         """Replace the classifier by a fresh one for ``num_classes`` classes (bias-free).
 
