@@ -24,10 +24,13 @@ import scipy.sparse as sp
 import torch
 
 from adaptreid.errors import ConfigError, TrainingError
-from adaptreid.pseudo import clustering
 from adaptreid.pseudo.camera_norm import camera_normalize
 from adaptreid.pseudo.quality import label_quality, pseudo_label_stats
 from adaptreid.pseudo.selection import select_clusters
+
+from . import dbscan
+from .cluster_base import DEFAULT_BLOCK_SIZE
+from .clustering import cluster
 
 __all__ = [
     "JACCARD_EPS_GRID",
@@ -197,8 +200,8 @@ def _no_cluster_error(method, raw, info, params, kth=None) -> TrainingError:
 
 def _kth(x, graph, params) -> np.ndarray:
     if params["distance"] == "jaccard":
-        return clustering.kth_neighbor_distance(distance=graph, k=params["min_samples"])
-    return clustering.kth_neighbor_distance(x, k=params["min_samples"], metric=params["distance"])
+        return dbscan.kth_neighbor_distance(distance=graph, k=params["min_samples"])
+    return dbscan.kth_neighbor_distance(x, k=params["min_samples"], metric=params["distance"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +229,7 @@ def make_pseudo_labels(
     true_pids=None,
     seed: int = 0,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> PseudoLabels:
     """Pseudo-labels of the target training set: the MSPLR pipeline (seed 000, Fig. 1).
 
@@ -298,7 +301,7 @@ def make_pseudo_labels(
     x = prepare_features(features, cams, camera_norm, l2_after)
     graph = _jaccard(x, k1, k2, jaccard) if distance == "jaccard" else None
     metric = "cosine" if distance == "cosine" else "euclidean"
-    raw = clustering.cluster(
+    raw = cluster(
         None if graph is not None and method == "dbscan" else x,
         method=method,
         distance=graph,
@@ -340,7 +343,7 @@ def sweep_eps(
     min_cameras: int = 2,
     true_pids=None,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> list[dict]:
     """DBSCAN pseudo-labels for each eps in ``eps_values``: one row of statistics per eps.
 
@@ -366,13 +369,13 @@ def sweep_eps(
     if distance == "jaccard":
         graph = _jaccard(x, k1, k2, jaccard)
     else:
-        graph = clustering.radius_neighbors_graph(
+        graph = dbscan.radius_neighbors_graph(
             x, eps_values[-1], metric=distance, block_size=block_size
         )
     truth = _array1d(true_pids)
     rows = []
     for eps in eps_values:
-        raw = clustering.cluster(distance=graph, method="dbscan", eps=eps, min_samples=min_samples)
+        raw = cluster(distance=graph, method="dbscan", eps=eps, min_samples=min_samples)
         labels, info = _selected(raw, cams, select, min_size, min_cameras)
         stats = pseudo_label_stats(labels, cams)
         row = {
@@ -484,7 +487,7 @@ def auto_eps(
     num: int = 15,
     true_pids=None,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[float, list[dict], str]:
     """Choose DBSCAN's eps without labels: sweep ``num`` candidates and apply
     :func:`recommend_eps`. Returns ``(eps, sweep rows, reason)``.
