@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptreid.pseudo.kreciprocal import jaccard_distance, topk_neighbors
+from adaptreid.pseudo.kreciprocal import jaccard_distance
+from adaptreid.pseudo.topk import topk_neighbors
 from adaptreid.runtime import distributed as D
 
 

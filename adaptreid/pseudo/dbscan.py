@@ -162,7 +162,7 @@ def kth_neighbor_distance(
     if features is None:
         raise ConfigError("kth_neighbor_distance needs features or a distance")
     check_metric(metric)
-    from adaptreid.pseudo.kreciprocal import topk_neighbors
+    from adaptreid.pseudo.topk import topk_neighbors
 
     x = as_tensor(features).to(torch.float32)
     if metric == "cosine":
