@@ -65,7 +65,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError
-from .datasets import _BBOX_FOLDERS, DATASETS, ReidDataset, _load_named_folders
+from .datasets import DATASETS, ReidDataset
+from .folders import BBOX_FOLDERS, load_named_folders
 from .synthetic_render import (
     CAMERAS,
     DOMAINS,
@@ -277,7 +278,7 @@ def _is_complete(folder: Path, spec: SyntheticSpec) -> bool:
     """``folder`` holds exactly what ``spec`` generates (marker and file counts)."""
     if _read_marker(folder) != _marker(spec):
         return False
-    for split, sub in _BBOX_FOLDERS.items():
+    for split, sub in BBOX_FOLDERS.items():
         try:
             n = sum(1 for e in os.scandir(folder / sub) if _FILE_RE.match(e.name))
         except OSError:
@@ -297,7 +298,7 @@ def _write(folder: Path, spec: SyntheticSpec) -> None:
         lo_w = max(4, int(round(spec.width / cam.downsample)))
         rng = np.random.default_rng([spec.seed, dom, 0xCA, k])
         backgrounds.append(draw_background(cam, rng, lo_h * SUPERSAMPLE, lo_w * SUPERSAMPLE * 4))
-    for sub in _BBOX_FOLDERS.values():
+    for sub in BBOX_FOLDERS.values():
         (folder / sub).mkdir(parents=True)
     n_train = spec.num_train_ids
     for pid in range(1, n_train + spec.num_test_ids + 1):
@@ -307,11 +308,11 @@ def _write(folder: Path, spec: SyntheticSpec) -> None:
                 rng = np.random.default_rng([spec.seed, dom, pid, k, frame])
                 pixels = render_image(ident, cam, backgrounds[k], rng, spec.height, spec.width)
                 if pid <= n_train:
-                    sub = _BBOX_FOLDERS["train"]
+                    sub = BBOX_FOLDERS["train"]
                 elif frame <= spec.queries_per_id_per_camera:
-                    sub = _BBOX_FOLDERS["query"]
+                    sub = BBOX_FOLDERS["query"]
                 else:
-                    sub = _BBOX_FOLDERS["gallery"]
+                    sub = BBOX_FOLDERS["gallery"]
                 Image.fromarray(pixels, "RGB").save(
                     folder / sub / _file_name(pid, k, frame), compress_level=1
                 )
@@ -326,7 +327,7 @@ def _remove_ours(folder: Path) -> None:
     for entry in folder.iterdir():
         if entry.name in (MARKER, README):
             continue
-        if entry.name in _BBOX_FOLDERS.values() and entry.is_dir() and not entry.is_symlink():
+        if entry.name in BBOX_FOLDERS.values() and entry.is_dir() and not entry.is_symlink():
             foreign += [p for p in entry.iterdir() if not (_FILE_RE.match(p.name) and p.is_file())]
         else:
             foreign.append(entry)
@@ -337,7 +338,7 @@ def _remove_ours(folder: Path) -> None:
             f"not write ({listed}{', ...' if len(foreign) > 5 else ''}); move them away or "
             "choose another folder"
         )
-    for sub in _BBOX_FOLDERS.values():
+    for sub in BBOX_FOLDERS.values():
         if (folder / sub).is_dir():
             shutil.rmtree(folder / sub)
     (folder / README).unlink(missing_ok=True)
@@ -444,10 +445,10 @@ def _load(name: str, domain: str, root: str | os.PathLike[str], **kw: object) ->
     differ from what is there redraw it."""
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if all(v is None for v in kw.values()) and _existing_spec(folder, domain) is not None:
-        return _load_named_folders(name, folder, _BBOX_FOLDERS)
+        return load_named_folders(name, folder, BBOX_FOLDERS)
     kw["preset"] = kw.get("preset") or "demo"
     base = generate_synthetic_reid(folder, domain=domain, **kw)  # type: ignore[arg-type]
-    return _load_named_folders(name, base, _BBOX_FOLDERS)
+    return load_named_folders(name, base, BBOX_FOLDERS)
 
 
 @DATASETS.register("synthetic-source", "syn-source")

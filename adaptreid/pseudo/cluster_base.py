@@ -14,6 +14,14 @@ import torch
 
 from ..errors import ConfigError
 
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_MAX_PAIRS",
+    "HDBSCAN_DENSE_LIMIT",
+    "relabel",
+    "within_radius",
+]
+
 Method = Literal["dbscan", "kmeans", "hdbscan"]
 Metric = Literal["euclidean", "cosine"]
 HdbscanImpl = Literal["sparse", "dense"]

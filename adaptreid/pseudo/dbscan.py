@@ -23,6 +23,8 @@ from .cluster_base import (
     within_radius,
 )
 
+__all__ = ["dbscan_labels", "kth_neighbor_distance", "radius_neighbors_graph"]
+
 # --------------------------------------------------------------------------------------------
 # exact radius neighbourhood graph
 # --------------------------------------------------------------------------------------------

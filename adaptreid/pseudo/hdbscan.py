@@ -14,6 +14,13 @@ import scipy.sparse as sp
 from ..errors import ConfigError
 from .cluster_base import as_numpy, check_distance, finite_float, relabel
 
+__all__ = [
+    "hdbscan_labels",
+    "hdbscan_sparse",
+    "sparse_core_distances",
+    "sparse_mutual_reachability_mst",
+]
+
 # --------------------------------------------------------------------------------------------
 # HDBSCAN on a sparse precomputed distance (no N x N array)
 # --------------------------------------------------------------------------------------------

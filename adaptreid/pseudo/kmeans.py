@@ -13,6 +13,8 @@ import torch
 from ..errors import ConfigError
 from .cluster_base import as_numpy, as_tensor, relabel
 
+__all__ = ["KMeansResult", "kmeans", "kmeans_labels"]
+
 # --------------------------------------------------------------------------------------------
 # k-means (torch): blocked matrix products, k-means++ seeding on a sample, Lloyd iterations
 # --------------------------------------------------------------------------------------------
