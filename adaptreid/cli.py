@@ -180,12 +180,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .config import load_config
-    from .data.datasets import open_dataset
+    from .data.datasets import ground_truth, open_dataset
     from .data.loaders import build_test_loader
     from .data.transforms import build_transforms
     from .engine.extract import extract_features
-    from .engine.pseudo_step import SWEEP_KEYS, pseudo_label_kwargs
-    from .pseudo.labels import auto_eps, recommend_eps, sweep_eps
+    from .engine.pseudo_step import StepFeatures
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
 
@@ -204,17 +203,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
         if args.features:
             _save_features(args.features, args.checkpoint, dataset, feats)
-    pids = np.array([s.pid for s in dataset.train])
-    gt = pids if (pids >= 0).all() else None
+    gt = ground_truth(dataset.train)
     if cfg.pseudo.method != "dbscan":
         raise AdaptReIDError(
             f"adaptreid cluster sweeps DBSCAN's eps; pseudo.method is {cfg.pseudo.method!r}"
         )
-    cameras_known = bool(len(feats.camids)) and bool((np.asarray(feats.camids) >= 0).all())
-    all_kwargs = pseudo_label_kwargs(cfg.pseudo, cfg.seed, cameras_known=cameras_known)
-    kwargs = {k: all_kwargs[k] for k in SWEEP_KEYS}
+    # the loop's step object: the same settings, prepared rows and Jaccard distance
+    sf = StepFeatures(feats, cfg.pseudo, seed=cfg.seed, true_pids=gt)
     if args.eps_sweep == "auto":  # the candidates pseudo.auto_eps would try
-        _, rows, _ = auto_eps(feats.feats, feats.camids, true_pids=gt, **kwargs)
         eps_values = None
     elif args.eps_sweep:
         try:
@@ -226,15 +222,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         eps_values = [round(v, 6) for v in np.arange(a, b + step / 2, step)]
     else:
         eps_values = [cfg.pseudo.eps]
-    if eps_values is not None:
-        rows = sweep_eps(feats.feats, feats.camids, eps_values, true_pids=gt, **kwargs)
+    rows, eps, reason = sf.eps_sweep(eps_values)
     print(
         f"{dataset.name} train: {len(dataset.train)} images; DBSCAN on "
-        f"{kwargs['distance']} distance, camera normalisation "
-        f"{'on' if kwargs['camera_norm'] else 'off'}"
+        f"{sf.settings.distance} distance, camera normalisation "
+        f"{'on' if sf.settings.camera_norm else 'off'}"
     )
     print(format_sweep(rows))
-    eps, reason = recommend_eps(rows)
     print(f"recommended eps: {eps}  ({reason})")
     if gt is not None:
         print("(precision / recall / F1 / NMI use the dataset's identities: analysis only)")

@@ -15,8 +15,8 @@ from test_train import _write_market
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.engine.loop import adapt
-from adaptreid.engine.pseudo_step import hdbscan_sizes
 from adaptreid.errors import ConfigError
+from adaptreid.pseudo.settings import hdbscan_sizes
 from adaptreid.rundir.checkpoint import load_checkpoint
 
 

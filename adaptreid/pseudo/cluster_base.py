@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import ConfigError
+from .settings import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_PAIRS, HDBSCAN_DENSE_LIMIT
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -27,16 +28,6 @@ Metric = Literal["euclidean", "cosine"]
 HdbscanImpl = Literal["sparse", "dense"]
 KMeansImpl = Literal["torch", "sklearn"]
 
-#: Rows (and columns) of one distance block: 2048 x 2048 float32 = 16 MB.
-DEFAULT_BLOCK_SIZE = 2048
-#: Largest N for which ``hdbscan_impl="dense"`` (the comparison path) densifies a sparse
-#: distance: scikit-learn's HDBSCAN works on a float64 N x N matrix, 8 N^2 bytes (1.35 GB at
-#: N = 13k, 3.2 GB at N = 20k). The default sparse path has no limit.
-HDBSCAN_DENSE_LIMIT = 20_000
-#: Default cap on stored pairs of a radius graph (~1.6 GB): beyond it eps is almost surely far
-#: too large (every image a neighbour of thousands), and a clear error beats running out of
-#: memory.
-DEFAULT_MAX_PAIRS = 100_000_000
 _METRICS = ("euclidean", "cosine")
 HDBSCAN_IMPLS = ("sparse", "dense")
 KMEANS_IMPLS = ("torch", "sklearn")

@@ -38,19 +38,14 @@ the algorithm's internal numbering.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ConfigError
 from .cluster_base import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_MAX_PAIRS,
-    HDBSCAN_DENSE_LIMIT,
     HDBSCAN_IMPLS,
     KMEANS_IMPLS,
-    HdbscanImpl,
-    KMeansImpl,
-    Method,
-    Metric,
     check_distance,
     check_metric,
     finite_float,
@@ -59,6 +54,7 @@ from .cluster_base import (
 from .dbscan import dbscan_labels
 from .hdbscan import hdbscan_labels
 from .kmeans import kmeans_labels
+from .settings import ClusterSettings
 
 __all__ = ["cluster"]
 
@@ -66,34 +62,22 @@ _METHODS = ("dbscan", "kmeans", "hdbscan")
 
 
 def cluster(
-    features=None,
-    *,
-    method: Method = "dbscan",
-    distance=None,
-    eps: float = 0.42,
-    min_samples: int | None = None,
-    k: int | None = None,
-    min_cluster_size: int = 10,
-    seed: int = 0,
-    metric: Metric = "euclidean",
-    n_init: int = 1,
-    fill: float = 1.0,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    max_pairs: int = DEFAULT_MAX_PAIRS,
-    hdbscan_dense_limit: int = HDBSCAN_DENSE_LIMIT,
-    hdbscan_impl: HdbscanImpl = "sparse",
-    kmeans_impl: KMeansImpl = "torch",
+    features=None, settings: ClusterSettings | None = None, *, distance=None, **changes: Any
 ) -> np.ndarray:
     """Cluster target images into pseudo identities; returns (N,) labels, -1 for outliers.
 
     Args:
         features: (N, D) features (numpy or torch). Needed for k-means; for DBSCAN / HDBSCAN
             when no ``distance`` is given.
-        method: "dbscan" (MSPLR section 3.3.2), "kmeans" (section 3.3.1, eq. 1) or "hdbscan"
-            (PAST section 2.2).
         distance: optional (N, N) precomputed distance, dense array or sparse matrix (e.g. the
             k-reciprocal Jaccard CSR, or a :func:`radius_neighbors_graph`). Sparse: missing
             entries mean "farther than eps" for DBSCAN and ``fill`` for HDBSCAN.
+        settings: a :class:`~adaptreid.pseudo.settings.ClusterSettings` (default: its
+            defaults), passed whole; ``changes`` are keyword changes of it
+            (``cluster(x, method="kmeans", k=4)``). Its fields:
+
+        method: "dbscan" (MSPLR section 3.3.2), "kmeans" (section 3.3.1, eq. 1) or "hdbscan"
+            (PAST section 2.2).
         eps: DBSCAN neighbourhood radius (paper: 0.35 for DukeMTMC, 0.42 for Market-1501 as
             target, on L2-normalised features; see :mod:`adaptreid.pseudo.camera_norm`).
         min_samples: DBSCAN / HDBSCAN core-point size, the point itself included. ``None``:
@@ -121,6 +105,8 @@ def cluster(
         int64 labels relabelled ``0..C-1`` in order of first appearance, -1 = outlier
         (k-means never returns -1).
     """
+    s = (settings or ClusterSettings()).replace(**changes)
+    method, metric, min_samples = s.method, s.metric, s.min_samples
     if method not in _METHODS:
         raise ConfigError(f"method must be one of {_METHODS}, got {method!r}")
     check_metric(metric)
@@ -133,26 +119,27 @@ def cluster(
         raise ConfigError(f"min_samples must be a positive integer, got {min_samples!r}")
 
     if method == "dbscan":
-        eps = positive_float(eps, "DBSCAN eps")
+        eps = positive_float(s.eps, "DBSCAN eps")
         ms = 4 if min_samples is None else int(min_samples)
-        return dbscan_labels(features, distance, eps, ms, metric, block_size, max_pairs)
+        return dbscan_labels(features, distance, eps, ms, metric, s.block_size, s.max_pairs)
     if method == "kmeans":
         if features is None:
             raise ConfigError("k-means needs features (it cannot use a precomputed distance)")
-        if kmeans_impl not in KMEANS_IMPLS:
-            raise ConfigError(f"kmeans_impl must be one of {KMEANS_IMPLS}, got {kmeans_impl!r}")
-        return kmeans_labels(features, k, seed, n_init, kmeans_impl)
-    if hdbscan_impl not in HDBSCAN_IMPLS:
-        raise ConfigError(f"hdbscan_impl must be one of {HDBSCAN_IMPLS}, got {hdbscan_impl!r}")
-    if int(min_cluster_size) != min_cluster_size or min_cluster_size < 2:
-        raise ConfigError(f"min_cluster_size must be an integer >= 2, got {min_cluster_size!r}")
+        if s.kmeans_impl not in KMEANS_IMPLS:
+            raise ConfigError(f"kmeans_impl must be one of {KMEANS_IMPLS}, got {s.kmeans_impl!r}")
+        return kmeans_labels(features, s.k, s.seed, s.n_init, s.kmeans_impl)
+    if s.hdbscan_impl not in HDBSCAN_IMPLS:
+        raise ConfigError(f"hdbscan_impl must be one of {HDBSCAN_IMPLS}, got {s.hdbscan_impl!r}")
+    mcs = s.min_cluster_size
+    if int(mcs) != mcs or mcs < 2:
+        raise ConfigError(f"min_cluster_size must be an integer >= 2, got {mcs!r}")
     return hdbscan_labels(
         features,
         distance,
-        int(min_cluster_size),
+        int(mcs),
         None if min_samples is None else int(min_samples),
         metric,
-        finite_float(fill, "fill"),
-        hdbscan_impl,
-        int(hdbscan_dense_limit),
+        finite_float(s.fill, "fill"),
+        s.hdbscan_impl,
+        int(s.hdbscan_dense_limit),
     )
