@@ -143,7 +143,7 @@ def test_commands_refuse_keys_they_ignore(capsys):
 
 
 def test_paper_presets_name_their_weights_and_fail_clearly_without_them(tmp_path, capsys):
-    for preset in ("source/market1501_ibn.yaml", "past/source_market1501_pcb.yaml"):
+    for preset in ("source/market1501_ibn.yaml", "source/market1501_pcb.yaml"):
         cfg = load_config(preset)
         assert cfg.model.pretrained  # never a silent random initialisation
     src = _write_market(tmp_path / "src", ids=tuple(range(1, 5)))

@@ -446,13 +446,13 @@ def test_rtl_inside_msplr(tmp_path, source_and_target):
 
 def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
     """The PCB head trains on the labelled source with triplet + cross-entropy (the source
-    presets configs/past/source_*_pcb.yaml), and PAST then keeps that network as is."""
+    presets configs/source/*_pcb.yaml), and PAST then keeps that network as is."""
     torch.set_num_threads(1)
     src = _write_market(tmp_path / "src", ids=tuple(range(1, 5)))
     args = [
         "train",
         "--config",
-        "configs/past/source_market1501_pcb.yaml",
+        "configs/source/market1501_pcb.yaml",
         "-q",
         f"output_dir={tmp_path / 'runs'}",
         "name=pcb",
