@@ -11,7 +11,7 @@ from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.engine.supervised import train_source
 from adaptreid.errors import ConfigError
-from adaptreid.rundir.checkpoint import load_checkpoint
+from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _write_market(root, ids=(1, 2, 3, 4, 5, 6), test_ids=(20, 21, 22), seed=0):
@@ -99,6 +99,20 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
     records2 = _epochs(run2.path)
     assert [r["epoch"] for r in records2] == [1, 2, 3]
     assert records2[-1]["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
+
+    # a run folder whose checkpoint is in the old source-training format (version 1: no
+    # record count) still resumes, to the same model
+    run3 = train_source(_cfg(tmp_path, "name=t3", "train.epochs=1"), verbose=False)
+    old = load_checkpoint(run3.last)
+    assert old["version"] == 2 and old["records"] == 1
+    del old["records"]
+    save_checkpoint({**old, "version": 1}, run3.last)
+    text = (run3.path / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 3\n")
+    (run3.path / "config.yaml").write_text(text)
+    train_source(_cfg(tmp_path, "name=t3"), resume=True, verbose=False)
+    for k, v in full["model"].items():
+        assert torch.allclose(v.float(), load_checkpoint(run3.last)["model"][k].float(), atol=1e-5)
+    assert [r["epoch"] for r in _epochs(run3.path)] == [1, 2, 3]
 
 
 def test_new_run_refuses_to_overwrite(tmp_path):

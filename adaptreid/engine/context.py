@@ -15,13 +15,11 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.bad_images import BadImageLog
 from ..data.datasets import ReidDataset, Sample
 from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..models import ReidModel
 from ..rundir.run import RunDir
-from ..runtime import distributed as D
 from .builders import train_loader
 from .extract import Features, extract_features
 
@@ -110,7 +108,6 @@ class LoopContext:
     state: LoopState = field(default_factory=LoopState)
     bad_images: str = "skip"
     """``data.bad_images`` resolved for the target (``auto``: skip)."""
-    bad_log: BadImageLog = field(default_factory=BadImageLog)
 
     @property
     def step(self) -> int:
@@ -125,13 +122,6 @@ class LoopContext:
         """A P x K loader over ``samples`` with ``cfg.data``'s augmentation (unreadable images
         dropped from their batch in skip mode)."""
         return train_loader(self.cfg, samples, bad_images=self.bad_images)
-
-    def note_bad(self, items, where: str) -> None:
-        """Record unreadable images ``(index, path, reason)`` once each (``bad_images.json``)."""
-        if items and self.bad_log.add_many(items, where=where) and D.is_main():
-            self.bad_log.save(self.run.path)
-            for _, path, reason in items:
-                log.warning("skipping unreadable image %s (%s) in %s", path, reason, where)
 
     def extract(self, model: ReidModel, *, normalize: bool, desc: str = "") -> Features:
         """Features of the target training images, in dataset order (test-time transform),
@@ -156,7 +146,7 @@ class LoopContext:
             desc=desc or f"step {self.state.step} features",
             verbose=self.verbose,
         )
-        self.note_bad(feats.dropped, desc or f"step {self.state.step} features")
+        self.run.note_bad(feats.dropped, desc or f"step {self.state.step} features")
         return feats
 
     def drop_unreadable(self, feats: Features) -> None:

@@ -33,14 +33,12 @@ import logging
 import math
 import time
 
-from ..config import Config, to_dict
-from ..data.bad_images import BadImageLog
+from ..config import Config
 from ..data.datasets import ground_truth
 from ..errors import ConfigError, TrainingError
 from ..evaluation.label_free import label_free_scores
 from ..models import ReidModel
 from ..models.build import model_from_arch
-from ..rundir.checkpoint import rng_state, set_rng_state
 from ..rundir.model_io import load_model_state, model_from_checkpoint
 from ..rundir.run import RunDir
 from ..runtime import distributed as D
@@ -111,7 +109,6 @@ class AdaptationLoop:
             self.verbose,
             true_pids=ground_truth(target.train),
             bad_images=bad_images_mode(cfg, "target"),
-            bad_log=BadImageLog.load(self.run_dir.path),
         )
         self.method: AdaptationMethod = method_class(cfg.method.name)(cfg, self.ctx)
         self.rule = cfg.adapt.select
@@ -145,12 +142,12 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
-            on_bad=lambda bad: self.ctx.note_bad(bad, "final evaluation"),
+            on_bad=lambda bad: self.run_dir.note_bad(bad, "final evaluation"),
         )
-        if len(self.ctx.bad_log):
+        if len(self.run_dir.bad_log):
             log.warning(
                 "%d unreadable target image(s) were skipped: listed in %s and report.md",
-                len(self.ctx.bad_log),
+                len(self.run_dir.bad_log),
                 self.run_dir.path / "bad_images.json",
             )
         D.barrier()
@@ -199,8 +196,7 @@ class AdaptationLoop:
         model = model_from_arch(state["arch"])
         load_model_state(model, state["model"], source=str(self.run_dir.last))
         self.ctx.state = LoopState.from_dict(state["loop"])
-        set_rng_state(state["rng"])
-        self.run_dir.truncate_records(self.state.records)
+        self.run_dir.restore(state)
         self.ctx.exclude(self.state.excluded)
         s = self.state
         where = (
@@ -335,7 +331,7 @@ class AdaptationLoop:
                     desc=desc,
                     verbose=self.verbose,
                     hooks=spec.hooks,
-                    on_bad_images=lambda bad, d=desc: self.ctx.note_bad(bad, f"{d} training"),
+                    on_bad_images=lambda bad, d=desc: self.run_dir.note_bad(bad, f"{d} training"),
                 )
                 if s.trainer is not None:  # resuming inside this stage
                     trainer.load_state_dict({**s.trainer, "model": model.state_dict()})
@@ -396,7 +392,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
-            on_bad=lambda bad: self.ctx.note_bad(bad, f"step {self.state.step} evaluation"),
+            on_bad=lambda bad: self.run_dir.note_bad(bad, f"step {self.state.step} evaluation"),
         )
         self._add_time("evaluate", time.perf_counter() - t0)
         return out
@@ -408,19 +404,8 @@ class AdaptationLoop:
         t0 = time.perf_counter()
         s = self.state
         s.records = self.run_dir.num_records()
-        self.run_dir.save(
-            {
-                "format": "adaptreid-checkpoint",
-                "version": 2,
-                "method": self.method.name,
-                "arch": model.arch,
-                "model": model.state_dict(),
-                "input_size": [self.cfg.data.height, self.cfg.data.width],
-                "config": to_dict(self.cfg),
-                "loop": s.to_dict(),
-                "rng": rng_state(),
-            },
-            best=best,
+        self.run_dir.save_state(
+            model, self.cfg, best=best, method=self.method.name, loop=s.to_dict()
         )
         if not s.step_done:
             self._add_time("checkpoint", time.perf_counter() - t0)
