@@ -416,7 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(tr)
     tr.set_defaults(func=cmd_train)
 
-    ad = sub.add_parser("adapt", help="unsupervised adaptation to the target dataset (msplr, past)")
+    ad = sub.add_parser(
+        "adapt",
+        help="unsupervised adaptation to the target (method: msplr | past | cluster_contrast)",
+    )
     _add_run_args(ad)
     ad.set_defaults(func=cmd_adapt)
 

@@ -198,7 +198,8 @@ def evaluate_cfg(
     bad_images: str = "error",
     on_bad: Callable[[list], Any] | None = None,
 ):
-    """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, and
+    """:func:`~adaptreid.engine.evaluator.evaluate_model` (every setting explicit) with the
+    run's settings (input size, loader, ``eval.*``, and
     the run's resolved ``amp`` / ``channels_last``, by default ``train.*``'s). With
     ``bad_images="skip"`` unreadable query / gallery images are left out and handed to
     ``on_bad`` as ``(index, path, reason)`` items."""
@@ -238,9 +239,9 @@ def format_metrics(m: dict) -> str:
 def evaluate_on(
     cfg: Config, model: ReidModel, dataset: ReidDataset, device, **kw
 ) -> dict[str, float]:
-    """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery (rank 0 computes; the
-    result is broadcast so every rank takes the same decisions). ``kw``: of
-    :func:`evaluate_cfg`."""
+    """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery: :func:`evaluate_cfg` on
+    rank 0 only, the metrics broadcast so every rank takes the same decisions (what training
+    and adaptation call). ``kw``: of :func:`evaluate_cfg`."""
     metrics = None
     if D.is_main():
         metrics = evaluate_cfg(cfg, model, dataset, device, **kw).metrics()

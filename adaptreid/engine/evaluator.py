@@ -90,6 +90,12 @@ def evaluate_model(
 ) -> EvalOutput:
     """Rank the gallery for every query (Market protocol) and compute CMC / mAP / mINP.
 
+    The three evaluation entry points, from the bottom: this one takes every setting
+    explicitly (``adaptreid evaluate`` on a checkpoint); :func:`~adaptreid.engine.builders.
+    evaluate_cfg` fills them from a run's config; :func:`~adaptreid.engine.builders.
+    evaluate_on` runs that on rank 0 and broadcasts the metrics, so every rank of a
+    distributed run takes the same decisions.
+
     With ``rerank`` the distance is the k-reciprocal re-ranking of Zhong et al. (CVPR 2017),
     computed by the sparse engine in :mod:`adaptreid.pseudo.kreciprocal`. ``bad_images``:
     ``"error"`` (an unreadable image raises, naming it) or ``"skip"`` (it is left out and

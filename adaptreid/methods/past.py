@@ -30,6 +30,24 @@ authors' released script); the RTL batch layout (:mod:`adaptreid.methods.past_rt
 the stored Jaccard entries (euclidean order, :mod:`adaptreid.pseudo.ranking`); eq. 7 on the
 normalised features (``classifier_init``). S_min's reading: ``pseudo.s_min_reading``.
 
+Where each part of PAST lives (this file is the algorithm box):
+
+* options (``method.*``): :class:`adaptreid.method_options.PASTOptions`;
+* eq. 1, k-reciprocal Jaccard distance: :mod:`adaptreid.pseudo.kreciprocal` (top-k:
+  :mod:`adaptreid.pseudo.topk`), computed once per step by
+  :class:`adaptreid.engine.pseudo_step.StepFeatures`;
+* eq. 2, the ranking score matrix D_R as a neighbour table: :mod:`adaptreid.pseudo.ranking`;
+* HDBSCAN with S_min (section 3.4; ``pseudo.s_min_reading``): :mod:`adaptreid.pseudo.hdbscan`,
+  settings from :class:`adaptreid.pseudo.settings.PseudoSettings`;
+* eq. 3-5, CTL + lambda RTL: :mod:`adaptreid.losses.past_loss` (on
+  :mod:`adaptreid.losses.triplet` and :mod:`adaptreid.losses.ranking_triplet`);
+* the RTL batches (anchors, positives from ranks 1..eta, negatives from eta+1..2 eta):
+  :mod:`adaptreid.methods.past_rtl`;
+* eq. 6-7, the promoting stage's classifier from cluster means:
+  :func:`adaptreid.pseudo.centroids.cluster_means` and :func:`promoting_loss`;
+* the PCB model (section 3.1): :mod:`adaptreid.models.pcb`; the source presets
+  ``configs/source/*_pcb*.yaml``; the adaptation presets ``configs/past/``.
+
 Table 1's rows are ``method.use_ctl`` / ``use_rtl`` / ``use_promoting``; Table 2's are
 ``pseudo.method: hdbscan | dbscan | kmeans``. Mixing: ``pseudo.camera_norm: true`` puts MSPLR's
 eq. 4 before the Jaccard distance, ``pseudo.select: true`` MSPLR's cluster selection.
