@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cluster_contrast import _cc_args
-from test_msplr import _adapt_args
-from test_past import _past_args
+from conftest import adapt_args, cc_args, past_args
 
 from adaptreid.rundir.checkpoint import load_checkpoint
 
@@ -42,11 +40,11 @@ LONGER = ["adapt.max_steps=4"]
 
 def _command(method: str, tmp, ckpt, tgt, name: str) -> list[str]:
     config, args = {
-        "msplr": ("configs/msplr/base.yaml", _adapt_args(tmp, ckpt, tgt, name, *LONGER)),
-        "past": ("configs/past/base.yaml", _past_args(tmp, ckpt, tgt, name, *LONGER)),
+        "msplr": ("configs/msplr/base.yaml", adapt_args(tmp, ckpt, tgt, name, *LONGER)),
+        "past": ("configs/past/base.yaml", past_args(tmp, ckpt, tgt, name, *LONGER)),
         "cluster_contrast": (
             "configs/cluster_contrast/base.yaml",
-            _cc_args(tmp, ckpt, tgt, name, *LONGER),
+            cc_args(tmp, ckpt, tgt, name, *LONGER),
         ),
     }[method]
     return [sys.executable, "-m", "adaptreid", "adapt", "--config", config, "-q", *args]

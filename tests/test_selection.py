@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import DEMO_TINY
 
 from adaptreid.config import load_config
 from adaptreid.engine import loop as loop_mod
@@ -39,7 +40,14 @@ def source(tmp_path_factory):
     roots = [f"data.source_root={tmp / 'data-src'}", f"data.target_root={tmp / 'data-tgt'}"]
     cfg = load_config(
         "demo/source.yaml",
-        [f"output_dir={tmp}", "name=src", *roots, *TINY, "train.epochs=2", "train.eval_every=1"],
+        [
+            f"output_dir={tmp}",
+            "name=src",
+            *roots,
+            *DEMO_TINY,
+            "train.epochs=2",
+            "train.eval_every=1",
+        ],
     )
     train_source(cfg, verbose=False)
     return tmp, tmp / "src" / "checkpoints" / "best.pt", roots
@@ -57,7 +65,7 @@ def _run(source, name, rule, monkeypatch, *extra):
             f"output_dir={tmp}",
             f"name={name}",
             *roots,
-            *TINY,
+            *DEMO_TINY,
             f"adapt.init_checkpoint={ckpt}",
             f"adapt.select={rule}",
             "adapt.max_steps=3",

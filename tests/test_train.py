@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
@@ -14,36 +14,13 @@ from adaptreid.errors import ConfigError
 from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
 
 
-def _write_market(root, ids=(1, 2, 3, 4, 5, 6), test_ids=(20, 21, 22), seed=0):
-    """Images whose colour encodes the identity (plus noise), two cameras."""
-    rng = np.random.default_rng(seed)
-
-    def img(pid, cam):
-        base = np.array([(pid * 40) % 256, (pid * 90) % 256, (pid * 150) % 256], float)
-        arr = base + rng.normal(0, 20, (32, 16, 3)) + (15 if cam == 2 else 0)
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-    for sub, pids, cams, n in (
-        ("bounding_box_train", ids, (1, 2), 2),
-        ("query", test_ids, (1,), 1),
-        ("bounding_box_test", test_ids, (2,), 2),
-    ):
-        d = root / sub
-        d.mkdir(parents=True, exist_ok=True)
-        for pid in pids:
-            for cam in cams:
-                for i in range(n):
-                    img(pid, cam).save(d / f"{pid:04d}_c{cam}s1_{i:06d}_00.jpg")
-    return root
-
-
 def _epochs(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
 
 
 def _cfg(tmp_path, *extra):
-    data = _write_market(tmp_path / "market")
+    data = write_identity_market(tmp_path / "market")
     return load_config(
         None,
         [
@@ -123,7 +100,7 @@ def test_new_run_refuses_to_overwrite(tmp_path):
 
 
 def test_cli_train_then_evaluate_checkpoint(tmp_path, capsys):
-    data = _write_market(tmp_path / "m")
+    data = write_identity_market(tmp_path / "m")
     args = [
         "train",
         "--config",
