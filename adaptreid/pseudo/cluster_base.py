@@ -6,7 +6,6 @@ shared constants."""
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,10 +22,6 @@ __all__ = [
     "within_radius",
 ]
 
-Method = Literal["dbscan", "kmeans", "hdbscan"]
-Metric = Literal["euclidean", "cosine"]
-HdbscanImpl = Literal["sparse", "dense"]
-KMeansImpl = Literal["torch", "sklearn"]
 
 _METRICS = ("euclidean", "cosine")
 HDBSCAN_IMPLS = ("sparse", "dense")

@@ -15,13 +15,13 @@ from ..errors import ConfigError
 from .cluster_base import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAX_PAIRS,
-    Metric,
     as_tensor,
     check_metric,
     relabel,
     sorted_csr,
     within_radius,
 )
+from .settings import Metric
 
 __all__ = ["dbscan_labels", "kth_neighbor_distance", "radius_neighbors_graph"]
 

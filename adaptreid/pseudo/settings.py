@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError
 
@@ -27,6 +27,11 @@ __all__ = [
     "PseudoSettings",
     "hdbscan_sizes",
 ]
+
+Method = Literal["dbscan", "kmeans", "hdbscan"]
+Metric = Literal["euclidean", "cosine"]
+HdbscanImpl = Literal["sparse", "dense"]
+KMeansImpl = Literal["torch", "sklearn"]
 
 #: HDBSCAN's min_cluster_size in the authors' released PAST code (the ``hdbscan`` default).
 RELEASED_CODE_MIN_CLUSTER_SIZE = 5
@@ -58,7 +63,7 @@ def _replace(obj: Any, changes: dict[str, Any]) -> Any:
 class ClusterSettings:
     """The arguments of :func:`adaptreid.pseudo.clustering.cluster` (see it for each)."""
 
-    method: str = "dbscan"
+    method: Method = "dbscan"
     """dbscan (MSPLR section 3.3.2) | kmeans (section 3.3.1, eq. 1) | hdbscan (PAST 2.2)."""
     eps: float = 0.42
     """DBSCAN radius."""
@@ -70,7 +75,7 @@ class ClusterSettings:
     """HDBSCAN's smallest cluster (PAST's S_min)."""
     seed: int = 0
     """k-means random state."""
-    metric: str = "euclidean"
+    metric: Metric = "euclidean"
     """euclidean | cosine: the distance between features (DBSCAN / HDBSCAN on features)."""
     n_init: int = 1
     """k-means restarts."""
@@ -79,8 +84,8 @@ class ClusterSettings:
     block_size: int = DEFAULT_BLOCK_SIZE
     max_pairs: int = DEFAULT_MAX_PAIRS
     hdbscan_dense_limit: int = HDBSCAN_DENSE_LIMIT
-    hdbscan_impl: str = "sparse"
-    kmeans_impl: str = "torch"
+    hdbscan_impl: HdbscanImpl = "sparse"
+    kmeans_impl: KMeansImpl = "torch"
 
     def replace(self, **changes: Any) -> ClusterSettings:
         return _replace(self, changes)
