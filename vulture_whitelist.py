@@ -13,6 +13,9 @@ _._get_closed_form_lr
 worker_id
 # scipy.sparse's flag, set after sorting the indices in place (pseudo.kreciprocal, dbscan)
 _.has_sorted_indices
+# function metadata set on the synthetic datasets' factories (adaptreid.data.synthetic)
+_.__qualname__
+_.__doc__
 # registered dataset factories, called by name through adaptreid.data.datasets.DATASETS
 market1501
 dukemtmc

@@ -451,52 +451,60 @@ def _load(name: str, domain: str, root: str | os.PathLike[str], **kw: object) ->
     return load_named_folders(name, base, BBOX_FOLDERS)
 
 
-@DATASETS.register("synthetic-source", "syn-source")
-def synthetic_source(
-    root: str | os.PathLike[str],
-    preset: str | None = None,
-    seed: int | None = None,
-    num_train_ids: int | None = None,
-    num_test_ids: int | None = None,
-    images_per_id_per_camera: int | None = None,
-    num_cameras: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    camera_shift: float | None = None,
-) -> ReidDataset:
-    """The built-in synthetic *source* domain (bright, neutral cameras), drawn into ``root``
-    on first use (see :func:`generate_synthetic_reid`; ``preset`` ``demo`` unless given, or
-    the dataset already in ``root`` when no option is given); labelled."""
-    return _load(
-        "synthetic-source", "source", root, preset=preset, seed=seed,
-        num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-        images_per_id_per_camera=images_per_id_per_camera, num_cameras=num_cameras,
-        height=height, width=width, camera_shift=camera_shift,
-    )  # fmt: skip
+_DOMAIN_OPTIONS = (
+    "preset",
+    "seed",
+    "num_train_ids",
+    "num_test_ids",
+    "images_per_id_per_camera",
+    "num_cameras",
+    "height",
+    "width",
+    "camera_shift",
+)
 
 
-@DATASETS.register("synthetic-target", "syn-target")
-def synthetic_target(
-    root: str | os.PathLike[str],
-    preset: str | None = None,
-    seed: int | None = None,
-    num_train_ids: int | None = None,
-    num_test_ids: int | None = None,
-    images_per_id_per_camera: int | None = None,
-    num_cameras: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    camera_shift: float | None = None,
-) -> ReidDataset:
-    """The built-in synthetic *target* domain (dark, tinted, blurred, low-resolution
-    cameras), drawn into ``root`` on first use. Its train pids are the truth (for pseudo-label
-    quality reports); adaptation treats them as unknown."""
-    return _load(
-        "synthetic-target", "target", root, preset=preset, seed=seed,
-        num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-        images_per_id_per_camera=images_per_id_per_camera, num_cameras=num_cameras,
-        height=height, width=width, camera_shift=camera_shift,
-    )  # fmt: skip
+def _domain_dataset(name: str, domain: str, doc: str):
+    """The registered factory of one synthetic domain: its options are the
+    :class:`SyntheticSpec` fields ``generate_synthetic_reid`` takes (all optional)."""
 
+    def factory(
+        root: str | os.PathLike[str],
+        preset: str | None = None,
+        seed: int | None = None,
+        num_train_ids: int | None = None,
+        num_test_ids: int | None = None,
+        images_per_id_per_camera: int | None = None,
+        num_cameras: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        camera_shift: float | None = None,
+    ) -> ReidDataset:
+        given = locals()
+        return _load(name, domain, root, **{k: given[k] for k in _DOMAIN_OPTIONS})
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return factory
+
+
+synthetic_source = DATASETS.register("synthetic-source", "syn-source")(
+    _domain_dataset(
+        "synthetic-source",
+        "source",
+        """The built-in synthetic *source* domain (bright, neutral cameras), drawn into
+        ``root`` on first use (see :func:`generate_synthetic_reid`; ``preset`` ``demo`` unless
+        given, or the dataset already in ``root`` when no option is given); labelled.""",
+    )
+)
+synthetic_target = DATASETS.register("synthetic-target", "syn-target")(
+    _domain_dataset(
+        "synthetic-target",
+        "target",
+        """The built-in synthetic *target* domain (dark, tinted, blurred, low-resolution
+        cameras), drawn into ``root`` on first use. Its train pids are the truth (for
+        pseudo-label quality reports); adaptation treats them as unknown.""",
+    )
+)
 
 __all__ += ["synthetic_source", "synthetic_target"]
