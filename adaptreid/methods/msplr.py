@@ -36,7 +36,7 @@ from ..losses.past_loss import RankingTripletAugmented
 from ..losses.reid_loss import build_reid_loss
 from ..method_options import MSPLROptions
 from ..pseudo.ranking import ranked_neighbors
-from .past_rtl import ranking_triplet_loader
+from .past_rtl import step_loader
 
 FROZEN, FINETUNE = "frozen", "finetune"
 
@@ -84,17 +84,8 @@ class MSPLR(AdaptationMethod):
         criterion = build_reid_loss(cfg.loss, n_cls, model.feat_dim).to(ctx.device)
         center_opt = criterion.center_optimizer(cfg.loss.center_lr)
         samples = pseudo_samples(ctx.target.train, labels)
-        seed = ctx.seed
         if cfg.loss.rtl_weight > 0:  # + w L_RTL, with RTL triplets in the batches
-            loader = ranking_triplet_loader(
-                cfg,
-                ctx.target.train,
-                labels,
-                ranked=extra["ranked"],
-                eta=self.opt.rtl_eta,
-                seed=seed,
-                bad_images=ctx.bad_images,
-            )
+            loader = step_loader(ctx, labels, ranked=extra["ranked"], eta=self.opt.rtl_eta)
             criterion = RankingTripletAugmented(
                 criterion, weight=cfg.loss.rtl_weight, eta=self.opt.rtl_eta, margin=cfg.loss.margin
             )

@@ -67,7 +67,7 @@ from ..method_options import PASTOptions
 from ..models import BACKBONES, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
-from .past_rtl import ranking_triplet_loader
+from .past_rtl import step_loader
 
 log = logging.getLogger("adaptreid")
 
@@ -168,8 +168,6 @@ class PAST(AdaptationMethod):
 
     def build_stage(self, stage, model, labels, extra):
         p, cfg, step = self.opt, self.cfg, self.ctx.step
-        seed = self.ctx.seed
-        train = self.ctx.target.train
         if stage == CONSERVATIVE:  # line 6
             criterion = ConservativeLoss(
                 eta=p.eta,
@@ -178,23 +176,12 @@ class PAST(AdaptationMethod):
                 use_ctl=p.use_ctl,
                 use_rtl=p.use_rtl,
             )
-            ranked = extra.get("ranked")
-            loader = ranking_triplet_loader(
-                cfg,
-                train,
-                labels,
-                ranked=None if ranked is None else np.asarray(ranked, dtype=np.int64),
-                eta=p.eta,
-                seed=seed,
-                bad_images=self.ctx.bad_images,
-            )
+            loader = step_loader(self.ctx, labels, ranked=extra.get("ranked"), eta=p.eta)
             return Stage(
                 criterion, conservative_optimizer(cfg, model, step), loader, p.conservative_epochs
             )
         criterion = promoting_loss(self.num_classes(labels), model.feat_dim)  # line 10
-        loader = ranking_triplet_loader(
-            cfg, train, labels, seed=seed, bad_images=self.ctx.bad_images
-        )
+        loader = step_loader(self.ctx, labels)
         return Stage(criterion, promoting_optimizer(cfg, model, step), loader, p.promoting_epochs)
 
 

@@ -28,7 +28,12 @@ from ..engine.builders import identities_per_batch, train_transform
 from ..losses.ranking_triplet import sample_rtl_pairs
 from ..runtime import distributed as D
 
-__all__ = ["RankingTripletBatchSampler", "collate_triplets", "ranking_triplet_loader"]
+__all__ = [
+    "RankingTripletBatchSampler",
+    "collate_triplets",
+    "ranking_triplet_loader",
+    "step_loader",
+]
 
 
 class RankingTripletBatchSampler:
@@ -149,4 +154,20 @@ def ranking_triplet_loader(
         persistent_workers=False,  # re-created each epoch: seeds from the trainer's generator
         worker_init_fn=seed_worker if d.num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def step_loader(ctx, labels: np.ndarray, *, ranked: np.ndarray | None = None, eta: int = 20):
+    """:func:`ranking_triplet_loader` over this step's target images, with the loop's step
+    seed and unreadable-image mode (``ctx``: the method's
+    :class:`~adaptreid.engine.context.LoopContext`), so a method states only its own
+    choices (the ranking table, eta)."""
+    return ranking_triplet_loader(
+        ctx.cfg,
+        ctx.target.train,
+        labels,
+        ranked=ranked,
+        eta=eta,
+        seed=ctx.seed,
+        bad_images=ctx.bad_images,
     )
