@@ -227,7 +227,7 @@ def test_ddp_ranks_skip_a_too_short_batch_together(tmp_path):
 
 def test_trainer_epoch_goes_on_over_bad_training_images(target):
     from adaptreid.data.datasets import relabel
-    from adaptreid.engine.trainer import Trainer
+    from adaptreid.engine.trainer import Stage, Trainer
     from adaptreid.losses.reid_loss import ReidLoss
     from adaptreid.models import build_model
 
@@ -237,7 +237,8 @@ def test_trainer_epoch_goes_on_over_bad_training_images(target):
     crit = ReidLoss(len(pids), model.feat_dim)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = build_train_loader(train, TF, 2, 2, seed=0, bad_images="skip")
-    trainer = Trainer(model, crit, opt, loader, device=torch.device("cpu"), verbose=False)
+    stage = Stage(crit, opt, loader, epochs=2)
+    trainer = Trainer(model, stage, device=torch.device("cpu"), verbose=False)
     for epoch in (1, 2):
         stats = trainer.train_epoch(epoch)
         assert np.isfinite(stats["loss"])

@@ -156,7 +156,6 @@ MANY_PARAMETERS = {
     "adaptreid/data/transforms.py:build_transforms",
     "adaptreid/engine/extract.py:extract_features",
     "adaptreid/engine/optim.py:build_optimizer",
-    "adaptreid/engine/trainer.py:__init__",
     "adaptreid/evaluation/metrics.py:evaluate_rank",
     "adaptreid/models/build.py:build_model",
     "adaptreid/pseudo/kmeans.py:kmeans",

@@ -57,7 +57,7 @@ from .context import LoopContext, LoopState, step_seed
 from .extract import Features
 from .method import AdaptationMethod, method_class
 from .pseudo_step import StepFeatures
-from .trainer import Trainer
+from .trainer import Trainer, TrainSettings
 
 log = logging.getLogger("adaptreid")
 
@@ -315,22 +315,19 @@ class AdaptationLoop:
             spec = self.method.build_stage(name, model, s.labels, s.extra)
             if spec is not None:
                 desc = f"step {s.step}" if len(stages) == 1 else f"step {s.step} {name}"
-                trainer = Trainer(
-                    model,
-                    spec.criterion,
-                    spec.optimizer,
-                    spec.loader,
-                    device=self.device,
-                    scheduler=spec.scheduler,
-                    extra_optimizers=list(spec.extra_optimizers),
-                    freeze_epochs=spec.freeze_epochs,
+                settings = TrainSettings(
                     amp=self.ctx.amp,
                     channels_last=self.ctx.channels_last,
                     iters_per_epoch=cfg.train.iters_per_epoch,
                     seed=step_seed(cfg.seed, s.step),
                     desc=desc,
                     verbose=self.verbose,
-                    hooks=spec.hooks,
+                )
+                trainer = Trainer(
+                    model,
+                    spec,
+                    settings,
+                    device=self.device,
                     on_bad_images=lambda bad, d=desc: self.run_dir.note_bad(bad, f"{d} training"),
                 )
                 if s.trainer is not None:  # resuming inside this stage

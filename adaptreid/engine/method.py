@@ -22,15 +22,13 @@ method".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..config import registered_method
 from ..registry import METHOD_OPTIONS, METHODS
+from .trainer import Stage, TrainHooks
 
 if TYPE_CHECKING:
     from ..config import Config, MethodOptions
@@ -64,41 +62,6 @@ def method_class(name: str) -> type[AdaptationMethod]:
     """The registered method ``name`` (``import adaptreid.methods`` registers the built-in
     ones; the engine never imports a method)."""
     return registered_method(name)
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks around the trainer's work (fast-reid's hooks), optional.
-
-    * ``after_step(outputs, batch)``: after every optimiser step, with the batch's training
-      outputs (detached by the hook if it keeps them), e.g. a memory-bank update. State the
-      hook updates belongs to the criterion (an ``nn.Module`` buffer), which the trainer
-      checkpoints.
-
-    State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
-    sync, e.g. by gathering the batch features of every rank
-    (``adaptreid.runtime.distributed``) before the update, so that every rank applies the
-    same update.
-    """
-
-    after_step: Callable[[dict, dict], None] | None = None
-
-
-@dataclass
-class Stage:
-    """One training stage of a step, as a method builds it (:meth:`AdaptationMethod.build_stage`).
-
-    The loop runs ``epochs`` epochs of a :class:`~adaptreid.engine.trainer.Trainer` built
-    from these parts, checkpointing after each; ``scheduler`` is stepped per epoch."""
-
-    criterion: Any
-    optimizer: torch.optim.Optimizer
-    loader: Any
-    epochs: int
-    scheduler: Any = None
-    extra_optimizers: Sequence[Any] = ()
-    freeze_epochs: int = 0
-    hooks: TrainHooks = field(default_factory=TrainHooks)
 
 
 class AdaptationMethod:

@@ -33,7 +33,7 @@ from .builders import (
     seed_everything,
     train_loader,
 )
-from .trainer import Trainer
+from .trainer import Stage, Trainer, TrainSettings
 
 log = logging.getLogger("adaptreid")
 
@@ -59,20 +59,27 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
     optimizer, scheduler = optimizer_from_cfg(cfg, model)
     center_opt = criterion.center_optimizer(cfg.loss.center_lr)
-    trainer = Trainer(
-        model,
+    stage = Stage(
         criterion,
         optimizer,
         train_loader(cfg, train, bad_images=mode),
-        device=device,
+        epochs=cfg.train.epochs,
         scheduler=scheduler,
         extra_optimizers=[center_opt] if center_opt else [],
         freeze_epochs=cfg.train.freeze_epochs,
+    )
+    settings = TrainSettings(
         amp=amp,
         channels_last=channels_last,
         iters_per_epoch=cfg.train.iters_per_epoch,
         seed=cfg.seed,
         verbose=verbose,
+    )
+    trainer = Trainer(
+        model,
+        stage,
+        settings,
+        device=device,
         on_bad_images=lambda items: note_bad(items, f"training epoch {trainer.epoch + 1}"),
     )
     precision = {"amp": ev_amp, "channels_last": ev_cl, "bad_images": mode}  # evaluation
