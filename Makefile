@@ -24,8 +24,12 @@ test: setup
 demo: setup
 	$(BIN)/adaptreid demo
 
+# lint: style (ruff), the layers of README "The code" (import-linter, pyproject.toml) and
+# dead code (vulture at 60% confidence; names only frameworks call are in vulture_whitelist.py).
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/vulture adaptreid vulture_whitelist.py --min-confidence 60
 
 format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -51,9 +51,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data.datasets import open_dataset
     from .engine.evaluator import evaluate_model
-    from .engine.extract import resolve_device
-    from .engine.model_io import model_from_checkpoint
     from .models import build_model
+    from .rundir.model_io import model_from_checkpoint
+    from .runtime.device import resolve_device
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from . import methods  # noqa: F401  (registers the built-in methods)
     from .config import load_config
     from .engine.loop import adapt
 
@@ -160,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine.export import export_checkpoint
+    from .export.onnx import export_checkpoint
 
     report = export_checkpoint(
         args.checkpoint,
@@ -179,13 +180,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .config import load_config
-    from .data.datasets import open_dataset
+    from .data.datasets import ground_truth, open_dataset
     from .data.loaders import build_test_loader
     from .data.transforms import build_transforms
-    from .engine.extract import extract_features, resolve_device
-    from .engine.model_io import model_from_checkpoint
-    from .engine.pseudo_step import SWEEP_KEYS, pseudo_label_kwargs
-    from .pseudo.labels import auto_eps, recommend_eps, sweep_eps
+    from .engine.extract import extract_features
+    from .engine.pseudo_step import StepFeatures
+    from .rundir.model_io import model_from_checkpoint
+    from .runtime.device import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
@@ -202,17 +203,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
         if args.features:
             _save_features(args.features, args.checkpoint, dataset, feats)
-    pids = np.array([s.pid for s in dataset.train])
-    gt = pids if (pids >= 0).all() else None
+    gt = ground_truth(dataset.train)
     if cfg.pseudo.method != "dbscan":
         raise AdaptReIDError(
             f"adaptreid cluster sweeps DBSCAN's eps; pseudo.method is {cfg.pseudo.method!r}"
         )
-    cameras_known = bool(len(feats.camids)) and bool((np.asarray(feats.camids) >= 0).all())
-    all_kwargs = pseudo_label_kwargs(cfg.pseudo, cfg.seed, cameras_known=cameras_known)
-    kwargs = {k: all_kwargs[k] for k in SWEEP_KEYS}
+    # the loop's step object: the same settings, prepared rows and Jaccard distance
+    sf = StepFeatures(feats, cfg.pseudo, seed=cfg.seed, true_pids=gt)
     if args.eps_sweep == "auto":  # the candidates pseudo.auto_eps would try
-        _, rows, _ = auto_eps(feats.feats, feats.camids, true_pids=gt, **kwargs)
         eps_values = None
     elif args.eps_sweep:
         try:
@@ -224,15 +222,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         eps_values = [round(v, 6) for v in np.arange(a, b + step / 2, step)]
     else:
         eps_values = [cfg.pseudo.eps]
-    if eps_values is not None:
-        rows = sweep_eps(feats.feats, feats.camids, eps_values, true_pids=gt, **kwargs)
+    rows, eps, reason = sf.eps_sweep(eps_values)
     print(
         f"{dataset.name} train: {len(dataset.train)} images; DBSCAN on "
-        f"{kwargs['distance']} distance, camera normalisation "
-        f"{'on' if kwargs['camera_norm'] else 'off'}"
+        f"{sf.settings.distance} distance, camera normalisation "
+        f"{'on' if sf.settings.camera_norm else 'off'}"
     )
     print(format_sweep(rows))
-    eps, reason = recommend_eps(rows)
     print(f"recommended eps: {eps}  ({reason})")
     if gt is not None:
         print("(precision / recall / F1 / NMI use the dataset's identities: analysis only)")
@@ -273,7 +269,7 @@ def _cached_features(path, checkpoint, dataset):
 def _save_features(path, checkpoint, dataset, feats) -> None:
     import torch
 
-    from .engine.checkpoint import save_checkpoint
+    from .rundir.checkpoint import save_checkpoint
 
     save_checkpoint(
         {
@@ -288,7 +284,7 @@ def _save_features(path, checkpoint, dataset, feats) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .engine.report import write_report
+    from .report.report import write_report
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
@@ -420,7 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(tr)
     tr.set_defaults(func=cmd_train)
 
-    ad = sub.add_parser("adapt", help="unsupervised adaptation to the target dataset (msplr, past)")
+    ad = sub.add_parser(
+        "adapt",
+        help="unsupervised adaptation to the target (method: msplr | past | cluster_contrast)",
+    )
     _add_run_args(ad)
     ad.set_defaults(func=cmd_adapt)
 

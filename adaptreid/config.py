@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .method_options import MethodOptions
+from .registry import METHOD_OPTIONS, METHODS
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -239,7 +241,7 @@ class Config:
     method: Any = field(default_factory=lambda: method_options("msplr"))
     """The adaptation method of ``adaptreid adapt`` and its options: a mapping whose ``name``
     picks the method (msplr | past | cluster_contrast) and whose other keys are checked
-    against that method's own options dataclass (``adaptreid.methods``). ``method: past``
+    against that method's own options dataclass (:mod:`adaptreid.method_options`). ``method: past``
     alone means the method with its default options."""
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -274,21 +276,9 @@ def load_config(
 # --------------------------------------------------------------------------- method section
 
 
-@dataclass
-class MethodOptions:
-    """Base of every adaptation method's options (the ``method:`` section of a config).
-
-    A method declares its own subclass (``adaptreid.methods.msplr.MSPLROptions``, ...): the
-    keys of the section are checked against it, with "Did you mean" hints."""
-
-    name: str = ""
-
-
 def method_options(name: str, data: dict[str, Any] | None = None) -> MethodOptions:
     """The options dataclass of method ``name`` filled from ``data`` (checked)."""
-    from .engine.method import method_class  # the methods register themselves there
-
-    cls = method_class(name).Options
+    cls = METHOD_OPTIONS.get(name)
     return from_dict(cls, {**(data or {}), "name": str(name).lower()}, "method.")
 
 
@@ -344,9 +334,7 @@ def check_command_keys(cfg: Config, given: set[str], command: str) -> None:
                 if key.startswith(prefix):
                     problems.append(f"{key}: {why}")
     elif command == "adapt":
-        from .engine.method import method_class
-
-        cls = method_class(cfg.method.name)
+        cls = registered_method(cfg.method.name)
         for key in sorted(given):
             why = next((w for k, w in cls.ignored.items() if key == k or key.startswith(k)), None)
             if why:
@@ -368,6 +356,18 @@ def check_command_keys(cfg: Config, given: set[str], command: str) -> None:
             f"`adaptreid {command}` refuses config keys it would ignore:\n  "
             + "\n  ".join(problems)
         )
+
+
+def registered_method(name: str) -> Any:
+    """The method class registered as ``name``, with a hint when the methods were not
+    imported (``adaptreid.methods`` registers the built-in ones; the config layer never
+    imports them)."""
+    if name not in METHODS and name in METHOD_OPTIONS:
+        raise ConfigError(
+            f"adaptation method {name!r} has options but no registered method: import "
+            "adaptreid.methods (the built-in methods) or your method's module first"
+        )
+    return METHODS.get(name)
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -448,11 +448,9 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(hints[f.name]):
             keys.extend(valid_keys(hints[f.name], name + "."))
         elif cls is Config and f.name == "method":
-            from .engine.method import METHODS
-
-            for m in METHODS.names():
+            for m in METHOD_OPTIONS.names():
                 keys.extend(
-                    k for k in valid_keys(METHODS.get(m).Options, "method.") if k not in keys
+                    k for k in valid_keys(METHOD_OPTIONS.get(m), "method.") if k not in keys
                 )
     return keys
 

@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import methods  # noqa: F401  (registers the built-in methods)
 from .config import Config, load_config
 from .engine.loop import LABEL_FREE_RULES, adapt
-from .engine.report import pick_step
-from .engine.run import RunDir
 from .engine.supervised import train_source
 from .errors import ConfigError, DatasetError
+from .report.report import pick_step
+from .rundir.run import RunDir
 
 log = logging.getLogger("adaptreid")
 

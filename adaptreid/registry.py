@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
 
@@ -50,3 +50,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+#: The adaptation methods by name (``method: <name>``), filled by
+#: :func:`adaptreid.engine.method.register_method` when a method's module is imported
+#: (``import adaptreid.methods`` registers the built-in ones).
+METHODS: Registry[Any] = Registry("adaptation method")
+
+#: Each method's options dataclass by method name. The built-in ones are registered by
+#: :mod:`adaptreid.method_options`, which :mod:`adaptreid.config` imports, so that a config is
+#: built and checked without importing any method.
+METHOD_OPTIONS: Registry[Any] = Registry("adaptation method")

@@ -6,13 +6,13 @@ Cases (synthetic re-ID-like 2048-d features of ``benchmarks/kreciprocal.py``):
 * ``hdbscan-<N>``: HDBSCAN (min_cluster_size 10, PAST's S_min) on the k-reciprocal Jaccard
   distance (k1 = 20, k2 = 6). The Jaccard CSR is computed once by the driver (not timed) and
   saved; each measurement loads it in a fresh process. Implementations: ``sparse``
-  (``adaptreid.pseudo.clustering.hdbscan_sparse``), ``sklearn-dense`` (scikit-learn's
+  (``adaptreid.pseudo.hdbscan.hdbscan_sparse``), ``sklearn-dense`` (scikit-learn's
   ``HDBSCAN(metric="precomputed")`` on the densified float64 matrix, the old path) and, where
   installed, ``hdbscan-pkg`` (the ``hdbscan`` package on the sparse matrix: its missing
   entries mean "no edge", not 1, so its labels differ; shown for time and memory). The
   labels are compared with the dense path's (equal / adjusted Rand index).
 * ``kmeans-<N>``: k-means with k = N // 15 on the features. ``torch`` (adaptreid's default,
-  ``adaptreid.pseudo.clustering.kmeans``), ``sklearn`` (``KMeans(n_init=1)``, the old path) and
+  ``adaptreid.pseudo.kmeans.kmeans``), ``sklearn`` (``KMeans(n_init=1)``, the old path) and
   ``faiss`` (``faiss.Kmeans``, 25 iterations, its default), if faiss-cpu is installed. Every
   inertia is recomputed the same way (float64, from the differences).
 
@@ -99,7 +99,7 @@ def worker(case: str, impl: str, data: str, out_labels: str | None) -> dict:
         base = _peak_gb()
         t0 = time.perf_counter()
         if impl == "sparse":
-            from adaptreid.pseudo.clustering import hdbscan_sparse
+            from adaptreid.pseudo.hdbscan import hdbscan_sparse
 
             labels = hdbscan_sparse(jac, min_cluster_size=MIN_CLUSTER_SIZE)
         elif impl == "sklearn-dense":
@@ -132,7 +132,7 @@ def worker(case: str, impl: str, data: str, out_labels: str | None) -> dict:
         base = _peak_gb()
         t0 = time.perf_counter()
         if impl == "torch":
-            from adaptreid.pseudo.clustering import kmeans
+            from adaptreid.pseudo.kmeans import kmeans
 
             res = kmeans(x, k, seed=seed)
             labels, extra["n_iter"] = res.labels, res.n_iter
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
             ref = np.load(labels_of["sklearn-dense"])
             for impl, path in labels_of.items():
                 lab = np.load(path)
-                from adaptreid.pseudo.clustering import relabel
+                from adaptreid.pseudo.cluster_base import relabel
 
                 entry[impl]["labels_equal_dense"] = bool(np.array_equal(relabel(lab), relabel(ref)))
                 entry[impl]["ari_vs_dense"] = float(adjusted_rand_score(ref, lab))

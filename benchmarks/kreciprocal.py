@@ -212,7 +212,7 @@ def run_child(case: str, impl: str, check_file: str | None, profile: bool) -> di
 def machine() -> dict:
     import torch
 
-    from adaptreid.engine.precision import cpu_model
+    from adaptreid.runtime.precision import cpu_model
 
     model = cpu_model()  # model name + family / model number + bf16 flags
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3

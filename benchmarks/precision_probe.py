@@ -15,8 +15,8 @@ import tempfile
 
 import torch
 
-from adaptreid.engine.precision import machine_id, resolve_precision
 from adaptreid.models.build import build_model
+from adaptreid.runtime.precision import machine_id, resolve_precision
 
 
 def main(argv=None) -> None:

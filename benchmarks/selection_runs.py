@@ -36,7 +36,7 @@ from pathlib import Path
 
 import uda_runs as U
 
-from adaptreid.engine.report import pick_step
+from adaptreid.report.report import pick_step
 
 ROOT = U.ROOT
 RECORDS = ROOT / "benchmarks" / "results" / "selection_runs"

@@ -35,10 +35,10 @@ from adaptreid.config import config_from_saved
 from adaptreid.data.loaders import build_test_loader
 from adaptreid.data.transforms import build_transforms
 from adaptreid.engine.builders import load_dataset
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.extract import extract_features
-from adaptreid.engine.model_io import model_from_checkpoint
 from adaptreid.evaluation.label_free import cross_camera_neighbors, holdout_map
+from adaptreid.rundir.checkpoint import load_checkpoint
+from adaptreid.rundir.model_io import model_from_checkpoint
 
 ROOT = U.ROOT
 RECORDS = ROOT / "benchmarks" / "results" / "selection_runs"

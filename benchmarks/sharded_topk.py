@@ -4,7 +4,7 @@ faiss-cpu's exact ``IndexFlatL2`` search, side by side in one run.
 
 Each rank computes every world-size-th block of the upper block triangle of the N x N
 distance matrix and the N x k tables are merged on all ranks
-(``adaptreid.pseudo.kreciprocal.topk_neighbors(..., distributed=None)``, what
+(``adaptreid.pseudo.topk.topk_neighbors(..., distributed=None)``, what
 ``jaccard_distance`` does by default). On one machine the
 ranks share its cores (``torch.set_num_threads(cores // world)`` per rank), so 2 ranks on 2
 cores are the same compute as 1 process on 2 cores: the figure of interest here is the cost
@@ -82,7 +82,7 @@ def worker(mode: str, n: int, k: int, out_idx: str | None) -> None:
         seconds = time.perf_counter() - t0
         res = {"seconds": seconds, "peak_gb": _peak_gb(), "threads": cores}
     else:
-        from adaptreid.pseudo.kreciprocal import topk_neighbors
+        from adaptreid.pseudo.topk import topk_neighbors
 
         if mode == "dist":
             import torch.distributed as dist

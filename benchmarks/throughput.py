@@ -63,7 +63,7 @@ def _builders():
 
 
 def _bare_steps(model, crit, opts, batch, amp, channels_last, steps) -> float:
-    from adaptreid.engine.extract import autocast
+    from adaptreid.runtime.device import autocast
 
     dev = torch.device("cpu")
     x = batch["img"]
@@ -86,7 +86,7 @@ def _bare_steps(model, crit, opts, batch, amp, channels_last, steps) -> float:
 
 @torch.no_grad()
 def _bare_forward(model, x, amp, channels_last, reps) -> float:
-    from adaptreid.engine.extract import autocast
+    from adaptreid.runtime.device import autocast
 
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     from adaptreid.data.loaders import build_test_loader
     from adaptreid.data.transforms import build_transforms
     from adaptreid.engine.extract import extract_features
-    from adaptreid.engine.trainer import Trainer
+    from adaptreid.engine.trainer import Stage, Trainer, TrainSettings
     from adaptreid.losses.reid_loss import build_reid_loss
 
     b = _builders()
@@ -172,28 +172,19 @@ def main(argv=None) -> None:
         opt, sched = b.optimizer_from_cfg(cfg, model)
         center_opt = crit.center_optimizer(cfg.loss.center_lr)
         loader = b.train_loader(cfg, train)
+        settings = TrainSettings(amp=amp, channels_last=cl, verbose=False)
         trainer = Trainer(
             model,
-            crit,
-            opt,
-            loader,
+            Stage(crit, opt, loader, epochs=1, extra_optimizers=[center_opt]),
+            settings,
             device=torch.device("cpu"),
-            extra_optimizers=[center_opt],
-            amp=amp,
-            channels_last=cl,
             iters_per_epoch=args.iters,
-            verbose=False,
         )
         mem = Trainer(
             model,
-            crit,
-            opt,
-            [],  # filled with the fixed batch below
+            Stage(crit, opt, [], epochs=1, extra_optimizers=[center_opt]),  # batch set below
+            settings,
             device=torch.device("cpu"),
-            extra_optimizers=[center_opt],
-            amp=amp,
-            channels_last=cl,
-            verbose=False,
         )
         return {
             "model": model,

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from adaptreid.engine.extract import autocast
-from adaptreid.engine.precision import cpu_model
 from adaptreid.losses.reid_loss import ReidLoss
 from adaptreid.models import build_model
+from adaptreid.runtime.device import autocast
+from adaptreid.runtime.precision import cpu_model
 
 
 def step_time(model, crit, opt, x, y, *, amp: str, steps: int) -> float:

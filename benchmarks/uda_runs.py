@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptreid.engine.precision import cpu_model
+from adaptreid.runtime.precision import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/adaptreid-heavy.lock"
@@ -110,7 +110,7 @@ RUNS: list[Run] = [
     ),
     # PAST from a PCB source model (Table 1's "PCB (DT)" start) instead of a new PCB head on
     # the BNNeck source's trunk
-    Run("source_market1501_pcb_cpu", "train", "past/source_market1501_pcb_cpu.yaml"),
+    Run("source_market1501_pcb_cpu", "train", "source/market1501_pcb_cpu.yaml"),
     Run(
         "past_m2d_pcbsrc",
         "adapt",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptreid.engine.report import pick_step  # noqa: E402
+from adaptreid.report.report import pick_step  # noqa: E402
 
 RULES = ("agreement", "snd", "cross_camera", "last")
 

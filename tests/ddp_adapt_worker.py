@@ -14,8 +14,8 @@ import torch
 import adaptreid.engine.pseudo_step as P
 import adaptreid.methods.msplr as M
 from adaptreid.config import load_config
-from adaptreid.engine import distributed as D
 from adaptreid.engine.loop import adapt
+from adaptreid.runtime import distributed as D
 
 seen = {"cluster_calls": 0, "auto_eps_calls": 0, "labels": []}
 _make, _auto, _samples = P.make_pseudo_labels, P.auto_eps, M.pseudo_samples

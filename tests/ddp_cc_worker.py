@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from adaptreid.config import load_config
-from adaptreid.engine import distributed as D
 from adaptreid.engine.loop import adapt
 from adaptreid.methods import cluster_contrast as CC
+from adaptreid.runtime import distributed as D
 
 seen = {"memory": [], "batch": [], "local_batch": []}
 _update = CC.ClusterMemoryLoss.update

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptreid.engine import distributed as D
-from adaptreid.pseudo.kreciprocal import jaccard_distance, topk_neighbors
+from adaptreid.pseudo.kreciprocal import jaccard_distance
+from adaptreid.pseudo.topk import topk_neighbors
+from adaptreid.runtime import distributed as D
 
 
 def features(n=300, d=6, seed=0):

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adaptreid.engine import distributed as D
 from adaptreid.engine.optim import build_optimizer
-from adaptreid.engine.trainer import Trainer
+from adaptreid.engine.trainer import Stage, Trainer
 from adaptreid.losses.reid_loss import ReidLoss
 from adaptreid.models import build_model
+from adaptreid.runtime import distributed as D
 
 STEPS = 2  # one step per epoch: epoch 1 with the body frozen (MSPLR), epoch 2 all trainable
 BATCH = 8
@@ -64,16 +64,15 @@ def run_steps(batch: dict[str, torch.Tensor], device: torch.device) -> list[dict
     # MSPLR eq. 5 without its triplet term: label-smoothed CE + 0.005 centre loss
     crit = ReidLoss(NUM_IDS, model.feat_dim, triplet_weight=0.0, center_weight=0.005)
     opt = build_optimizer(model, name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
-    trainer = Trainer(
-        model,
+    stage = Stage(
         crit,
         opt,
         [batch],  # the loader: one batch per epoch
-        device=device,
+        epochs=STEPS,
         extra_optimizers=[crit.center_optimizer(0.5)],
         freeze_epochs=1,
-        verbose=False,
     )
+    trainer = Trainer(model, stage, device=device, verbose=False)
     states = [{"model": _copy(model.state_dict()), "center": crit.center.centers.detach().clone()}]
     for epoch in range(1, STEPS + 1):
         trainer.train_epoch(epoch)

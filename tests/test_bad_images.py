@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_market
-from PIL import Image
+from conftest import corrupt_jpeg, noise_jpeg, write_market
 
 from adaptreid.cli import main
 from adaptreid.data import BadImageLog, build_dataset, collate_skip_bad
@@ -26,28 +25,11 @@ from adaptreid.errors import DatasetError
 TF = build_transforms(16, 8, train=False)
 
 
-def _noise_jpeg(seed: int = 0) -> bytes:
-    import io
-
-    arr = np.random.default_rng(seed).integers(0, 256, (32, 16, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _corrupt() -> bytes:
-    """A JPEG whose header is intact and whose last two thirds are overwritten."""
-    data = bytearray(_noise_jpeg(1))
-    for i in range(len(data) // 3, len(data) - 2):
-        data[i] = 0xFF if i % 2 else 0xD9
-    return bytes(data)
-
-
 # (split folder, file name) -> (bytes, expected start of the reason)
 BAD = {
-    ("bounding_box_train", "0007_c1s1_000001_01.jpg"): (_corrupt(), "is corrupt or truncated"),
+    ("bounding_box_train", "0007_c1s1_000001_01.jpg"): (corrupt_jpeg(), "is corrupt or truncated"),
     ("bounding_box_train", "0009_c2s1_000002_01.jpg"): (
-        _noise_jpeg(2)[: len(_noise_jpeg(2)) // 2],
+        noise_jpeg(2)[: len(noise_jpeg(2)) // 2],
         "is corrupt or truncated",
     ),
     ("query", "0005_c2s1_000001_00.jpg"): (b"", "is empty (0 bytes)"),
@@ -245,7 +227,7 @@ def test_ddp_ranks_skip_a_too_short_batch_together(tmp_path):
 
 def test_trainer_epoch_goes_on_over_bad_training_images(target):
     from adaptreid.data.datasets import relabel
-    from adaptreid.engine.trainer import Trainer
+    from adaptreid.engine.trainer import Stage, Trainer
     from adaptreid.losses.reid_loss import ReidLoss
     from adaptreid.models import build_model
 
@@ -255,7 +237,8 @@ def test_trainer_epoch_goes_on_over_bad_training_images(target):
     crit = ReidLoss(len(pids), model.feat_dim)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = build_train_loader(train, TF, 2, 2, seed=0, bad_images="skip")
-    trainer = Trainer(model, crit, opt, loader, device=torch.device("cpu"), verbose=False)
+    stage = Stage(crit, opt, loader, epochs=2)
+    trainer = Trainer(model, stage, device=torch.device("cpu"), verbose=False)
     for epoch in (1, 2):
         stats = trainer.train_epoch(epoch)
         assert np.isfinite(stats["loss"])

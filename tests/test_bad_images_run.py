@@ -10,27 +10,27 @@ import json
 
 import numpy as np
 import torch
-from test_bad_images import _corrupt, _noise_jpeg
-from test_msplr import _adapt_args, _source
-from test_train import _write_market
+from conftest import adapt_args, corrupt_jpeg, noise_jpeg, train_tiny_source, write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.engine import trainer as trainer_mod
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 #: corrupt, truncated, zero-byte and non-image files placed among the target's images
 BAD = {
-    "bounding_box_train/0031_c1s1_000009_00.jpg": _corrupt(),
-    "bounding_box_train/0033_c2s1_000009_00.jpg": _noise_jpeg(2)[:300],
+    "bounding_box_train/0031_c1s1_000009_00.jpg": corrupt_jpeg(),
+    "bounding_box_train/0033_c2s1_000009_00.jpg": noise_jpeg(2)[:300],
     "bounding_box_train/0035_c1s1_000009_00.jpg": b"",
     "bounding_box_test/0050_c2s1_000009_00.jpg": b"not an image\n",
 }
 
 
 def _target(tmp_path):
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    tgt = write_identity_market(
+        tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     for name, data in BAD.items():
         (tgt / name).write_bytes(data)
     return tgt
@@ -38,8 +38,8 @@ def _target(tmp_path):
 
 def test_adapt_skips_bad_images_once_reports_them_and_resumes(tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    ckpt, tgt = _source(tmp_path), _target(tmp_path)
-    args = _adapt_args(tmp_path, ckpt, tgt, "bad")
+    ckpt, tgt = train_tiny_source(tmp_path), _target(tmp_path)
+    args = adapt_args(tmp_path, ckpt, tgt, "bad")
     assert main(["adapt", "--config", "configs/msplr/base.yaml", "-q", *args]) == 0
     run = tmp_path / "runs" / "bad"
     log = json.loads((run / "bad_images.json").read_text())
@@ -56,7 +56,7 @@ def test_adapt_skips_bad_images_once_reports_them_and_resumes(tmp_path, monkeypa
     assert all(r.get("bad_gallery_images") == 1 for r in recs if r["kind"] == "step")
 
     # killed inside step 2 and resumed: the excluded images stay out, the labels still fit
-    cfg = load_config("configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "cut"))
+    cfg = load_config("configs/msplr/base.yaml", adapt_args(tmp_path, ckpt, tgt, "cut"))
 
     class Stop(Exception):
         pass
@@ -81,8 +81,8 @@ def test_adapt_skips_bad_images_once_reports_them_and_resumes(tmp_path, monkeypa
 
 def test_bad_images_error_mode_names_the_file(tmp_path, capsys):
     torch.set_num_threads(1)
-    ckpt, tgt = _source(tmp_path), _target(tmp_path)
-    args = _adapt_args(tmp_path, ckpt, tgt, "strict", "data.bad_images=error")
+    ckpt, tgt = train_tiny_source(tmp_path), _target(tmp_path)
+    args = adapt_args(tmp_path, ckpt, tgt, "strict", "data.bad_images=error")
     assert main(["adapt", "--config", "configs/msplr/base.yaml", "-q", *args]) == 2
     err = capsys.readouterr().err
     assert "0050_c2s1_000009_00.jpg" in err or "0031_c1s1_000009_00.jpg" in err

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from adaptreid.engine.checkpoint import (
+from adaptreid.errors import CheckpointError
+from adaptreid.rundir.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from adaptreid.errors import CheckpointError
 
 
 def test_round_trip_with_rng_state(tmp_path):
@@ -71,3 +71,42 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
 def test_atomic_write_creates_parents(tmp_path):
     atomic_write_bytes(tmp_path / "a" / "b" / "f.bin", b"abc")
     assert (tmp_path / "a" / "b" / "f.bin").read_bytes() == b"abc"
+
+
+def _run_with_records(tmp_path, records):
+    import json
+
+    from adaptreid.rundir.run import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+RECORDS = [
+    {"kind": "epoch", "epoch": 1},
+    {"kind": "epoch", "epoch": 2},
+    {"kind": "epoch", "epoch": 3},
+    {"kind": "final", "stage": "source"},
+]
+
+
+def test_restore_cuts_records_back_and_restores_the_rng(tmp_path):
+    run = _run_with_records(tmp_path, RECORDS)
+    state = {"version": 2, "rng": rng_state(), "records": 2}
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    run.restore(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert [r.get("epoch") for r in run.read_metrics()] == [1, 2]
+
+
+def test_restore_of_older_checkpoints(tmp_path):
+    # adaptation before the shared format: the count in the loop's state
+    run = _run_with_records(tmp_path / "a", RECORDS)
+    run.restore({"version": 2, "rng": rng_state(), "loop": {"records": 3}})
+    assert len(run.read_metrics()) == 3
+    # source training's version 1: no count; the epoch records up to its epoch, as then
+    run = _run_with_records(tmp_path / "b", RECORDS)
+    run.restore({"version": 1, "rng": rng_state(), "epoch": 2})
+    assert run.read_metrics() == RECORDS[:2]

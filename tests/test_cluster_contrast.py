@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import torchrun
-from test_msplr import _source
-from test_train import _write_market
+from conftest import cc_args, torchrun, train_tiny_source, write_identity_market
 
 from adaptreid.config import load_config
 from adaptreid.engine.loop import adapt
@@ -42,33 +40,14 @@ def test_cluster_nce_and_momentum_update_by_hand():
     assert set(crit.state_dict()) == {"memory"}  # checkpointed with the trainer
 
 
-def _cc_args(tmp, ckpt, tgt, name, *extra):
-    return [
-        f"output_dir={tmp / 'runs'}",
-        f"name={name}",
-        "data.target=market1501",
-        f"data.target_root={tgt}",
-        f"adapt.init_checkpoint={ckpt}",
-        "adapt.max_steps=2",
-        "adapt.epochs_per_step=2",
-        "data.height=32",
-        "data.width=16",
-        "data.batch_size=8",
-        "data.num_instances=2",
-        "data.num_workers=0",
-        "data.pad=2",
-        "pseudo.method=kmeans",
-        "pseudo.kmeans_k=8",
-        *extra,
-    ]
-
-
 def test_cluster_contrast_run_records_memory_training(tmp_path):
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    ckpt = train_tiny_source(tmp_path)
+    tgt = write_identity_market(
+        tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     cfg = load_config(
-        "cluster_contrast/base.yaml", _cc_args(tmp_path, ckpt, tgt, "cc"), command="adapt"
+        "cluster_contrast/base.yaml", cc_args(tmp_path, ckpt, tgt, "cc"), command="adapt"
     )
     run = adapt(cfg, verbose=False)
     recs = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
@@ -83,11 +62,13 @@ def test_cluster_contrast_run_records_memory_training(tmp_path):
 @pytest.mark.slow
 def test_memory_stays_identical_across_two_gloo_ranks(tmp_path):
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    ckpt = train_tiny_source(tmp_path)
+    tgt = write_identity_market(
+        tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     out = tmp_path / "out"
     out.mkdir()
-    args = _cc_args(tmp_path, ckpt, tgt, "ddp_cc", "device=cpu")
+    args = cc_args(tmp_path, ckpt, tgt, "ddp_cc", "device=cpu")
     ddp = torchrun(WORKER, out, *args)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     r0 = json.loads((out / "cc_rank0.json").read_text())

@@ -7,26 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_TINY
 
 from adaptreid.cli import main
 from adaptreid.demo import DemoResult, demo_configs, format_demo_table, run_demo
 
-TINY = [
-    "data.source_options.preset=tiny",
-    "data.target_options.preset=tiny",
-    "data.num_workers=0",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "adapt.max_steps=2",
-    "adapt.epochs_per_step=1",
-    "train.freeze_epochs=0",
-    "optim.warmup_epochs=0",
-]
-
 
 def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "-q", *TINY]) == 0
+    assert main(["demo", "--out", str(out), "-q", *DEMO_TINY]) == 0
     printed = capsys.readouterr().out
     rows = ("source model, supervised", "direct transfer", "label-free pick", "oracle")
     for row in rows:
@@ -61,7 +50,7 @@ def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
 
     # running it again continues the finished runs instead of refusing or retraining
     before = (out / "msplr" / "metrics.jsonl").read_text()
-    result = run_demo(out, overrides=TINY, verbose=False)
+    result = run_demo(out, overrides=DEMO_TINY, verbose=False)
     assert result.adapted["mAP"] == pytest.approx(summary["adapted"]["mAP"])
     assert (out / "msplr" / "metrics.jsonl").read_text().startswith(before.splitlines()[0])
 

@@ -128,7 +128,7 @@ def test_a_single_process_on_a_gpu_gets_an_indexed_device(monkeypatch, name, exp
     """``device: cuda`` (or ``auto`` on a GPU machine) without torchrun: ``set_device`` needs an
     index, so ``init`` names the current device. (A real H200 failed here with "Expected a
     torch.device with a specified index"; CI has no GPU, so CUDA is stood in for.)"""
-    from adaptreid.engine import distributed as D
+    from adaptreid.runtime import distributed as D
 
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

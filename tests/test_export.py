@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from adaptreid.cli import main
-from adaptreid.engine.checkpoint import save_checkpoint
-from adaptreid.engine.export import ExportError, export_checkpoint, export_model
 from adaptreid.errors import ConfigError
+from adaptreid.export.onnx import ExportError, export_checkpoint, export_model
 from adaptreid.models import build_model
+from adaptreid.rundir.checkpoint import save_checkpoint
 
 
 def _trained_like(model):
@@ -102,7 +102,7 @@ def test_torchscript_matches_pytorch(tmp_path, backbone, kw):
 
 
 def test_export_refuses_a_model_that_disagrees(tmp_path, monkeypatch):
-    import adaptreid.engine.export as ex
+    import adaptreid.export.onnx as ex
 
     model = _trained_like(build_model("small_cnn"))
     monkeypatch.setattr(

@@ -8,16 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_msplr import COMMON, _adapt_args, _source
-from test_past import _past_args
-from test_train import _write_market
+from conftest import COMMON, adapt_args, past_args, train_tiny_source, write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
-from adaptreid.engine.pseudo_step import hdbscan_sizes
 from adaptreid.errors import ConfigError
+from adaptreid.pseudo.settings import hdbscan_sizes
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 
 def _records(run_dir):
@@ -43,7 +41,7 @@ def test_msplr_paper_schedule_freezes_before_the_whole_schedule(source_and_targe
     ]
     paper = load_config(
         "configs/msplr/base.yaml",
-        [*_adapt_args(tmp, ckpt, tgt, "paper", *extra), "method.freeze=before_schedule"],
+        [*adapt_args(tmp, ckpt, tgt, "paper", *extra), "method.freeze=before_schedule"],
         command="adapt",
     )
     epochs = [r for r in _records(adapt(paper, verbose=False).path) if r["kind"] == "epoch"]
@@ -59,7 +57,7 @@ def test_msplr_paper_schedule_freezes_before_the_whole_schedule(source_and_targe
     assert paper_lrs[:2] == pytest.approx([lr, lr])  # frozen: constant base lr
     inside = load_config(
         "configs/msplr/base.yaml",
-        [*_adapt_args(tmp, ckpt, tgt, "inside", *extra), "method.freeze=inside_schedule"],
+        [*adapt_args(tmp, ckpt, tgt, "inside", *extra), "method.freeze=inside_schedule"],
         command="adapt",
     )
     epochs = [r for r in _records(adapt(inside, verbose=False).path) if r["kind"] == "epoch"]
@@ -90,7 +88,7 @@ def test_past_table2_kmeans_row_runs(source_and_target):
     """k-means clusters the features even though PAST's distance is the Jaccard one; the
     ranking for RTL still comes from the Jaccard distance."""
     tmp, ckpt, tgt = source_and_target
-    args = _past_args(tmp, ckpt, tgt, "km", "pseudo.method=kmeans", "pseudo.kmeans_k=8")
+    args = past_args(tmp, ckpt, tgt, "km", "pseudo.method=kmeans", "pseudo.kmeans_k=8")
     cfg = load_config("configs/past/base.yaml", [*args, "adapt.max_steps=1"], command="adapt")
     run = adapt(cfg, verbose=False)
     labels = [r for r in _records(run.path) if r["kind"] == "labels" and not r.get("probe")]
@@ -100,7 +98,7 @@ def test_past_table2_kmeans_row_runs(source_and_target):
 
 def test_train_keep_last_or_best(tmp_path):
     torch.set_num_threads(1)
-    src = _write_market(tmp_path / "src", ids=tuple(range(1, 9)))
+    src = write_identity_market(tmp_path / "src", ids=tuple(range(1, 9)))
     base = [
         "train",
         "--config",
@@ -143,10 +141,10 @@ def test_commands_refuse_keys_they_ignore(capsys):
 
 
 def test_paper_presets_name_their_weights_and_fail_clearly_without_them(tmp_path, capsys):
-    for preset in ("source/market1501_ibn.yaml", "past/source_market1501_pcb.yaml"):
+    for preset in ("source/market1501_ibn.yaml", "source/market1501_pcb.yaml"):
         cfg = load_config(preset)
         assert cfg.model.pretrained  # never a silent random initialisation
-    src = _write_market(tmp_path / "src", ids=tuple(range(1, 5)))
+    src = write_identity_market(tmp_path / "src", ids=tuple(range(1, 5)))
     code = main(
         [
             "train",
@@ -167,7 +165,7 @@ def test_unknown_cameras_switch_camera_rules_off(tmp_path, caplog):
     from PIL import Image
 
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
+    ckpt = train_tiny_source(tmp_path)
     root = tmp_path / "cams"
     rows = ["path,pid,split"]
     rng = np.random.default_rng(0)
@@ -179,7 +177,7 @@ def test_unknown_cameras_switch_camera_rules_off(tmp_path, caplog):
             Image.fromarray(arr).save(root / rel)
             rows.append(f"{rel},,train")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    args = _adapt_args(tmp_path, ckpt, root, "nocam", "data.target=manifest", "adapt.max_steps=1")
+    args = adapt_args(tmp_path, ckpt, root, "nocam", "data.target=manifest", "adapt.max_steps=1")
     cfg = load_config("configs/msplr/base.yaml", args, command="adapt")
     with caplog.at_level("WARNING"):
         run = adapt(cfg, verbose=False)

@@ -12,14 +12,14 @@ import torch
 from sklearn.cluster import HDBSCAN, KMeans
 
 from adaptreid.errors import ConfigError
-from adaptreid.pseudo.clustering import (
-    cluster,
+from adaptreid.pseudo.cluster_base import relabel
+from adaptreid.pseudo.clustering import cluster
+from adaptreid.pseudo.hdbscan import (
     hdbscan_sparse,
-    kmeans,
-    relabel,
     sparse_core_distances,
     sparse_mutual_reachability_mst,
 )
+from adaptreid.pseudo.kmeans import kmeans
 from adaptreid.pseudo.kreciprocal import jaccard_distance
 
 # --------------------------------------------------------------------------------------------

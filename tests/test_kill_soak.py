@@ -2,7 +2,7 @@
 points (seeded) in sequence, resumed after each kill, and must end with the same pseudo-labels,
 the same metrics and the same records (none lost, none twice) as an uninterrupted run.
 
-Kills use ``ADAPTREID_CRASH_AT=<point>@<n>`` (adaptreid/engine/faults.py): the process kills
+Kills use ``ADAPTREID_CRASH_AT=<point>@<n>`` (adaptreid/runtime/faults.py): the process kills
 itself the n-th time it reaches the point: ``cluster`` (pseudo-labels made, not yet saved),
 ``train_step`` (after an optimiser step) or ``checkpoint_write`` (a checkpoint's temporary
 file written, not yet renamed)."""
@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cluster_contrast import _cc_args
-from test_msplr import _adapt_args
-from test_past import _past_args
+from conftest import adapt_args, cc_args, past_args
 
-from adaptreid.engine.checkpoint import load_checkpoint
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 10
@@ -42,11 +40,11 @@ LONGER = ["adapt.max_steps=4"]
 
 def _command(method: str, tmp, ckpt, tgt, name: str) -> list[str]:
     config, args = {
-        "msplr": ("configs/msplr/base.yaml", _adapt_args(tmp, ckpt, tgt, name, *LONGER)),
-        "past": ("configs/past/base.yaml", _past_args(tmp, ckpt, tgt, name, *LONGER)),
+        "msplr": ("configs/msplr/base.yaml", adapt_args(tmp, ckpt, tgt, name, *LONGER)),
+        "past": ("configs/past/base.yaml", past_args(tmp, ckpt, tgt, name, *LONGER)),
         "cluster_contrast": (
             "configs/cluster_contrast/base.yaml",
-            _cc_args(tmp, ckpt, tgt, name, *LONGER),
+            cc_args(tmp, ckpt, tgt, name, *LONGER),
         ),
     }[method]
     return [sys.executable, "-m", "adaptreid", "adapt", "--config", config, "-q", *args]

@@ -497,8 +497,8 @@ OLD_PCB_ARCH = {  # a PCB checkpoint's arch written before the parts / classifie
 
 
 def test_old_pcb_arch_and_checkpoint_still_load(tmp_path):
-    from adaptreid.engine.checkpoint import save_checkpoint
-    from adaptreid.engine.model_io import model_from_checkpoint
+    from adaptreid.rundir.checkpoint import save_checkpoint
+    from adaptreid.rundir.model_io import model_from_checkpoint
 
     old = model_from_arch(OLD_PCB_ARCH)
     head = old.head

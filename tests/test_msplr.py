@@ -5,61 +5,12 @@ import json
 
 import numpy as np
 import torch
-from test_train import _write_market
+from conftest import adapt_args, train_tiny_source, write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
-
-COMMON = [
-    "data.height=32",
-    "data.width=16",
-    "data.batch_size=8",
-    "data.num_instances=2",
-    "data.num_workers=0",
-    "optim.warmup_epochs=1",
-    "optim.milestones=[50]",
-]
-
-
-def _source(tmp_path):
-    src = _write_market(tmp_path / "src", ids=tuple(range(1, 9)))
-    args = [
-        "train",
-        "--config",
-        "configs/source/base.yaml",
-        "-q",
-        f"output_dir={tmp_path / 'runs'}",
-        "name=src",
-        "data.source=market1501",
-        f"data.source_root={src}",
-        "train.epochs=2",
-        "model.backbone=resnet18",
-        *COMMON,
-    ]
-    assert main(args) == 0
-    return tmp_path / "runs" / "src" / "checkpoints" / "best.pt"
-
-
-def _adapt_args(tmp_path, ckpt, tgt, name, *extra):
-    return [
-        f"output_dir={tmp_path / 'runs'}",
-        f"name={name}",
-        "data.target=market1501",
-        f"data.target_root={tgt}",
-        f"adapt.init_checkpoint={ckpt}",
-        "adapt.epochs_per_step=2",
-        "adapt.max_steps=2",
-        "adapt.patience=0",
-        "method.freeze=inside_schedule",
-        "train.freeze_epochs=1",
-        "pseudo.method=kmeans",
-        "pseudo.kmeans_k=8",
-        "pseudo.min_size=2",
-        *COMMON,
-        *extra,
-    ]
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 
 def _records(run_dir):
@@ -68,15 +19,17 @@ def _records(run_dir):
 
 def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    ckpt = train_tiny_source(tmp_path)
+    tgt = write_identity_market(
+        tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     code = main(
         [
             "adapt",
             "--config",
             "configs/msplr/base.yaml",
             "-q",
-            *_adapt_args(tmp_path, ckpt, tgt, "full"),
+            *adapt_args(tmp_path, ckpt, tgt, "full"),
         ]
     )
     assert code == 0
@@ -106,7 +59,7 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
 
     # the same run, stopped after the first epoch of step 2, then resumed
     cfg = load_config(
-        "configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
+        "configs/msplr/base.yaml", adapt_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
     )
     cfg.adapt.max_steps = 2
     cut = tmp_path / "runs" / "cut"
@@ -144,8 +97,8 @@ def test_adapt_cli_runs_steps_writes_report_and_resumes(tmp_path):
 
 def test_cluster_command_prints_sweep_and_recommendation(tmp_path, capsys):
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), seed=5)
+    ckpt = train_tiny_source(tmp_path)
+    tgt = write_identity_market(tmp_path / "tgt", ids=tuple(range(30, 38)), seed=5)
     capsys.readouterr()
     code = main(
         [
@@ -176,15 +129,17 @@ def test_cluster_command_prints_sweep_and_recommendation(tmp_path, capsys):
 
 def test_auto_eps_picks_eps_per_step_without_labels(tmp_path):
     torch.set_num_threads(1)
-    ckpt = _source(tmp_path)
-    tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    ckpt = train_tiny_source(tmp_path)
+    tgt = write_identity_market(
+        tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     code = main(
         [
             "adapt",
             "--config",
             "configs/msplr/base.yaml",
             "-q",
-            *_adapt_args(
+            *adapt_args(
                 tmp_path,
                 ckpt,
                 tgt,

@@ -7,15 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_msplr import COMMON, _source
-from test_train import _write_market
+from conftest import COMMON, adapt_args, past_args, train_tiny_source, write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
 from adaptreid.data.datasets import Sample
-from adaptreid.data.ranking import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.data.sampler import PKSampler
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.extract import l2_normalize
 from adaptreid.engine.loop import adapt
 from adaptreid.errors import ConfigError
@@ -26,11 +23,13 @@ from adaptreid.losses.past_loss import (
     split_rtl_batch,
 )
 from adaptreid.methods.past import conservative_optimizer, past_model, promoting_optimizer
+from adaptreid.methods.past_rtl import RankingTripletBatchSampler, ranking_triplet_loader
 from adaptreid.models import build_model
 from adaptreid.models.pcb import PCBHead
 from adaptreid.pseudo.centroids import cluster_means
 from adaptreid.pseudo.kreciprocal import jaccard_distance, sparse_distance_to_dense
 from adaptreid.pseudo.ranking import ranked_neighbors
+from adaptreid.rundir.checkpoint import load_checkpoint
 
 # --------------------------------------------------------------------------------------------
 # PCB head: feature layout
@@ -281,30 +280,6 @@ def test_past_model_keeps_the_source_trunk_and_stage_learning_rates():
 # --------------------------------------------------------------------------------------------
 
 
-def _past_args(tmp_path, ckpt, tgt, name, *extra):
-    return [
-        f"output_dir={tmp_path / 'runs'}",
-        f"name={name}",
-        "data.target=market1501",
-        f"data.target_root={tgt}",
-        f"adapt.init_checkpoint={ckpt}",
-        "adapt.max_steps=2",
-        *(c for c in COMMON if not c.startswith("optim.")),  # PAST has its own lrs
-        "data.pad=0",
-        "model.backbone=resnet18",  # the source checkpoint's trunk
-        "model.head_options.num_parts=2",
-        "model.head_options.parts=stripes",
-        "model.embedding_dim=8",
-        "pseudo.k1=6",
-        "pseudo.k2=2",
-        "pseudo.s_min=3",
-        "method.eta=3",
-        "method.conservative_epochs=1",
-        "method.promoting_epochs=2",
-        *extra,
-    ]
-
-
 def _records(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -314,8 +289,10 @@ def source_and_target(tmp_path_factory):
     """A BNNeck ResNet-18 source checkpoint and a synthetic target, shared by the tests."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("past_src")
-    ckpt = _source(tmp)
-    tgt = _write_market(tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5)
+    ckpt = train_tiny_source(tmp)
+    tgt = write_identity_market(
+        tmp / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51, 52), seed=5
+    )
     return ckpt, tgt
 
 
@@ -347,7 +324,7 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", check_init)
     args = ["adapt", "--config", "configs/past/base.yaml", "-q"]
-    assert main([*args, *_past_args(tmp_path, ckpt, tgt, "full")]) == 0
+    assert main([*args, *past_args(tmp_path, ckpt, tgt, "full")]) == 0
     assert seen == ["step 1 promoting", "step 2 promoting"]
     monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", original)
 
@@ -373,7 +350,7 @@ def test_past_adapt_cli_alternates_stages_and_resumes(tmp_path, monkeypatch, sou
 
     # the same run, stopped inside iteration 2's promoting stage, then resumed
     cfg = load_config(
-        "configs/past/base.yaml", _past_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
+        "configs/past/base.yaml", past_args(tmp_path, ckpt, tgt, "cut"), command="adapt"
     )
     cut = tmp_path / "runs" / "cut"
 
@@ -412,7 +389,7 @@ def test_table1_conservative_only_rows(tmp_path, source_and_target):
         "method.use_ctl=false",  # the "RTL" row of Table 1
         "adapt.max_steps=1",
     ]
-    cfg = load_config("configs/past/base.yaml", _past_args(tmp_path, ckpt, tgt, "rtl", *extra))
+    cfg = load_config("configs/past/base.yaml", past_args(tmp_path, ckpt, tgt, "rtl", *extra))
     run = adapt(cfg, verbose=False)
     recs = _records(run.path)
     epochs = [r for r in recs if r["kind"] == "epoch"]
@@ -430,12 +407,11 @@ def test_table1_conservative_only_rows(tmp_path, source_and_target):
 
 def test_rtl_inside_msplr(tmp_path, source_and_target):
     """Mixing (issue item 6): MSPLR's loss plus loss.rtl_weight * L_RTL on RTL batches."""
-    from test_msplr import _adapt_args
 
     torch.set_num_threads(1)
     ckpt, tgt = source_and_target
     extra = ["adapt.max_steps=1", "loss.rtl_weight=1.0", "method.rtl_eta=3", "pseudo.k1=6"]
-    cfg = load_config("configs/msplr/base.yaml", _adapt_args(tmp_path, ckpt, tgt, "mix", *extra))
+    cfg = load_config("configs/msplr/base.yaml", adapt_args(tmp_path, ckpt, tgt, "mix", *extra))
     run = adapt(cfg, verbose=False)
     epochs = [r for r in _records(run.path) if r["kind"] == "epoch"]
     assert len(epochs) == 2
@@ -446,13 +422,13 @@ def test_rtl_inside_msplr(tmp_path, source_and_target):
 
 def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
     """The PCB head trains on the labelled source with triplet + cross-entropy (the source
-    presets configs/past/source_*_pcb.yaml), and PAST then keeps that network as is."""
+    presets configs/source/*_pcb.yaml), and PAST then keeps that network as is."""
     torch.set_num_threads(1)
-    src = _write_market(tmp_path / "src", ids=tuple(range(1, 5)))
+    src = write_identity_market(tmp_path / "src", ids=tuple(range(1, 5)))
     args = [
         "train",
         "--config",
-        "configs/past/source_market1501_pcb.yaml",
+        "configs/source/market1501_pcb.yaml",
         "-q",
         f"output_dir={tmp_path / 'runs'}",
         "name=pcb",
@@ -469,7 +445,7 @@ def test_pcb_source_training_with_the_generic_reid_loss(tmp_path):
     assert main(args) == 0
     ckpt = load_checkpoint(tmp_path / "runs" / "pcb" / "checkpoints" / "last.pt")
     assert ckpt["arch"]["head"] == "pcb" and ckpt["arch"]["num_classes"] == 4
-    from adaptreid.engine.model_io import model_from_checkpoint
+    from adaptreid.rundir.model_io import model_from_checkpoint
 
     model, _ = model_from_checkpoint(tmp_path / "runs" / "pcb" / "checkpoints" / "last.pt")
     cfg = load_config(

@@ -1,5 +1,5 @@
 """``amp: auto``: precision and memory layout chosen per machine by a cached timing probe
-(adaptreid.engine.precision)."""
+(adaptreid.runtime.precision)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from adaptreid.engine import precision as P
-from adaptreid.engine.precision import cache_path, probe_key, resolve_precision
+from adaptreid.runtime import precision as P
+from adaptreid.runtime.precision import cache_path, probe_key, resolve_precision
 
 
 class Tiny(nn.Module):
@@ -143,7 +143,7 @@ def test_corrupt_cache_is_reprobed_and_repaired(tmp_path):
 
 def _writer(args):
     cache_dir, i = args
-    from adaptreid.engine.precision import _write_entry, cache_path
+    from adaptreid.runtime.precision import _write_entry, cache_path
 
     for j in range(20):
         _write_entry(cache_path(cache_dir), f"key-{i}-{j}", {"amp": "none", "channels_last": False})

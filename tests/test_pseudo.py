@@ -14,15 +14,11 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
 from adaptreid.errors import ConfigError, TrainingError
-from adaptreid.pseudo import clustering
+from adaptreid.pseudo import dbscan as dbscan_mod
 from adaptreid.pseudo.camera_norm import camera_normalize
-from adaptreid.pseudo.clustering import (
-    cluster,
-    kth_neighbor_distance,
-    radius_neighbors_graph,
-    relabel,
-    within_radius,
-)
+from adaptreid.pseudo.cluster_base import relabel, within_radius
+from adaptreid.pseudo.clustering import cluster
+from adaptreid.pseudo.dbscan import kth_neighbor_distance, radius_neighbors_graph
 from adaptreid.pseudo.labels import PseudoLabels, make_pseudo_labels, recommend_eps, sweep_eps
 from adaptreid.pseudo.quality import label_quality, pair_counts, pseudo_label_stats
 from adaptreid.pseudo.selection import select_clusters
@@ -459,13 +455,13 @@ def test_single_camera_target_degrades_with_warnings():
 def test_sweep_computes_graph_once_and_recommends_right_eps(monkeypatch):
     x, pid, cam = blobs(cam_shift=1.0)
     calls = []
-    real = clustering.radius_neighbors_graph
+    real = dbscan_mod.radius_neighbors_graph
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("metric"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(clustering, "radius_neighbors_graph", counting)
+    monkeypatch.setattr(dbscan_mod, "radius_neighbors_graph", counting)
     eps_values = np.round(np.arange(0.05, 1.5, 0.05), 2)
     rows = sweep_eps(x, cam, eps_values, true_pids=pid)
     assert len(calls) == 1

@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_TINY, adapt_args, train_tiny_source, write_identity_market
 
 from adaptreid.cli import build_parser, main
 from adaptreid.config import load_config
@@ -77,10 +78,9 @@ def test_every_readme_command_parses_and_its_config_loads():
 def test_quick_start_follow_ups_run_as_written(tmp_path, monkeypatch, capsys):
     """``adaptreid demo`` (shrunk with overrides to take seconds), then the README's
     follow-up commands exactly as written, from the same folder."""
-    from test_demo import TINY
 
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "-q", *TINY]) == 0
+    assert main(["demo", "-q", *DEMO_TINY]) == 0
     follow_ups = [
         c
         for c in readme_commands()
@@ -115,8 +115,6 @@ def test_add_a_method_example_runs(tmp_path):
     import sys
 
     import torch
-    from test_msplr import _adapt_args, _source
-    from test_train import _write_market
 
     from adaptreid.engine.loop import adapt
 
@@ -131,9 +129,11 @@ def test_add_a_method_example_runs(tmp_path):
     try:
         exec(compile(code, "README.md (Add a method)", "exec"), module.__dict__)
         torch.set_num_threads(1)
-        ckpt = _source(tmp_path)
-        tgt = _write_market(tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51), seed=5)
-        args = _adapt_args(tmp_path, ckpt, tgt, "mine", "method.epochs=1", "adapt.max_steps=1")
+        ckpt = train_tiny_source(tmp_path)
+        tgt = write_identity_market(
+            tmp_path / "tgt", ids=tuple(range(30, 38)), test_ids=(50, 51), seed=5
+        )
+        args = adapt_args(tmp_path, ckpt, tgt, "mine", "method.epochs=1", "adapt.max_steps=1")
         args = [a for a in args if not a.startswith(("method.freeze", "train.freeze_epochs"))]
         cfg = load_config("configs/base/recipe.yaml", ["method.name=my_method", *args])
         assert cfg.method.name == "my_method" and cfg.method.epochs == 1
@@ -147,6 +147,7 @@ def test_add_a_method_example_runs(tmp_path):
             )
     finally:
         sys.modules.pop(name, None)
-        from adaptreid.engine.method import METHODS
+        from adaptreid.registry import METHOD_OPTIONS, METHODS
 
         METHODS._items.pop("my_method", None)
+        METHOD_OPTIONS._items.pop("my_method", None)

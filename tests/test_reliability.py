@@ -1,6 +1,6 @@
 """Crash safety, bad input and determinism of a real (tiny) adaptation run.
 
-Kills use ``ADAPTREID_CRASH_AT`` (adaptreid/engine/faults.py): the process SIGKILLs itself at a
+Kills use ``ADAPTREID_CRASH_AT`` (adaptreid/runtime/faults.py): the process SIGKILLs itself at a
 named point, so each test kills at a known place instead of racing a timer."""
 
 import json
@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_msplr import _adapt_args
-from test_train import _write_market
+from conftest import adapt_args, write_identity_market
 
 from adaptreid.cli import main
-from adaptreid.engine.checkpoint import load_checkpoint, save_checkpoint
-from adaptreid.engine.model_io import model_from_checkpoint
 from adaptreid.errors import CheckpointError
 from adaptreid.models import build_model
+from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
+from adaptreid.rundir.model_io import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,7 @@ def _adapt_cmd(tmp, ckpt, tgt, name, *extra, resume=False):
         "--config",
         "configs/msplr/base.yaml",
         "-q",
-        *_adapt_args(tmp, ckpt, tgt, name, *extra),
+        *adapt_args(tmp, ckpt, tgt, name, *extra),
     ]
     return cmd + (["--resume"] if resume else [])
 
@@ -111,7 +110,7 @@ def test_dbscan_without_cluster_suggests_eps_and_keeps_model(setup, capsys):
             "--config",
             "configs/msplr/base.yaml",
             "-q",
-            *_adapt_args(tmp, ckpt, tgt, "nocluster", "pseudo.method=dbscan", "pseudo.eps=0.0001"),
+            *adapt_args(tmp, ckpt, tgt, "nocluster", "pseudo.method=dbscan", "pseudo.eps=0.0001"),
         ]
     )
     assert code == 2
@@ -140,7 +139,7 @@ def test_single_camera_target_degrades_with_warning(setup, caplog):
                 "--config",
                 "configs/msplr/base.yaml",
                 "-q",
-                *_adapt_args(tmp, ckpt, one_cam, "onecam", "adapt.max_steps=1"),
+                *adapt_args(tmp, ckpt, one_cam, "onecam", "adapt.max_steps=1"),
             ]
         )
     assert code == 0
@@ -149,7 +148,7 @@ def test_single_camera_target_degrades_with_warning(setup, caplog):
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
     from adaptreid.losses import reid_loss
 
-    data = _write_market(tmp_path / "m")
+    data = write_identity_market(tmp_path / "m")
     calls = {"n": 0}
     original = reid_loss.ReidLoss.forward
 

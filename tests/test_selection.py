@@ -15,13 +15,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import DEMO_TINY
 
 from adaptreid.config import load_config
 from adaptreid.engine import loop as loop_mod
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.loop import adapt
-from adaptreid.engine.model_io import model_from_checkpoint
-from adaptreid.engine.report import pick_step, selection_rows
 from adaptreid.engine.supervised import train_source
 from adaptreid.evaluation.label_free import (
     choose_holdout,
@@ -29,6 +27,9 @@ from adaptreid.evaluation.label_free import (
     label_agreement,
     label_free_scores,
 )
+from adaptreid.report.report import pick_step, selection_rows
+from adaptreid.rundir.checkpoint import load_checkpoint
+from adaptreid.rundir.model_io import model_from_checkpoint
 
 TINY = [
     "data.source_options.preset=tiny",
@@ -45,7 +46,14 @@ def source(tmp_path_factory):
     roots = [f"data.source_root={tmp / 'data-src'}", f"data.target_root={tmp / 'data-tgt'}"]
     cfg = load_config(
         "demo/source.yaml",
-        [f"output_dir={tmp}", "name=src", *roots, *TINY, "train.epochs=2", "train.eval_every=1"],
+        [
+            f"output_dir={tmp}",
+            "name=src",
+            *roots,
+            *DEMO_TINY,
+            "train.epochs=2",
+            "train.eval_every=1",
+        ],
     )
     train_source(cfg, verbose=False)
     return tmp, tmp / "src" / "checkpoints" / "best.pt", roots
@@ -63,7 +71,7 @@ def _run(source, name, rule, monkeypatch, *extra):
             f"output_dir={tmp}",
             f"name={name}",
             *roots,
-            *TINY,
+            *DEMO_TINY,
             f"adapt.init_checkpoint={ckpt}",
             f"adapt.select={rule}",
             "adapt.max_steps=3",

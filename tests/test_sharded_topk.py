@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import torchrun
 
-from adaptreid.pseudo.kreciprocal import jaccard_distance, topk_neighbors
+from adaptreid.pseudo.kreciprocal import jaccard_distance
+from adaptreid.pseudo.topk import topk_neighbors
 
 WORKER = Path(__file__).with_name("ddp_topk_worker.py")
 

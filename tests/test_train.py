@@ -5,36 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_identity_market
 
 from adaptreid.cli import main
 from adaptreid.config import load_config
-from adaptreid.engine.checkpoint import load_checkpoint
 from adaptreid.engine.supervised import train_source
 from adaptreid.errors import ConfigError
-
-
-def _write_market(root, ids=(1, 2, 3, 4, 5, 6), test_ids=(20, 21, 22), seed=0):
-    """Images whose colour encodes the identity (plus noise), two cameras."""
-    rng = np.random.default_rng(seed)
-
-    def img(pid, cam):
-        base = np.array([(pid * 40) % 256, (pid * 90) % 256, (pid * 150) % 256], float)
-        arr = base + rng.normal(0, 20, (32, 16, 3)) + (15 if cam == 2 else 0)
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-    for sub, pids, cams, n in (
-        ("bounding_box_train", ids, (1, 2), 2),
-        ("query", test_ids, (1,), 1),
-        ("bounding_box_test", test_ids, (2,), 2),
-    ):
-        d = root / sub
-        d.mkdir(parents=True, exist_ok=True)
-        for pid in pids:
-            for cam in cams:
-                for i in range(n):
-                    img(pid, cam).save(d / f"{pid:04d}_c{cam}s1_{i:06d}_00.jpg")
-    return root
+from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _epochs(run_dir):
@@ -43,7 +20,7 @@ def _epochs(run_dir):
 
 
 def _cfg(tmp_path, *extra):
-    data = _write_market(tmp_path / "market")
+    data = write_identity_market(tmp_path / "market")
     return load_config(
         None,
         [
@@ -100,6 +77,20 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
     assert [r["epoch"] for r in records2] == [1, 2, 3]
     assert records2[-1]["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
 
+    # a run folder whose checkpoint is in the old source-training format (version 1: no
+    # record count) still resumes, to the same model
+    run3 = train_source(_cfg(tmp_path, "name=t3", "train.epochs=1"), verbose=False)
+    old = load_checkpoint(run3.last)
+    assert old["version"] == 2 and old["records"] == 1
+    del old["records"]
+    save_checkpoint({**old, "version": 1}, run3.last)
+    text = (run3.path / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 3\n")
+    (run3.path / "config.yaml").write_text(text)
+    train_source(_cfg(tmp_path, "name=t3"), resume=True, verbose=False)
+    for k, v in full["model"].items():
+        assert torch.allclose(v.float(), load_checkpoint(run3.last)["model"][k].float(), atol=1e-5)
+    assert [r["epoch"] for r in _epochs(run3.path)] == [1, 2, 3]
+
 
 def test_new_run_refuses_to_overwrite(tmp_path):
     cfg = _cfg(tmp_path, "train.epochs=1")
@@ -109,7 +100,7 @@ def test_new_run_refuses_to_overwrite(tmp_path):
 
 
 def test_cli_train_then_evaluate_checkpoint(tmp_path, capsys):
-    data = _write_market(tmp_path / "m")
+    data = write_identity_market(tmp_path / "m")
     args = [
         "train",
         "--config",

@@ -1,6 +1,6 @@
 """Data: datasets -> samples ``(path, pid, camid)``; images; transforms; PK sampler; loaders."""
 
-from . import synthetic  # noqa: F401  (registers synthetic-source / synthetic-target)
+from . import folders, manifest, synthetic  # noqa: F401  (register the datasets)
 from .bad_images import BadImageLog
 from .datasets import (
     DATASETS,
@@ -9,11 +9,11 @@ from .datasets import (
     Sample,
     build_dataset,
     dataset_info,
-    load_manifest,
     relabel,
 )
 from .images import ImageDataset, ImageReadError, read_image
 from .loaders import build_test_loader, build_train_loader, collate_skip_bad
+from .manifest import load_manifest
 from .sampler import PKSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 

@@ -52,16 +52,16 @@ not images (``Thumbs.db``, ``.DS_Store``, ...) are ignored *and counted* in ``ex
 
 from __future__ import annotations
 
-import csv
 import inspect
 import os
 import re
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from ..registry import Registry
@@ -75,7 +75,8 @@ __all__ = [
     "Sample",
     "build_dataset",
     "dataset_info",
-    "load_manifest",
+    "ground_truth",
+    "pseudo_samples",
     "relabel",
 ]
 
@@ -303,21 +304,32 @@ def relabel(samples: Iterable[Sample]) -> tuple[list[Sample], dict[int, int]]:
 # Shared helpers
 
 
-def _check_root(root: str | Path) -> Path:
+def pseudo_samples(train: list[Sample], labels: np.ndarray) -> list[Sample]:
+    """The pseudo-labelled training set: images with a label >= 0, pid = the label."""
+    return [Sample(s.path, int(lab), s.camid) for s, lab in zip(train, labels) if lab >= 0]
+
+
+def ground_truth(train: list[Sample]) -> np.ndarray | None:
+    """Target train pids when every image has one (for label-quality analysis only)."""
+    pids = np.array([s.pid for s in train])
+    return pids if len(pids) and (pids >= 0).all() else None
+
+
+def check_root(root: str | Path) -> Path:
     path = Path(os.path.abspath(os.path.expanduser(str(root))))
     if not path.exists():
         raise DatasetError(f"dataset root {path} does not exist")
     return path
 
 
-def _check_dir(root: str | Path) -> Path:
-    path = _check_root(root)
+def check_dir(root: str | Path) -> Path:
+    path = check_root(root)
     if not path.is_dir():
         raise DatasetError(f"dataset root {path} is not a folder")
     return path
 
 
-def _matching_dirs(folder: Path, patterns: Sequence[str]) -> list[Path]:
+def matching_dirs(folder: Path, patterns: Sequence[str]) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
@@ -325,7 +337,7 @@ def _matching_dirs(folder: Path, patterns: Sequence[str]) -> list[Path]:
     )
 
 
-def _locate(
+def locate(
     root: Path,
     is_layout: Callable[[Path], bool],
     child_patterns: Sequence[str],
@@ -336,8 +348,8 @@ def _locate(
     (so ``data/`` finds ``data/market1501/Market-1501-v15.09.15``)."""
     if is_layout(root):
         return root
-    candidates = _matching_dirs(root, child_patterns) if child_patterns else []
-    candidates += [q for p in candidates for q in _matching_dirs(p, child_patterns)]
+    candidates = matching_dirs(root, child_patterns) if child_patterns else []
+    candidates += [q for p in candidates for q in matching_dirs(p, child_patterns)]
     found = [p for p in candidates if is_layout(p)]
     if len(found) == 1:
         return found[0]
@@ -354,411 +366,16 @@ def _locate(
     raise DatasetError(f"no {looked_for} in {where}{seen}")
 
 
-def _problem_list(problems: Sequence[str], limit: int = _MAX_LISTED) -> str:
+def problem_list(problems: Sequence[str], limit: int = _MAX_LISTED) -> str:
     text = "\n".join(f"  {p}" for p in problems[:limit])
     if len(problems) > limit:
         text += f"\n  ... and {len(problems) - limit:,} more"
     return text
 
 
-def _int_or_none(text: str) -> int | None:
+def int_or_none(text: str) -> int | None:
     return int(text) if re.fullmatch(r"-?\d+", text) else None
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _scan_named_folder(
-    folder: Path, pattern: re.Pattern[str], excluded: Counter[str]
-) -> list[Sample]:
-    """Samples of one Market-style folder: pid and camera parsed from each file name with
-    ``pattern`` (groups: pid, 1-based camera). Junk (pid -1) is counted in ``excluded``."""
-    if not folder.is_dir():
-        raise DatasetError(f"expected image folder {folder} is missing")
-    samples, bad = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not (_is_image(entry.name) and entry.is_file()):
-                excluded["non-image entries (ignored)"] += 1
-                continue
-            match = pattern.match(entry.name)
-            pid = _int_or_none(match.group(1)) if match else None
-            cam = int(match.group(2)) if match else None
-            if pid is None or cam is None or pid < -1 or cam < 1:
-                bad.append(os.path.join(folder, entry.name))
-                continue
-            if pid == -1:
-                excluded["junk images (pid -1, standard protocol)"] += 1
-                continue
-            samples.append(Sample(os.path.join(folder, entry.name), pid, cam - 1))
-    if bad:
-        raise DatasetError(
-            f"{len(bad):,} file name(s) in {folder} do not match the expected pattern "
-            f"'<pid>_c<camera>...' (regex {pattern.pattern}, pid >= -1, camera >= 1):\n"
-            + _problem_list(sorted(bad))
-        )
-    if not samples and not excluded:
-        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    if not samples:
-        raise DatasetError(f"no usable images in {folder} (all are junk or not images)")
-    samples.sort()
-    return samples
-
-
-def _load_named_folders(
-    name: str,
-    base: Path,
-    folders: dict[str, str],
-    pattern: re.Pattern[str] = MARKET_PATTERN,
-) -> ReidDataset:
-    """The splits of a Market-style folder; a split whose folder is absent is a
-    :class:`MissingSplit`."""
-    splits: dict[str, list[Sample]] = {}
-    excluded = {}
-    for split, sub in folders.items():
-        folder = base / sub
-        if not folder.is_dir():
-            splits[split] = MissingSplit(split, f"folder {folder} is missing")
-            continue
-        counts: Counter[str] = Counter()
-        splits[split] = _scan_named_folder(folder, pattern, counts)
-        if counts:
-            excluded[split] = dict(counts)
-    return ReidDataset(name=name, root=base, excluded=excluded, **splits)
-
-
-_BBOX_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-_BBOX_DESC = "bounding_box_train/ (to train) and/or query/ + bounding_box_test/ (to evaluate)"
-
-
-def _has_splits(folders: dict[str, str]) -> Callable[[Path], bool]:
-    """A folder has the layout if it holds the train folder, or the query and gallery
-    folders (an evaluation-only copy), or both."""
-
-    def check(p: Path) -> bool:
-        return (p / folders["train"]).is_dir() or all(
-            (p / folders[s]).is_dir() for s in ("query", "gallery")
-        )
-
-    return check
-
-
-# ---------------------------------------------------------------------------------------------
-# Folder datasets
-
-
-@DATASETS.register("market1501", "market")
-def market1501(root: str | Path) -> ReidDataset:
-    """Market-1501. ``root`` is ``Market-1501-v15.09.15`` (any ``Market-1501*`` folder) or
-    the folder that contains it. Names ``<pid>_c<cam>s<seq>_<frame>_<box>.jpg``."""
-    base = _locate(
-        _check_dir(root),
-        _has_splits(_BBOX_FOLDERS),
-        ("market-1501*", "market1501*"),
-        f"Market-1501 layout ({_BBOX_DESC})",
-    )
-    return _load_named_folders("market1501", base, _BBOX_FOLDERS)
-
-
-@DATASETS.register("dukemtmc", "duke", "dukemtmc-reid")
-def dukemtmc(root: str | Path) -> ReidDataset:
-    """DukeMTMC-reID. ``root`` is ``DukeMTMC-reID`` or the folder that contains it. Names
-    ``<pid>_c<cam>_f<frame>.jpg`` (8 cameras)."""
-    base = _locate(
-        _check_dir(root),
-        _has_splits(_BBOX_FOLDERS),
-        ("dukemtmc-reid*", "dukemtmc*", "duke*"),
-        f"DukeMTMC-reID layout ({_BBOX_DESC})",
-    )
-    return _load_named_folders("dukemtmc", base, _BBOX_FOLDERS)
-
-
-@DATASETS.register("cuhk03", "cuhk03-np")
-def cuhk03(root: str | Path, variant: str = "detected") -> ReidDataset:
-    """CUHK03-NP (new protocol, 767/700 identities). ``root`` is ``cuhk03-np`` (holding
-    ``detected/`` and ``labeled/``, each with Market-style folders) or contains it.
-    ``variant``: ``"detected"`` (default) or ``"labeled"`` boxes."""
-    if variant not in ("detected", "labeled"):
-        raise DatasetError(f"cuhk03: variant must be 'detected' or 'labeled', got {variant!r}")
-    subs = {split: f"{variant}/{sub}" for split, sub in _BBOX_FOLDERS.items()}
-    base = _locate(
-        _check_dir(root),
-        _has_splits(subs),
-        ("cuhk03*",),
-        f"CUHK03-NP layout ({variant}/ with {_BBOX_DESC})",
-    )
-    return _load_named_folders(f"cuhk03-{variant}", base, subs)
-
-
-# ---------------------------------------------------------------------------------------------
-# MSMT17
-
-_MSMT_VERSIONS = {"V2": ("mask_train_v2", "mask_test_v2"), "V1": ("train", "test")}
-
-
-def _msmt_version(path: Path) -> str | None:
-    """``V2`` / ``V1`` if ``path`` holds that version's train list and folder, or its query
-    and gallery lists and test folder (an evaluation-only copy); else None."""
-    lists = [(path / f"list_{s}.txt").is_file() for s in ("train", "query", "gallery")]
-    for version, (train_dir, test_dir) in _MSMT_VERSIONS.items():
-        if lists[0] and (path / train_dir).is_dir():
-            return version
-        if lists[1] and lists[2] and (path / test_dir).is_dir():
-            return version
-    return None
-
-
-def _msmt_split(split: str, list_files: Sequence[Path], image_dir: Path) -> list[Sample]:
-    """The samples listed in ``list_files`` (the first one decides whether the split
-    exists: absent, with its image folder or not, -> :class:`MissingSplit`)."""
-    if not list_files[0].is_file():
-        return MissingSplit(split, f"MSMT17 list file {list_files[0]} is missing")
-    if not image_dir.is_dir():
-        return MissingSplit(split, f"MSMT17 image folder {image_dir} is missing")
-    samples: list[Sample] = []
-    for f in list_files:
-        samples += _read_msmt_list(f, image_dir)
-    return samples
-
-
-def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Sample]:
-    if not list_file.is_file():
-        raise DatasetError(f"MSMT17 list file {list_file} is missing")
-    samples, problems, missing = [], [], []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                problems.append(f"line {lineno}: expected '<relative path> <pid>', got {line!r}")
-                continue
-            rel, pid_text = parts
-            fields = os.path.basename(rel).split("_")
-            try:
-                pid = int(pid_text)
-                cam = int(fields[2])
-            except (ValueError, IndexError):
-                problems.append(
-                    f"line {lineno}: expected an integer pid and a file name "
-                    f"'<pid>_<index>_<camera>_...', got {line.strip()!r}"
-                )
-                continue
-            if pid < 0 or cam < 1:
-                problems.append(f"line {lineno}: pid must be >= 0 and camera >= 1 in {rel!r}")
-                continue
-            path = os.path.join(image_dir, rel)
-            if not os.path.isfile(path):
-                missing.append(f"line {lineno}: {path}")
-            samples.append(Sample(path, pid, cam - 1))
-    if problems:
-        raise DatasetError(f"malformed MSMT17 list file {list_file}:\n" + _problem_list(problems))
-    if missing:
-        raise DatasetError(
-            f"{len(missing):,} image(s) listed in {list_file} do not exist:\n"
-            + _problem_list(missing)
-        )
-    if not samples:
-        raise DatasetError(f"MSMT17 list file {list_file} lists no images")
-    return samples
-
-
-@DATASETS.register("msmt17", "msmt")
-def msmt17(root: str | Path, use_val: bool = True) -> ReidDataset:
-    """MSMT17 V1 (``train/``, ``test/``) or V2 (``mask_train_v2/``, ``mask_test_v2/``) with
-    ``list_{train,val,query,gallery}.txt`` (lines ``<relative path> <pid>``). ``root`` is the
-    ``MSMT17_V*`` folder or contains it. Camera = third ``_`` field of the name, stored 0-based.
-
-    ``use_val=True`` (standard practice): train = ``list_train`` + ``list_val`` (the val
-    images are train-folder images of train identities; with ``list_train.txt`` present a
-    missing ``list_val.txt`` is an error). A folder with only the train part, or only the
-    query / gallery part, opens with the other splits missing.
-    """
-    base = _locate(
-        _check_dir(root),
-        lambda p: _msmt_version(p) is not None,
-        ("msmt17*",),
-        "MSMT17 layout (list_train.txt with train/ (V1) or mask_train_v2/ (V2), and/or "
-        "list_query.txt + list_gallery.txt with test/ (V1) or mask_test_v2/ (V2))",
-    )
-    version = _msmt_version(base)
-    assert version is not None
-    train_dir, test_dir = (base / d for d in _MSMT_VERSIONS[version])
-    train_lists = [base / "list_train.txt"] + ([base / "list_val.txt"] if use_val else [])
-    return ReidDataset(
-        name="msmt17",
-        root=base,
-        train=_msmt_split("train", train_lists, train_dir),
-        query=_msmt_split("query", [base / "list_query.txt"], test_dir),
-        gallery=_msmt_split("gallery", [base / "list_gallery.txt"], test_dir),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# CSV manifests
-
-MANIFEST_COLUMNS = ("path", "pid", "camid", "split")
-_OPTIONAL_COLUMNS = ("camid",)
-
-
-def _parse_int(value: str, column: str, lineno: int, problems: list[str]) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        problems.append(f"line {lineno}: column {column!r} must be an integer, got {value!r}")
-        return None
-
-
-def load_manifest(
-    csv_path: str | Path, *, name: str = "manifest", allow_absolute: bool = False
-) -> ReidDataset:
-    """Read a CSV manifest with columns ``path,pid,camid,split`` (extra columns are allowed
-    and not used; ``camid`` may be left out).
-
-    - ``path``: relative to the CSV's folder; absolute paths and paths with ``..`` that leave
-      that folder are refused unless ``allow_absolute=True``.
-    - ``pid``: integer >= 0; empty or ``-1`` means unlabelled (``train`` split only).
-    - ``camid``: integer >= 0, stored as given; empty, ``-1`` or no ``camid`` column means
-      unknown (stored as -1, see the module docstring).
-    - ``split``: ``train``, ``query`` or ``gallery``; a split without rows is a
-      :class:`MissingSplit`.
-
-    All row problems are collected and reported together (line numbers count the header as
-    line 1), up to 5 of each kind.
-    """
-    csv_path = _check_root(csv_path)
-    if not csv_path.is_file():
-        raise DatasetError(f"manifest {csv_path} is not a file")
-    base = csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DatasetError(
-                f"manifest {csv_path} is empty: expected a header row {','.join(MANIFEST_COLUMNS)}"
-            )
-        header = [h.strip().lower() for h in header]
-        missing_cols = [
-            c for c in MANIFEST_COLUMNS if c not in header and c not in _OPTIONAL_COLUMNS
-        ]
-        if missing_cols:
-            raise DatasetError(
-                f"manifest {csv_path} lacks column(s) {', '.join(missing_cols)} "
-                f"(expected header {','.join(MANIFEST_COLUMNS)}, camid optional; "
-                f"found {','.join(header)})"
-            )
-        col = {c: header.index(c) for c in MANIFEST_COLUMNS if c in header}
-        rows = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
-
-    problems: dict[str, list[str]] = defaultdict(list)
-    seen: dict[str, list[int]] = defaultdict(list)
-    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    for lineno, row in rows:
-        if len(row) != len(header):
-            problems["row length"].append(
-                f"line {lineno}: {len(row)} values for {len(header)} columns"
-            )
-            continue
-        path_text, pid_text, cam_text, split = (
-            row[col[c]].strip() if c in col else "" for c in MANIFEST_COLUMNS
-        )
-        split = split.lower()
-        if split not in SPLITS:
-            problems["split"].append(
-                f"line {lineno}: unknown split {split!r} (expected train, query or gallery)"
-            )
-            continue
-        pid = -1 if pid_text == "" else _parse_int(pid_text, "pid", lineno, problems["value"])
-        camid = (
-            UNKNOWN_CAMERA
-            if cam_text == ""
-            else _parse_int(cam_text, "camid", lineno, problems["value"])
-        )
-        if pid is None or camid is None:
-            continue
-        if pid < -1 or camid < UNKNOWN_CAMERA:
-            problems["value"].append(
-                f"line {lineno}: pid must be >= 0 (or empty/-1 = unlabelled) and camid >= 0 "
-                f"(or empty/-1 = unknown), got pid={pid_text!r} camid={cam_text!r}"
-            )
-            continue
-        if pid == -1 and split != "train":
-            problems["value"].append(
-                f"line {lineno}: unlabelled image (empty or -1 pid) in split {split!r}; "
-                f"only train images may be unlabelled"
-            )
-            continue
-        if not path_text:
-            problems["path"].append(f"line {lineno}: empty path")
-            continue
-        escapes = os.path.isabs(path_text) or os.path.normpath(path_text).startswith("..")
-        if escapes and not allow_absolute:
-            problems["path"].append(
-                f"line {lineno}: path {path_text!r} leaves the manifest folder {base} "
-                f"(absolute or '..'); allow it with --allow-absolute-paths (CLI), "
-                "data.allow_absolute_paths=true (config) or allow_absolute=True (Python)"
-            )
-            continue
-        full = os.path.normpath(os.path.join(base, path_text))
-        seen[full].append(lineno)
-        if len(seen[full]) > 1:
-            continue
-        if not os.path.isfile(full):
-            problems["missing"].append(f"line {lineno}: {full}")
-            continue
-        splits[split].append(Sample(full, pid, camid))
-
-    for full, lines in seen.items():
-        if len(lines) > 1:
-            problems["duplicate"].append(
-                f"lines {', '.join(map(str, lines))}: the same image {full}"
-            )
-    if any(problems.values()):
-        titles = {
-            "row length": "rows with the wrong number of values",
-            "split": "unknown split values",
-            "value": "bad pid/camid values",
-            "path": "paths that are empty or leave the manifest folder",
-            "missing": "paths that do not exist",
-            "duplicate": "duplicate paths",
-        }
-        parts = [
-            f"{len(problems[k]):,} {title}:\n{_problem_list(problems[k])}"
-            for k, title in titles.items()
-            if problems.get(k)
-        ]
-        raise DatasetError(f"invalid manifest {csv_path}:\n" + "\n".join(parts))
-    if not any(splits.values()):
-        raise DatasetError(f"manifest {csv_path} has no rows")
-    for split, samples in splits.items():
-        if not samples:
-            splits[split] = MissingSplit(split, f"manifest {csv_path} has no {split!r} rows")
-    return ReidDataset(name=name, root=base, **splits)
-
-
-def _manifest_file(root: Path, child_patterns: Sequence[str] = ()) -> Path:
-    if root.is_file():
-        return root
-    base = _locate(
-        root,
-        lambda p: (p / "manifest.csv").is_file(),
-        child_patterns,
-        "manifest.csv",
-    )
-    return base / "manifest.csv"
-
-
-@DATASETS.register("manifest", "csv")
-def manifest(root: str | Path, allow_absolute: bool = False) -> ReidDataset:
-    """Any dataset described by a CSV manifest (see :func:`load_manifest`). ``root`` is the
-    ``.csv`` file or a folder containing ``manifest.csv``."""
-    return load_manifest(_manifest_file(_check_root(root)), allow_absolute=allow_absolute)
-
-
-@DATASETS.register("pku-reid", "pku", "pkureid")
-def pku_reid(root: str | Path, allow_absolute: bool = False) -> ReidDataset:
-    """PKU-Reid (as described by its ``manifest.csv``). ``root`` is the folder with
-    ``manifest.csv`` or a folder containing a ``pku*reid*`` folder with it."""
-    csv_path = _manifest_file(_check_root(root), ("pku*reid*",))
-    return load_manifest(csv_path, name="pku-reid", allow_absolute=allow_absolute)

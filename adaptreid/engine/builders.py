@@ -17,8 +17,8 @@ from ..data.loaders import build_train_loader
 from ..data.transforms import build_transforms
 from ..errors import CheckpointError, ConfigError
 from ..models import ReidModel, build_model
-from . import distributed as D
-from .evaluator import evaluate_model
+from ..runtime import distributed as D
+from .evaluator import EvalSettings, evaluate_model
 from .optim import WarmupMultiStepLR, build_optimizer
 
 log = logging.getLogger("adaptreid")
@@ -172,12 +172,12 @@ def resolve_precision_cfg(
     """``(amp, channels_last)`` for this run's training (``mode="train"``) or feature
     extraction and evaluation (``mode="extract"``): ``train.amp`` / ``train.channels_last``
     as given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
-    machine for this model and input size (:func:`adaptreid.engine.precision.resolve_precision`,
+    machine for this model and input size (:func:`adaptreid.runtime.precision.resolve_precision`,
     a short probe per mode, cached per machine); the choice is logged."""
     t = cfg.train
     if t.amp != "auto":
         return t.amp, t.channels_last
-    from .precision import resolve_precision
+    from ..runtime.precision import resolve_precision
 
     amp, channels_last, reason = resolve_precision(
         "auto", model, (cfg.data.height, cfg.data.width), device, mode=mode
@@ -193,36 +193,22 @@ def evaluate_cfg(
     device,
     *,
     verbose: bool = True,
-    amp: str | None = None,
-    channels_last: bool | None = None,
-    bad_images: str = "error",
     on_bad: Callable[[list], Any] | None = None,
+    **changes: Any,
 ):
-    """:func:`evaluate_model` with the run's settings (input size, loader, ``eval.*``, and
-    the run's resolved ``amp`` / ``channels_last``, by default ``train.*``'s). With
-    ``bad_images="skip"`` unreadable query / gallery images are left out and handed to
-    ``on_bad`` as ``(index, path, reason)`` items."""
-    if amp is None:
-        amp, channels_last = resolve_precision_cfg(cfg, model, device, mode="extract")
-    out = evaluate_model(
-        model,
-        dataset,
-        height=cfg.data.height,
-        width=cfg.data.width,
-        device=device,
-        batch_size=cfg.data.test_batch_size,
-        num_workers=cfg.data.num_workers,
-        metric=cfg.eval.metric,
-        flip=cfg.eval.flip,
-        rerank=cfg.eval.rerank,
-        k1=cfg.eval.k1,
-        k2=cfg.eval.k2,
-        lambda_value=cfg.eval.lambda_value,
-        amp=amp,
-        channels_last=bool(channels_last),
-        verbose=verbose,
-        bad_images=bad_images,
-    )
+    """:func:`~adaptreid.engine.evaluator.evaluate_model` (every setting explicit) with the
+    run's settings (:meth:`EvalSettings.from_config`: input size, loader, ``eval.*``) and
+    ``changes`` of them: ``amp`` / ``channels_last`` (the run's resolved ones; by default
+    ``train.*``'s, probed), ``bad_images``. With ``bad_images="skip"`` unreadable query /
+    gallery images are left out and handed to ``on_bad`` as ``(index, path, reason)``
+    items."""
+    if changes.get("amp") is None:
+        changes["amp"], changes["channels_last"] = resolve_precision_cfg(
+            cfg, model, device, mode="extract"
+        )
+    changes["channels_last"] = bool(changes.get("channels_last"))
+    settings = EvalSettings.from_config(cfg, **changes)
+    out = evaluate_model(model, dataset, settings, device=device, verbose=verbose)
     if on_bad is not None:
         items = [x for split in out.dropped.values() for x in split]
         if items:
@@ -238,9 +224,9 @@ def format_metrics(m: dict) -> str:
 def evaluate_on(
     cfg: Config, model: ReidModel, dataset: ReidDataset, device, **kw
 ) -> dict[str, float]:
-    """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery (rank 0 computes; the
-    result is broadcast so every rank takes the same decisions). ``kw``: of
-    :func:`evaluate_cfg`."""
+    """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery: :func:`evaluate_cfg` on
+    rank 0 only, the metrics broadcast so every rank takes the same decisions (what training
+    and adaptation call). ``kw``: of :func:`evaluate_cfg`."""
     metrics = None
     if D.is_main():
         metrics = evaluate_cfg(cfg, model, dataset, device, **kw).metrics()
@@ -255,16 +241,15 @@ def finish_run(
     *,
     stage: str,
     verbose: bool = True,
-    amp: str | None = None,
-    channels_last: bool | None = None,
-    bad_images: str = "error",
     on_bad: Callable[[list], Any] | None = None,
+    **changes: Any,
 ) -> None:
     """After training: evaluate ``best.pt`` on ``dataset``'s query/gallery (if any), draw the
-    rank-list picture, log a ``final`` record and write the report. Rank 0 only."""
+    rank-list picture, log a ``final`` record and write the report. Rank 0 only.
+    ``changes``: of the evaluation settings, as in :func:`evaluate_cfg`."""
     from ..evaluation import top_k_matches
-    from .model_io import model_from_checkpoint
-    from .report import draw_ranklist, write_report
+    from ..report.report import draw_ranklist, write_report
+    from ..rundir.model_io import model_from_checkpoint
 
     if not D.is_main():
         return
@@ -277,10 +262,8 @@ def finish_run(
             dataset,
             device,
             verbose=verbose,
-            amp=amp,
-            channels_last=channels_last,
-            bad_images=bad_images,
             on_bad=on_bad,
+            **changes,
         )
         run.log_metrics({"kind": "final", "stage": stage, "dataset": dataset.name, **out.metrics()})
         q = [dataset.query[i] for i in out.query.kept]  # rows of distmat: the readable images

@@ -12,7 +12,8 @@ Unknown cameras (camid -1): see :func:`protocol_camids`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,33 +69,73 @@ def protocol_camids(q_camids: np.ndarray, g_camids: np.ndarray) -> tuple[np.ndar
     return q, g
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate_model` evaluates: input size, loader, ``eval.*`` (distance,
+    flip averaging, k-reciprocal re-ranking), precision, unreadable images."""
+
+    height: int
+    width: int
+    batch_size: int = 128
+    num_workers: int = 2
+    metric: str = "euclidean"
+    flip: bool = False
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    amp: str = "none"
+    channels_last: bool = False
+    bad_images: str = "error"
+    """``"error"`` (an unreadable image raises, naming it) or ``"skip"`` (left out, reported)."""
+
+    @classmethod
+    def from_config(cls, cfg: Any, **changes: Any) -> EvalSettings:
+        """The run's settings: ``data.height/width/test_batch_size/num_workers``, ``eval.*``."""
+        e = cfg.eval
+        return cls(
+            height=cfg.data.height,
+            width=cfg.data.width,
+            batch_size=cfg.data.test_batch_size,
+            num_workers=cfg.data.num_workers,
+            metric=e.metric,
+            flip=e.flip,
+            rerank=e.rerank,
+            k1=e.k1,
+            k2=e.k2,
+            lambda_value=e.lambda_value,
+            **changes,
+        )
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset: ReidDataset,
+    settings: EvalSettings | None = None,
     *,
-    height: int,
-    width: int,
     device: torch.device,
-    batch_size: int = 128,
-    num_workers: int = 2,
-    metric: str = "euclidean",
-    flip: bool = False,
-    rerank: bool = False,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    amp: str = "none",
-    channels_last: bool = False,
     verbose: bool = True,
-    bad_images: str = "error",
+    **changes: Any,
 ) -> EvalOutput:
     """Rank the gallery for every query (Market protocol) and compute CMC / mAP / mINP.
+
+    The three evaluation entry points, from the bottom: this one takes every setting
+    explicitly (``adaptreid evaluate`` on a checkpoint); :func:`~adaptreid.engine.builders.
+    evaluate_cfg` fills them from a run's config; :func:`~adaptreid.engine.builders.
+    evaluate_on` runs that on rank 0 and broadcasts the metrics, so every rank of a
+    distributed run takes the same decisions.
 
     With ``rerank`` the distance is the k-reciprocal re-ranking of Zhong et al. (CVPR 2017),
     computed by the sparse engine in :mod:`adaptreid.pseudo.kreciprocal`. ``bad_images``:
     ``"error"`` (an unreadable image raises, naming it) or ``"skip"`` (it is left out and
     reported, see the module docstring). Raises :class:`DatasetError` naming the missing
-    split when the dataset has no query or gallery images (or none readable)."""
+    split when the dataset has no query or gallery images (or none readable).
+
+    ``settings``: an :class:`EvalSettings`, passed whole; ``changes``: keyword changes of it
+    (or, without ``settings``, its fields: ``height=..., width=..., metric=...``)."""
+    st = EvalSettings(**changes) if settings is None else replace(settings, **changes)
+    height, width, batch_size, num_workers = st.height, st.width, st.batch_size, st.num_workers
+    flip, amp, channels_last, bad_images = st.flip, st.amp, st.channels_last, st.bad_images
     dataset.require("query", "gallery", purpose="evaluation")
     tf = build_transforms(height, width, train=False)
     seconds: dict[str, float] = {}
@@ -111,12 +152,14 @@ def evaluate_model(
                 f"{dataset.name!r} could be read (first: {f.dropped[0][1]}: {f.dropped[0][2]})"
             )
     t0 = time.perf_counter()
-    if rerank:
-        from ..evaluation.rerank import rerank as k_reciprocal_rerank
+    if st.rerank:
+        from ..pseudo.kreciprocal import k_reciprocal_rerank
 
-        dist = k_reciprocal_rerank(q.feats, g.feats, k1=k1, k2=k2, lambda_value=lambda_value)
+        dist = k_reciprocal_rerank(
+            q.feats, g.feats, k1=st.k1, k2=st.k2, lambda_value=st.lambda_value
+        )
     else:
-        dist = pairwise_distance(q.feats, g.feats, metric=metric)
+        dist = pairwise_distance(q.feats, g.feats, metric=st.metric)
     dist = dist.numpy() if torch.is_tensor(dist) else np.asarray(dist)
     seconds["distance"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError
+from ..runtime.device import autocast
 
 
 @dataclass
@@ -37,24 +37,6 @@ class Features:
     def __post_init__(self) -> None:
         if len(self.kept) == 0 and len(self.pids):
             self.kept = np.arange(len(self.pids), dtype=np.int64)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str = "none"):
-    """An autocast context for ``amp`` in none | bf16 | fp16 (fp16 only on CUDA)."""
-    if amp in (None, "none", "fp32"):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype is None:
-        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 autocast needs a CUDA device; use amp=bf16 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def l2_normalize(feats: torch.Tensor, parts: int = 1) -> torch.Tensor:

@@ -32,22 +32,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 
-from ..config import Config, to_dict
-from ..data.bad_images import BadImageLog
-from ..data.datasets import ReidDataset, Sample
-from ..data.loaders import build_test_loader
-from ..data.transforms import build_transforms
+from ..config import Config
+from ..data.datasets import ground_truth
 from ..errors import ConfigError, TrainingError
 from ..evaluation.label_free import choose_holdout, holdout_map, label_free_scores
 from ..models import ReidModel
 from ..models.build import model_from_arch
-from . import distributed as D
+from ..rundir.model_io import load_model_state, model_from_checkpoint
+from ..rundir.run import RunDir
+from ..runtime import distributed as D
+from ..runtime.faults import crash_point
 from .builders import (
     bad_images_mode,
     evaluate_on,
@@ -57,16 +54,12 @@ from .builders import (
     model_from_cfg,
     resolve_precision_cfg,
     seed_everything,
-    train_loader,
 )
-from .checkpoint import rng_state, set_rng_state
-from .extract import Features, extract_features
-from .faults import crash_point
+from .context import LoopContext, LoopState, step_seed
+from .extract import Features
 from .method import AdaptationMethod, method_class
-from .model_io import load_model_state, model_from_checkpoint
 from .pseudo_step import StepFeatures
-from .run import RunDir
-from .trainer import Trainer
+from .trainer import Trainer, TrainSettings
 
 log = logging.getLogger("adaptreid")
 
@@ -78,8 +71,6 @@ __all__ = [
     "LoopState",
     "adapt",
     "format_metrics",
-    "ground_truth",
-    "pseudo_samples",
 ]
 
 #: ``adapt.select`` values that need no target label (scores of adaptreid.evaluation.label_free)
@@ -87,150 +78,6 @@ LABEL_FREE_RULES = ("agreement", "holdout", "snd", "cross_camera")
 #: every ``adapt.select`` value; ``target_map`` is the oracle
 SELECT_RULES = (*LABEL_FREE_RULES, "last", "target_map")
 _TIMES = ("extract", "distance", "cluster", "train", "evaluate", "checkpoint")
-
-
-@dataclass
-class LoopState:
-    step: int = 0
-    """Last step whose pseudo-labels exist (0: none yet)."""
-    step_done: bool = True
-    """Whether step ``step`` finished (trained and evaluated)."""
-    stage: int = 0
-    """Index of the stage being trained in step ``step``."""
-    stage_begun: bool = False
-    """Whether the method's ``begin_stage`` ran for that stage."""
-    labels: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """The method's extra arrays of this step (numpy; e.g. PAST's ranking table)."""
-    trainer: dict[str, Any] | None = None
-    best_step: int = 0
-    best_score: float = -math.inf
-    stale: int = 0
-    scored: int = -1
-    """Last step whose model has its label-free score."""
-    stopped: bool = False
-    records: int = 0
-    """Lines of metrics.jsonl when this state was saved (a resume cuts back to them)."""
-    excluded: list[str] = field(default_factory=list)
-    """Target train images left out as unreadable when this step's labels were made (the
-    labels follow ``target.train`` without them; a resume leaves them out again)."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """This step's time so far, per part (extract, distance, cluster, train, ...)."""
-    holdout: dict[str, int] = field(default_factory=dict)
-    """Held-back images (``adapt.holdout``): path -> step-1 cluster id; no step trains on them."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Checkpointable (``weights_only`` loads take tensors, not numpy arrays)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["labels"] = (
-            None if self.labels is None else torch.from_numpy(self.labels.astype(np.int64))
-        )
-        d["extra"] = {
-            k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in self.extra.items()
-        }
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LoopState:
-        d = dict(d)
-        labels = d.pop("labels", None)
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        state = cls(**known)
-        state.labels = None if labels is None else labels.numpy()
-        state.extra = {  # a method's extra arrays come back as numpy arrays
-            k: v.numpy() if torch.is_tensor(v) else v for k, v in (state.extra or {}).items()
-        }
-        state.seconds = dict(state.seconds or {})
-        state.excluded = list(state.excluded or [])
-        return state
-
-
-@dataclass
-class LoopContext:
-    """What a method may use from the loop (``method.ctx``)."""
-
-    cfg: Config
-    device: torch.device
-    target: ReidDataset
-    run: RunDir
-    verbose: bool
-    amp: str = "none"
-    channels_last: bool = False
-    """Training precision (``train.amp``, resolved)."""
-    extract_amp: str = "none"
-    extract_channels_last: bool = False
-    """Extraction / evaluation precision (``train.amp: auto`` probes it separately)."""
-    true_pids: np.ndarray | None = None
-    """Target train identities when known: label quality in the records only."""
-    state: LoopState = field(default_factory=LoopState)
-    bad_images: str = "skip"
-    """``data.bad_images`` resolved for the target (``auto``: skip)."""
-    bad_log: BadImageLog = field(default_factory=BadImageLog)
-
-    @property
-    def step(self) -> int:
-        return self.state.step
-
-    def train_loader(self, samples: list[Sample]):
-        """A P x K loader over ``samples`` with ``cfg.data``'s augmentation (unreadable images
-        dropped from their batch in skip mode)."""
-        return train_loader(self.cfg, samples, bad_images=self.bad_images)
-
-    def note_bad(self, items, where: str) -> None:
-        """Record unreadable images ``(index, path, reason)`` once each (``bad_images.json``)."""
-        if items and self.bad_log.add_many(items, where=where) and D.is_main():
-            self.bad_log.save(self.run.path)
-            for _, path, reason in items:
-                log.warning("skipping unreadable image %s (%s) in %s", path, reason, where)
-
-    def extract(self, model: ReidModel, *, normalize: bool, desc: str = "") -> Features:
-        """Features of the target training images, in dataset order (test-time transform),
-        L2-normalised (per part) when ``normalize``. In skip mode an unreadable image has no
-        row: ``features.kept`` are the positions in ``target.train`` of the rows."""
-        d = self.cfg.data
-        loader = build_test_loader(
-            self.target.train,
-            build_transforms(d.height, d.width, train=False),
-            d.test_batch_size,
-            d.num_workers,
-            bad_images=self.bad_images,
-        )
-        feats = extract_features(
-            model.to(self.device),
-            loader,
-            device=self.device,
-            flip=self.cfg.adapt.extract_flip,
-            normalize=normalize,
-            amp=self.extract_amp,
-            channels_last=self.extract_channels_last,
-            desc=desc or f"step {self.state.step} features",
-            verbose=self.verbose,
-        )
-        self.note_bad(feats.dropped, desc or f"step {self.state.step} features")
-        return feats
-
-    def drop_unreadable(self, feats: Features) -> None:
-        """Leave the images ``feats`` could not read out of ``target.train`` for the rest of
-        the run (the next labels follow the shorter list)."""
-        if len(feats.kept) == len(self.target.train):
-            return
-        gone = sorted(set(range(len(self.target.train))) - set(feats.kept.tolist()))
-        self.state.excluded += [self.target.train[i].path for i in gone]
-        keep = set(feats.kept.tolist())
-        self.target.train = [x for i, x in enumerate(self.target.train) if i in keep]
-        if self.true_pids is not None:
-            self.true_pids = self.true_pids[feats.kept]
-
-    def exclude(self, paths: list[str]) -> None:
-        """Leave ``paths`` out of ``target.train`` (a resume: as when the labels were made)."""
-        if not paths:
-            return
-        gone = set(paths)
-        keep = [i for i, x in enumerate(self.target.train) if x.path not in gone]
-        self.target.train = [self.target.train[i] for i in keep]
-        if self.true_pids is not None:
-            self.true_pids = self.true_pids[keep]
 
 
 def adapt(cfg: Config, *, resume: bool = False, verbose: bool = True) -> RunDir:
@@ -264,7 +111,6 @@ class AdaptationLoop:
             self.verbose,
             true_pids=ground_truth(target.train),
             bad_images=bad_images_mode(cfg, "target"),
-            bad_log=BadImageLog.load(self.run_dir.path),
         )
         self.method: AdaptationMethod = method_class(cfg.method.name)(cfg, self.ctx)
         self.rule = cfg.adapt.select
@@ -298,12 +144,12 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
-            on_bad=lambda bad: self.ctx.note_bad(bad, "final evaluation"),
+            on_bad=lambda bad: self.run_dir.note_bad(bad, "final evaluation"),
         )
-        if len(self.ctx.bad_log):
+        if len(self.run_dir.bad_log):
             log.warning(
                 "%d unreadable target image(s) were skipped: listed in %s and report.md",
-                len(self.ctx.bad_log),
+                len(self.run_dir.bad_log),
                 self.run_dir.path / "bad_images.json",
             )
         D.barrier()
@@ -352,8 +198,7 @@ class AdaptationLoop:
         model = model_from_arch(state["arch"])
         load_model_state(model, state["model"], source=str(self.run_dir.last))
         self.ctx.state = LoopState.from_dict(state["loop"])
-        set_rng_state(state["rng"])
-        self.run_dir.truncate_records(self.state.records)
+        self.run_dir.restore(state)
         self.ctx.exclude(self.state.excluded)
         s = self.state
         where = (
@@ -513,23 +358,20 @@ class AdaptationLoop:
             spec = self.method.build_stage(name, model, s.labels, s.extra)
             if spec is not None:
                 desc = f"step {s.step}" if len(stages) == 1 else f"step {s.step} {name}"
-                trainer = Trainer(
-                    model,
-                    spec.criterion,
-                    spec.optimizer,
-                    spec.loader,
-                    device=self.device,
-                    scheduler=spec.scheduler,
-                    extra_optimizers=list(spec.extra_optimizers),
-                    freeze_epochs=spec.freeze_epochs,
+                settings = TrainSettings(
                     amp=self.ctx.amp,
                     channels_last=self.ctx.channels_last,
                     iters_per_epoch=cfg.train.iters_per_epoch,
-                    seed=cfg.seed * 1000 + s.step,
+                    seed=step_seed(cfg.seed, s.step),
                     desc=desc,
                     verbose=self.verbose,
-                    hooks=spec.hooks,
-                    on_bad_images=lambda bad, d=desc: self.ctx.note_bad(bad, f"{d} training"),
+                )
+                trainer = Trainer(
+                    model,
+                    spec,
+                    settings,
+                    device=self.device,
+                    on_bad_images=lambda bad, d=desc: self.run_dir.note_bad(bad, f"{d} training"),
                 )
                 if s.trainer is not None:  # resuming inside this stage
                     trainer.load_state_dict({**s.trainer, "model": model.state_dict()})
@@ -568,7 +410,14 @@ class AdaptationLoop:
         self.run_dir.log_metrics(record)
         self._save(model, best=is_best)
         if self.cfg.adapt.keep_steps and D.is_main():
-            self.run_dir.save_step_model(s.step, self._weights(model, labels=s.labels))
+            self.run_dir.save_step_model(
+                s.step,
+                model,
+                self.cfg,
+                labels=s.labels,
+                paths=[x.path for x in self.ctx.target.train],
+                method=self.method.name,
+            )
         log.info(
             "step %d: %s (%s); time %s",
             s.step,
@@ -592,7 +441,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
-            on_bad=lambda bad: self.ctx.note_bad(bad, f"step {self.state.step} evaluation"),
+            on_bad=lambda bad: self.run_dir.note_bad(bad, f"step {self.state.step} evaluation"),
         )
         self._add_time("evaluate", time.perf_counter() - t0)
         return out
@@ -600,40 +449,12 @@ class AdaptationLoop:
     def _add_time(self, part: str, seconds: float) -> None:
         self.state.seconds[part] = self.state.seconds.get(part, 0.0) + seconds
 
-    def _weights(self, model: ReidModel, *, labels: np.ndarray | None = None) -> dict[str, Any]:
-        """A weights-only checkpoint of ``model`` (loads wherever a checkpoint is accepted);
-        with the pseudo-labels it was trained on when given (``target.train`` order)."""
-        out = {
-            "format": "adaptreid-checkpoint",
-            "version": 2,
-            "method": self.method.name,
-            "arch": model.arch,
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "input_size": [self.cfg.data.height, self.cfg.data.width],
-            "config": to_dict(self.cfg),
-        }
-        if labels is not None:
-            out["labels"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-            out["paths"] = [x.path for x in self.ctx.target.train]
-        return out
-
     def _save(self, model: ReidModel, *, best: bool = False) -> None:
         t0 = time.perf_counter()
         s = self.state
         s.records = self.run_dir.num_records()
-        self.run_dir.save(
-            {
-                "format": "adaptreid-checkpoint",
-                "version": 2,
-                "method": self.method.name,
-                "arch": model.arch,
-                "model": model.state_dict(),
-                "input_size": [self.cfg.data.height, self.cfg.data.width],
-                "config": to_dict(self.cfg),
-                "loop": s.to_dict(),
-                "rng": rng_state(),
-            },
-            best=best,
+        self.run_dir.save_state(
+            model, self.cfg, best=best, method=self.method.name, loop=s.to_dict()
         )
         if not s.step_done:
             self._add_time("checkpoint", time.perf_counter() - t0)
@@ -651,14 +472,3 @@ def format_label_stats(stats: dict, quality: dict | None) -> str:
             f"{k} {quality[k]:.3f}" for k in ("precision", "recall", "f1", "nmi") if k in quality
         )
     return out
-
-
-def pseudo_samples(train: list[Sample], labels: np.ndarray) -> list[Sample]:
-    """The pseudo-labelled training set: images with a label >= 0, pid = the label."""
-    return [Sample(s.path, int(lab), s.camid) for s, lab in zip(train, labels) if lab >= 0]
-
-
-def ground_truth(train: list[Sample]) -> np.ndarray | None:
-    """Target train pids when every image has one (for label-quality analysis only)."""
-    pids = np.array([s.pid for s in train])
-    return pids if len(pids) and (pids >= 0).all() else None

@@ -22,23 +22,22 @@ method".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from ..registry import Registry
+from ..config import registered_method
+from ..registry import METHOD_OPTIONS, METHODS
+from .trainer import Stage, TrainHooks
 
 if TYPE_CHECKING:
     from ..config import Config, MethodOptions
     from ..models import ReidModel
     from ..pseudo.labels import PseudoLabels
-    from .loop import LoopContext, StepFeatures
+    from .context import LoopContext
+    from .pseudo_step import StepFeatures
 
 __all__ = [
-    "METHODS",
     "AdaptationMethod",
     "Stage",
     "TrainHooks",
@@ -46,59 +45,23 @@ __all__ = [
     "register_method",
 ]
 
-METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method")
-
 
 def register_method(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
-    """Class decorator: make ``cls`` available as ``method: <cls.name>``."""
+    """Class decorator: make ``cls`` available as ``method: <cls.name>``, with its options
+    dataclass ``cls.Options`` (registered here unless :mod:`adaptreid.method_options` has)."""
+    if cls.name in METHOD_OPTIONS:
+        if METHOD_OPTIONS.get(cls.name) is not cls.Options:
+            raise KeyError(f"method {cls.name!r}: another options class is registered")
+    else:
+        METHOD_OPTIONS.register(cls.name)(cls.Options)
     METHODS.register(cls.name)(cls)
     return cls
 
 
 def method_class(name: str) -> type[AdaptationMethod]:
-    """The registered method ``name`` (the built-in methods register on first use)."""
-    import adaptreid.methods  # noqa: F401  (registers msplr, past, cluster_contrast)
-
-    return METHODS.get(name)
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks around the trainer's work (fast-reid's hooks), all optional.
-
-    * ``before_epoch(epoch)``, ``after_epoch(epoch, stats) -> extra stats or None``;
-    * ``after_step(outputs, batch)``: after every optimiser step, with the batch's training
-      outputs (detached by the hook if it keeps them), e.g. a memory-bank update;
-    * ``state_dict() -> dict`` / ``load_state_dict(d)``: state of the hooks that must be
-      checkpointed with the trainer (a memory bank), restored on resume.
-
-    State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
-    sync, e.g. by gathering the batch features of every rank (``engine.distributed``) before
-    the update, so that every rank applies the same update.
-    """
-
-    before_epoch: Callable[[int], None] | None = None
-    after_epoch: Callable[[int, dict], dict | None] | None = None
-    after_step: Callable[[dict, dict], None] | None = None
-    state_dict: Callable[[], dict] | None = None
-    load_state_dict: Callable[[dict], None] | None = None
-
-
-@dataclass
-class Stage:
-    """One training stage of a step, as a method builds it (:meth:`AdaptationMethod.build_stage`).
-
-    The loop runs ``epochs`` epochs of a :class:`~adaptreid.engine.trainer.Trainer` built
-    from these parts, checkpointing after each; ``scheduler`` is stepped per epoch."""
-
-    criterion: Any
-    optimizer: torch.optim.Optimizer
-    loader: Any
-    epochs: int
-    scheduler: Any = None
-    extra_optimizers: Sequence[Any] = ()
-    freeze_epochs: int = 0
-    hooks: TrainHooks = field(default_factory=TrainHooks)
+    """The registered method ``name`` (``import adaptreid.methods`` registers the built-in
+    ones; the engine never imports a method)."""
+    return registered_method(name)
 
 
 class AdaptationMethod:
@@ -115,7 +78,7 @@ class AdaptationMethod:
     * ``reads_model``: ``model.*`` keys it reads although the network comes from
       ``adapt.init_checkpoint`` (e.g. PAST's new PCB head).
 
-    ``self.ctx`` (a :class:`~adaptreid.engine.loop.LoopContext`) gives the loop's services:
+    ``self.ctx`` (a :class:`~adaptreid.engine.context.LoopContext`) gives the loop's services:
     ``cfg``, ``device``, ``target``, ``train_loader(samples)``, ``extract(model, ...)``,
     ``step``, ``true_pids`` (analysis only).
     """
@@ -182,7 +145,3 @@ class AdaptationMethod:
     @staticmethod
     def num_classes(labels: np.ndarray) -> int:
         return int(np.max(labels)) + 1 if len(labels) else 0
-
-    def describe(self) -> str:
-        """One line for the log."""
-        return self.name

@@ -1,4 +1,4 @@
-"""Optimisers, learning-rate schedules and body freezing for the two recipes.
+"""Optimisers, learning-rate schedules and body freezing for source training and the methods.
 
 * :func:`build_optimizer`: Adam / AdamW / SGD over explicit parameter groups, each with its
   own learning rate (absolute, or a multiplier of the base lr), optional zero weight decay on

@@ -16,11 +16,11 @@ import logging
 import time
 
 from ..config import Config
-from ..data.bad_images import BadImageLog
 from ..data.datasets import relabel
 from ..errors import ConfigError
 from ..losses.reid_loss import build_reid_loss
-from . import distributed as D
+from ..rundir.run import RunDir
+from ..runtime import distributed as D
 from .builders import (
     bad_images_mode,
     evaluate_on,
@@ -33,9 +33,7 @@ from .builders import (
     seed_everything,
     train_loader,
 )
-from .checkpoint import rng_state, set_rng_state
-from .run import RunDir
-from .trainer import Trainer
+from .trainer import Stage, Trainer, TrainSettings
 
 log = logging.getLogger("adaptreid")
 
@@ -55,31 +53,33 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     model = model_from_cfg(cfg, num_classes)
     amp, channels_last = resolve_precision_cfg(cfg, model, device)
     ev_amp, ev_cl = resolve_precision_cfg(cfg, model, device, mode="extract")
-    bad = BadImageLog.load(run.path)
     mode = bad_images_mode(cfg, "source")
-
-    def note_bad(items, where: str) -> None:  # data.bad_images: skip
-        if bad.add_many(items, where=where) and D.is_main():
-            bad.save(run.path)
-            log.warning("skipped %d unreadable image(s) in %s", len(items), where)
+    note_bad = run.note_bad  # data.bad_images: skip
 
     criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
     optimizer, scheduler = optimizer_from_cfg(cfg, model)
     center_opt = criterion.center_optimizer(cfg.loss.center_lr)
-    trainer = Trainer(
-        model,
+    stage = Stage(
         criterion,
         optimizer,
         train_loader(cfg, train, bad_images=mode),
-        device=device,
+        epochs=cfg.train.epochs,
         scheduler=scheduler,
         extra_optimizers=[center_opt] if center_opt else [],
         freeze_epochs=cfg.train.freeze_epochs,
+    )
+    settings = TrainSettings(
         amp=amp,
         channels_last=channels_last,
         iters_per_epoch=cfg.train.iters_per_epoch,
         seed=cfg.seed,
         verbose=verbose,
+    )
+    trainer = Trainer(
+        model,
+        stage,
+        settings,
+        device=device,
         on_bad_images=lambda items: note_bad(items, f"training epoch {trainer.epoch + 1}"),
     )
     precision = {"amp": ev_amp, "channels_last": ev_cl, "bad_images": mode}  # evaluation
@@ -87,11 +87,8 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     if resume and run.has_checkpoint():
         state = run.load_last()
         trainer.load_state_dict({**state["trainer"], "model": state["model"]})
-        set_rng_state(state["rng"])
+        run.restore(state)
         best = float(state.get("best_map", -1.0))
-        run.truncate_metrics(
-            lambda r: r.get("kind") == "epoch" and r.get("epoch", 0) <= trainer.epoch
-        )
         log.info("resumed %s at epoch %d", run.path, trainer.epoch)
 
     has_test = bool(source.query and source.gallery)
@@ -118,9 +115,12 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         if last and cfg.train.keep == "last" or last and not has_test:
             is_best = True
         record["time_s"] = time.perf_counter() - t0
+        run.log_metrics(record)  # before the checkpoint, which counts it (a resume keeps it)
         if epoch % max(cfg.train.checkpoint_every, 1) == 0 or last or is_best:
-            run.save(_state(trainer, model, cfg, best, epoch), best=is_best)
-        run.log_metrics(record)
+            trainer_state = {k: v for k, v in trainer.state_dict().items() if k != "model"}
+            run.save_state(
+                model, cfg, best=is_best, epoch=epoch, best_map=best, trainer=trainer_state
+            )
         log.info(
             "epoch %d/%d loss %.4f %s%.1f img/s",
             epoch,
@@ -131,7 +131,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         )
 
     if cfg.data.target:  # every rank: evaluate_on computes on rank 0 and broadcasts
-        from ..engine.model_io import model_from_checkpoint
+        from ..rundir.model_io import model_from_checkpoint
 
         target = load_dataset(cfg, "target")
         best_model, _ = model_from_checkpoint(run.best if run.best.is_file() else run.last)
@@ -162,20 +162,3 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     )
     D.barrier()
     return run
-
-
-def _state(trainer: Trainer, model, cfg: Config, best: float, epoch: int) -> dict:
-    from ..config import to_dict
-
-    return {
-        "format": "adaptreid-checkpoint",
-        "version": 1,
-        "arch": model.arch,
-        "model": model.state_dict(),
-        "input_size": [cfg.data.height, cfg.data.width],
-        "config": to_dict(cfg),
-        "epoch": epoch,
-        "best_map": best,
-        "trainer": {k: v for k, v in trainer.state_dict().items() if k != "model"},
-        "rng": rng_state(),
-    }

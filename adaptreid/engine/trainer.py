@@ -4,9 +4,9 @@ The :class:`Trainer` knows nothing about re-ID losses or datasets: it is given a
 criterion ``(outputs, batch) -> (loss, {name: value})``, optimisers and a loader, and runs
 epochs with optional autocast (bf16 / fp16), channels_last, a frozen body for the first
 epochs (MSPLR section 3.6.2), DDP across ranks, a progress bar (loss, lr, images/s) and a
-non-finite-loss guard. Hooks (:class:`~adaptreid.engine.method.TrainHooks`) run before and
-after each epoch and after each optimiser step, e.g. to update a memory bank. Its
-:meth:`state_dict` holds everything needed to resume, the hooks' state included.
+non-finite-loss guard. A hook (:class:`~adaptreid.engine.method.TrainHooks`) runs after each
+optimiser step, e.g. to update a memory bank (whose state is the criterion's, so it is
+checkpointed with it). Its :meth:`state_dict` holds everything needed to resume.
 """
 
 from __future__ import annotations
@@ -14,22 +14,75 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError
-from . import distributed as D
-from .extract import autocast
-from .faults import crash_point
+from ..runtime import distributed as D
+from ..runtime.device import autocast
+from ..runtime.faults import crash_point
 
 log = logging.getLogger("adaptreid")
 
 Criterion = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks around the trainer's work (fast-reid's hooks), optional.
+
+    * ``after_step(outputs, batch)``: after every optimiser step, with the batch's training
+      outputs (detached by the hook if it keeps them), e.g. a memory-bank update. State the
+      hook updates belongs to the criterion (an ``nn.Module`` buffer), which the trainer
+      checkpoints.
+
+    State that must agree across ranks under DDP (a memory bank) is the hook's to keep in
+    sync, e.g. by gathering the batch features of every rank
+    (``adaptreid.runtime.distributed``) before the update, so that every rank applies the
+    same update.
+    """
+
+    after_step: Callable[[dict, dict], None] | None = None
+
+
+@dataclass
+class Stage:
+    """What a :class:`Trainer` trains: one training stage, as a method builds it
+    (:meth:`~adaptreid.engine.method.AdaptationMethod.build_stage`) or source training does.
+
+    The loop runs ``epochs`` epochs of a :class:`Trainer` built from these parts,
+    checkpointing after each; ``scheduler`` is stepped per epoch; the body is frozen while
+    ``epoch <= freeze_epochs``; ``extra_optimizers`` are stepped after ``optimizer`` (e.g.
+    the centre loss's own SGD)."""
+
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    epochs: int
+    scheduler: Any = None
+    extra_optimizers: Sequence[Any] = ()
+    freeze_epochs: int = 0
+    hooks: TrainHooks = field(default_factory=TrainHooks)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a :class:`Trainer` runs (the same for every stage of a run)."""
+
+    amp: str = "none"
+    """none | bf16 | fp16 (fp16 uses a GradScaler; CUDA only)."""
+    channels_last: bool = False
+    iters_per_epoch: int = 0
+    """Cap on batches per epoch (0: the loader's length)."""
+    seed: int = 0
+    """Seeds the loader's per-epoch generator (the loop: the step seed)."""
+    desc: str = "train"
+    verbose: bool = True
 
 
 class Trainer:
@@ -37,17 +90,12 @@ class Trainer:
 
     Args:
         model: a :class:`adaptreid.models.ReidModel` (train mode returns a dict of outputs).
-        criterion: ``(outputs, batch) -> (total loss, {part: float})``. If it is an
-            ``nn.Module`` with parameters (e.g. centre loss), those are averaged across ranks.
-        optimizer: the model's optimiser.
-        loader: yields dict batches with ``img`` and ``pid`` (pseudo-)labels.
-        scheduler: stepped once per epoch (after the epoch), optional.
-        extra_optimizers: stepped after ``optimizer`` (e.g. the centre loss's own SGD).
-        freeze_epochs: the body is frozen while ``epoch <= freeze_epochs`` (1-based epochs).
-        amp: ``none`` | ``bf16`` | ``fp16`` (fp16 uses a GradScaler; CUDA only).
-        iters_per_epoch: cap on batches per epoch (0: the loader's length).
-        hooks: a :class:`~adaptreid.engine.method.TrainHooks` (before / after each epoch,
-            after each optimiser step, and their checkpointed state).
+        stage: the :class:`Stage` trained: ``criterion`` ``(outputs, batch) -> (total loss,
+            {part: float})`` (an ``nn.Module``'s parameters, e.g. centre loss, are averaged
+            across ranks), ``optimizer``, ``loader`` (dict batches with ``img`` and ``pid``),
+            ``scheduler``, ``extra_optimizers``, ``freeze_epochs``, ``hooks``.
+        settings: :class:`TrainSettings` (precision, batches per epoch, seed, progress bar);
+            ``changes``: keyword changes of it.
         on_bad_images: called with the ``(index, path, reason)`` items a loader in skip mode
             dropped from a batch (``batch["bad"]``), if any.
     """
@@ -55,41 +103,33 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        criterion: Criterion,
-        optimizer: torch.optim.Optimizer,
-        loader: DataLoader,
+        stage: Stage,
+        settings: TrainSettings | None = None,
         *,
         device: torch.device,
-        scheduler: Any = None,
-        extra_optimizers: list[Any] | None = None,
-        freeze_epochs: int = 0,
-        amp: str = "none",
-        channels_last: bool = False,
-        iters_per_epoch: int = 0,
-        seed: int = 0,
-        desc: str = "train",
-        verbose: bool = True,
-        hooks: Any = None,
         on_bad_images: Callable[[list], None] | None = None,
+        **changes: Any,
     ) -> None:
+        st = replace(settings or TrainSettings(), **changes)
+        amp, channels_last = st.amp, st.channels_last
         self.model = model.to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.criterion = criterion
-        self.optimizer = optimizer
-        self.loader = loader
+        self.criterion = stage.criterion
+        self.optimizer = stage.optimizer
+        self.loader = stage.loader
         self.device = device
-        self.scheduler = scheduler
-        self.extra_optimizers = list(extra_optimizers or [])
-        self.freeze_epochs = int(freeze_epochs)
+        self.scheduler = stage.scheduler
+        self.extra_optimizers = list(stage.extra_optimizers or [])
+        self.freeze_epochs = int(stage.freeze_epochs)
         self.amp = amp
         self.channels_last = channels_last
-        self.iters_per_epoch = int(iters_per_epoch)
-        self.seed = int(seed)
-        self.desc = desc
-        self.verbose = verbose and D.is_main()
+        self.iters_per_epoch = int(st.iters_per_epoch)
+        self.seed = int(st.seed)
+        self.desc = st.desc
+        self.verbose = st.verbose and D.is_main()
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-        self.hooks = hooks
+        self.hooks = stage.hooks
         self.on_bad_images = on_bad_images
         self._ddp: nn.Module | None = None
         self._ddp_frozen: bool | None = None
@@ -134,8 +174,6 @@ class Trainer:
             self.model.freeze_body(frozen)
         self._set_epoch(epoch)
         hook = self.hooks
-        if hook is not None and hook.before_epoch is not None:
-            hook.before_epoch(epoch)
         self.model.train()
         net = self._net()
         total_iters = len(self.loader)
@@ -213,8 +251,6 @@ class Trainer:
         stats["images_per_s"] = n_images * D.world_size() / max(seconds, 1e-9)
         stats["epoch_s"] = seconds
         stats["body_frozen"] = float(frozen)
-        if hook is not None and hook.after_epoch is not None:
-            stats.update(hook.after_epoch(epoch, stats) or {})
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch = epoch
@@ -236,8 +272,6 @@ class Trainer:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        if self.hooks is not None and self.hooks.state_dict is not None:
-            state["hooks"] = self.hooks.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,6 +285,4 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        if self.hooks is not None and self.hooks.load_state_dict is not None and "hooks" in state:
-            self.hooks.load_state_dict(state["hooks"])
         self.epoch = int(state["epoch"])

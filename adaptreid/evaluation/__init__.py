@@ -5,7 +5,9 @@
   single-gallery-shot CMC), vectorised over query chunks; returns a :class:`RankResult`.
 * :func:`top_k_matches`: the ranked lists behind the metrics, for rank-list pictures.
 
-k-reciprocal re-ranking lives in :mod:`adaptreid.evaluation.rerank`.
+k-reciprocal re-ranking (``adaptreid evaluate --rerank``) is
+:func:`adaptreid.pseudo.kreciprocal.k_reciprocal_rerank`, the blocked sparse engine the
+pseudo-labels use too.
 """
 
 from .distance import pairwise_distance

@@ -1,4 +1,4 @@
-"""Losses of the two recipes.
+"""Losses of the methods (MSPLR, PAST; cluster contrast keeps its ClusterNCE in its method file).
 
 * :class:`TripletLoss` / :func:`batch_hard_triplet`: batch-hard triplet (Hermans et al. 2017),
   MSPLR eq. 5 ``L_tri`` and PAST eq. 3 (CTL); hinge or soft margin.

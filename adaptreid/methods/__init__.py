@@ -1,6 +1,8 @@
 """The adaptation methods, one file each, on the interface of :mod:`adaptreid.engine.method`
-and the one loop of :mod:`adaptreid.engine.loop`. Importing this package registers them:
-``method: msplr`` (seed 000), ``method: past`` (seed 003), ``method: cluster_contrast``."""
+(driven by the one loop of :mod:`adaptreid.engine.loop`, which no method imports). Importing
+this package registers them: ``method: msplr`` (seed 000), ``method: past`` (seed 003, with
+its RTL batches in :mod:`.past_rtl`), ``method: cluster_contrast``. Their options are in
+:mod:`adaptreid.method_options` (so a config builds without importing a method)."""
 
 from . import cluster_contrast, msplr, past  # noqa: F401  (register the methods)
 from .cluster_contrast import ClusterContrast, ClusterContrastOptions

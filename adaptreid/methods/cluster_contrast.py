@@ -25,30 +25,19 @@ k2 = 6, eps = 0.6 (0.7 on DukeMTMC-reID), tau = 0.05, mu = 0.1, 16 identities x 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MethodOptions
-from ..engine import distributed as D
+from ..data.datasets import pseudo_samples
 from ..engine.builders import optimizer_from_cfg
-from ..engine.loop import pseudo_samples
 from ..engine.method import AdaptationMethod, Stage, TrainHooks, register_method
 from ..engine.optim import multistep_factor
 from ..errors import ConfigError
+from ..method_options import ClusterContrastOptions
 from ..pseudo.centroids import cluster_means
-
-
-@dataclass
-class ClusterContrastOptions(MethodOptions):
-    name: str = "cluster_contrast"
-    temperature: float = 0.05
-    """tau of the ClusterNCE loss."""
-    momentum: float = 0.1
-    """mu of the memory update m <- mu m + (1 - mu) f (the authors' 0.1)."""
+from ..runtime import distributed as D
 
 
 class ClusterMemoryLoss(nn.Module):

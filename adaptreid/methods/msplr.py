@@ -26,31 +26,19 @@ PAST's ranking triplet loss (eq. 4 of seed 003) with its RTL batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..config import MethodOptions
-from ..data.ranking import ranking_triplet_loader
+from ..data.datasets import pseudo_samples
 from ..engine.builders import optimizer_from_cfg
-from ..engine.loop import pseudo_samples
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..errors import ConfigError
 from ..losses.past_loss import RankingTripletAugmented
 from ..losses.reid_loss import build_reid_loss
+from ..method_options import MSPLROptions
 from ..pseudo.ranking import ranked_neighbors
+from .past_rtl import step_loader
 
 FROZEN, FINETUNE = "frozen", "finetune"
-
-
-@dataclass
-class MSPLROptions(MethodOptions):
-    name: str = "msplr"
-    freeze: str = "before_schedule"
-    """before_schedule (the paper's reading: frozen epochs, then the full eq. 6 schedule) |
-    inside_schedule (the frozen epochs are the first of the schedule)."""
-    rtl_eta: int = 20
-    """With ``loss.rtl_weight > 0``: PAST's eta (RTL positives from ranks 1..eta)."""
 
 
 @register_method
@@ -96,17 +84,8 @@ class MSPLR(AdaptationMethod):
         criterion = build_reid_loss(cfg.loss, n_cls, model.feat_dim).to(ctx.device)
         center_opt = criterion.center_optimizer(cfg.loss.center_lr)
         samples = pseudo_samples(ctx.target.train, labels)
-        seed = cfg.seed * 1000 + ctx.step
         if cfg.loss.rtl_weight > 0:  # + w L_RTL, with RTL triplets in the batches
-            loader = ranking_triplet_loader(
-                cfg,
-                ctx.target.train,
-                labels,
-                ranked=extra["ranked"],
-                eta=self.opt.rtl_eta,
-                seed=seed,
-                bad_images=ctx.bad_images,
-            )
+            loader = step_loader(ctx, labels, ranked=extra["ranked"], eta=self.opt.rtl_eta)
             criterion = RankingTripletAugmented(
                 criterion, weight=cfg.loss.rtl_weight, eta=self.opt.rtl_eta, margin=cfg.loss.margin
             )

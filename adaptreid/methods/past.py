@@ -26,9 +26,27 @@ the embedding layers; promoting 1e-3 on the new classifier and 5e-5 on the rest;
 iterations, all learning rates are multiplied by 0.1". Constant within a stage.
 
 Design decisions the paper leaves open, each an option: the epochs of each stage (40 in the
-authors' released script); the RTL batch layout (:mod:`adaptreid.data.ranking`); D_R beyond
+authors' released script); the RTL batch layout (:mod:`adaptreid.methods.past_rtl`); D_R beyond
 the stored Jaccard entries (euclidean order, :mod:`adaptreid.pseudo.ranking`); eq. 7 on the
 normalised features (``classifier_init``). S_min's reading: ``pseudo.s_min_reading``.
+
+Where each part of PAST lives (this file is the algorithm box):
+
+* options (``method.*``): :class:`adaptreid.method_options.PASTOptions`;
+* eq. 1, k-reciprocal Jaccard distance: :mod:`adaptreid.pseudo.kreciprocal` (top-k:
+  :mod:`adaptreid.pseudo.topk`), computed once per step by
+  :class:`adaptreid.engine.pseudo_step.StepFeatures`;
+* eq. 2, the ranking score matrix D_R as a neighbour table: :mod:`adaptreid.pseudo.ranking`;
+* HDBSCAN with S_min (section 3.4; ``pseudo.s_min_reading``): :mod:`adaptreid.pseudo.hdbscan`,
+  settings from :class:`adaptreid.pseudo.settings.PseudoSettings`;
+* eq. 3-5, CTL + lambda RTL: :mod:`adaptreid.losses.past_loss` (on
+  :mod:`adaptreid.losses.triplet` and :mod:`adaptreid.losses.ranking_triplet`);
+* the RTL batches (anchors, positives from ranks 1..eta, negatives from eta+1..2 eta):
+  :mod:`adaptreid.methods.past_rtl`;
+* eq. 6-7, the promoting stage's classifier from cluster means:
+  :func:`adaptreid.pseudo.centroids.cluster_means` and :func:`promoting_loss`;
+* the PCB model (section 3.1): :mod:`adaptreid.models.pcb`; the source presets
+  ``configs/source/*_pcb*.yaml``; the adaptation presets ``configs/past/``.
 
 Table 1's rows are ``method.use_ctl`` / ``use_rtl`` / ``use_promoting``; Table 2's are
 ``pseudo.method: hdbscan | dbscan | kmeans``. Mixing: ``pseudo.camera_norm: true`` puts MSPLR's
@@ -38,56 +56,23 @@ eq. 4 before the Jaccard distance, ``pseudo.select: true`` MSPLR's cluster selec
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import MethodOptions
-from ..data.ranking import ranking_triplet_loader
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import build_optimizer, multistep_factor
 from ..errors import ConfigError
 from ..losses.past_loss import ConservativeLoss, promoting_loss
+from ..method_options import PASTOptions
 from ..models import BACKBONES, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
+from .past_rtl import step_loader
 
 log = logging.getLogger("adaptreid")
 
 CONSERVATIVE, PROMOTING = "conservative", "promoting"
 _CLASSIFIER_INITS = ("normalized", "raw", "random")
-
-
-@dataclass
-class PASTOptions(MethodOptions):
-    """PAST's own options; ``pseudo.k1`` / ``k2`` are eq. 1's encoding, ``pseudo.s_min``
-    HDBSCAN's S_min (10), ``loss.margin`` the m of eq. 3-4 (0.3)."""
-
-    name: str = "past"
-    conservative_epochs: int = 40
-    """Epochs (passes of the P x K sampler over T_U) of each conservative stage. Not given in
-    the paper; 40 is the authors' released training script."""
-    promoting_epochs: int = 40
-    use_ctl: bool = True
-    """Clustering-based triplet loss, eq. 3."""
-    use_rtl: bool = True
-    """Ranking-based triplet loss, eq. 4."""
-    use_promoting: bool = True
-    """Promoting stage (eq. 6-7); off = the "C" rows of Table 1."""
-    eta: int = 20
-    """RTL: positives from ranks 1..eta, negatives from eta+1..2 eta (appendix, Table 4)."""
-    lambda_ctl: float = 0.5
-    """lambda of eq. 5, L_C = L_RTL + lambda L_CTL (section 3.4)."""
-    lr_trunk_conservative: float = 1.0e-4
-    lr_embedding_conservative: float = 2.0e-4
-    lr_classifier_promoting: float = 1.0e-3
-    lr_rest_promoting: float = 5.0e-5
-    lr_decay_after: int = 3
-    """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
-    lr_decay: float = 0.1
-    classifier_init: str = "normalized"
-    """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
-    features (raw), or a random classifier (random; an ablation)."""
 
 
 _OWN_LR = "its learning rates are method.lr_* (section 3.1), constant within a stage"
@@ -183,8 +168,6 @@ class PAST(AdaptationMethod):
 
     def build_stage(self, stage, model, labels, extra):
         p, cfg, step = self.opt, self.cfg, self.ctx.step
-        seed = cfg.seed * 1000 + step
-        train = self.ctx.target.train
         if stage == CONSERVATIVE:  # line 6
             criterion = ConservativeLoss(
                 eta=p.eta,
@@ -193,23 +176,12 @@ class PAST(AdaptationMethod):
                 use_ctl=p.use_ctl,
                 use_rtl=p.use_rtl,
             )
-            ranked = extra.get("ranked")
-            loader = ranking_triplet_loader(
-                cfg,
-                train,
-                labels,
-                ranked=None if ranked is None else np.asarray(ranked, dtype=np.int64),
-                eta=p.eta,
-                seed=seed,
-                bad_images=self.ctx.bad_images,
-            )
+            loader = step_loader(self.ctx, labels, ranked=extra.get("ranked"), eta=p.eta)
             return Stage(
                 criterion, conservative_optimizer(cfg, model, step), loader, p.conservative_epochs
             )
         criterion = promoting_loss(self.num_classes(labels), model.feat_dim)  # line 10
-        loader = ranking_triplet_loader(
-            cfg, train, labels, seed=seed, bad_images=self.ctx.bad_images
-        )
+        loader = step_loader(self.ctx, labels)
         return Stage(criterion, promoting_optimizer(cfg, model, step), loader, p.promoting_epochs)
 
 

@@ -16,22 +16,18 @@ plus one import line in ``adaptreid/models/__init__.py`` so that the registratio
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..registry import Registry
+from .registries import BACKBONES, HEADS
 
 __all__ = ["BACKBONES", "HEADS", "ReidModel", "build_model", "model_from_arch"]
 
 logger = logging.getLogger("adaptreid")
 
-#: name -> factory ``(last_stride=..., **options) -> nn.Module`` with ``out_channels``.
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
-#: name -> class ``(in_channels, num_classes=0, **options) -> nn.Module`` (see ``heads.py``).
-HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
 _NECK_FEATS = ("after", "before")
 

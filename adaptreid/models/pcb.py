@@ -152,7 +152,7 @@ def part_rows(layout: str, height: int, num_parts: int = PAST_NUM_PARTS) -> list
 
 def _height(fmap: Tensor) -> int:
     """``fmap``'s H as a Python int. While tracing (ONNX / TorchScript export) the shape is a
-    traced value; the exported graph has a fixed input size (``engine/export.py``: only the
+    traced value; the exported graph has a fixed input size (``adaptreid.export.onnx``: only the
     batch axis is dynamic), so its regions are fixed too and the tracer's warning about
     reading it as an int is expected."""
     if not torch.jit.is_tracing():
@@ -280,9 +280,6 @@ class PCBHead(nn.Module):
         else:
             pooled = [fmap[:, :, a:b].amax(dim=(2, 3)) for a, b in rows]
         return torch.stack(pooled, dim=1)
-
-    #: the name of :meth:`pool_parts` before the 9-region layouts existed
-    stripes = pool_parts
 
     def reset_classifier(self, num_classes: int, weight: Tensor | None = None) -> None:
         """Replace the classifier by a fresh one for ``num_classes`` classes (bias-free).

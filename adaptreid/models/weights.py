@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from .registries import BACKBONES
 
 __all__ = ["KNOWN_URLS", "LoadReport", "load_pretrained", "read_state_dict", "resolve_weights"]
 
@@ -181,8 +182,6 @@ def _canonical_arch(arch: str | None) -> str | None:
     """``"R50"`` -> ``"resnet50"``: an alias resolves to its factory's name."""
     if arch is None:
         return None
-    from .build import BACKBONES
-
     key = arch.lower()
     if key not in KNOWN_URLS and key in BACKBONES:
         return getattr(BACKBONES.get(key), "__name__", key)

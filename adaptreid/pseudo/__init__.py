@@ -6,8 +6,8 @@ from adaptreid.pseudo.kreciprocal import (
     k_reciprocal_rerank,
     sort_rows_by_distance,
     sparse_distance_to_dense,
-    topk_neighbors,
 )
+from adaptreid.pseudo.topk import topk_neighbors
 
 __all__ = [
     "jaccard_distance",

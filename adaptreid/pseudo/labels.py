@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from adaptreid.errors import ConfigError, TrainingError
-from adaptreid.pseudo import clustering
 from adaptreid.pseudo.camera_norm import camera_normalize
 from adaptreid.pseudo.quality import label_quality, pseudo_label_stats
 from adaptreid.pseudo.selection import select_clusters
+
+from . import dbscan
+from .clustering import cluster
+from .settings import PseudoSettings
 
 __all__ = [
     "JACCARD_EPS_GRID",
@@ -124,8 +128,9 @@ def _jaccard(x, k1: int, k2: int, given=None) -> sp.csr_matrix:
     return jaccard_distance(x, k1=k1, k2=k2, distributed=False)
 
 
-def _selected(labels, camids, select, min_size, min_cameras):
-    if not select:
+def _selected(labels, camids, st: PseudoSettings):
+    """Cluster selection (section 3.4) as ``st`` says; a threshold of 1 is a rule off."""
+    if not st.select:
         n = int(len(np.unique(labels[labels >= 0])))
         info = {
             "clusters_before": n,
@@ -138,11 +143,29 @@ def _selected(labels, camids, select, min_size, min_cameras):
     return select_clusters(
         labels,
         camids,
-        min_size=min_size,
-        min_cameras=min_cameras,
-        enforce_size=min_size > 1,
-        enforce_cameras=min_cameras > 1,
+        min_size=st.min_size,
+        min_cameras=st.min_cameras,
+        enforce_size=st.min_size > 1,
+        enforce_cameras=st.min_cameras > 1,
     )
+
+
+def _prepared(features, cams, st: PseudoSettings, prepared=None):
+    """The rows that are clustered: ``prepared`` when the caller has them (checked), else
+    :func:`prepare_features` of ``features``."""
+    if prepared is None:
+        return prepare_features(features, cams, st.camera_norm, st.l2_after)
+    if tuple(prepared.shape) != tuple(np.shape(features)):
+        raise ConfigError(
+            f"prepared= is {tuple(prepared.shape)}, expected the features' shape "
+            f"{tuple(np.shape(features))}"
+        )
+    return prepared
+
+
+def _sweep_min_samples(st: PseudoSettings) -> int:
+    """DBSCAN's min_samples in an eps sweep: the settings', 4 (MSPLR) when unset."""
+    return 4 if st.cluster.min_samples is None else int(st.cluster.min_samples)
 
 
 def _suggest_eps(kth: np.ndarray, eps: float, distance: str) -> float | None:
@@ -197,8 +220,8 @@ def _no_cluster_error(method, raw, info, params, kth=None) -> TrainingError:
 
 def _kth(x, graph, params) -> np.ndarray:
     if params["distance"] == "jaccard":
-        return clustering.kth_neighbor_distance(distance=graph, k=params["min_samples"])
-    return clustering.kth_neighbor_distance(x, k=params["min_samples"], metric=params["distance"])
+        return dbscan.kth_neighbor_distance(distance=graph, k=params["min_samples"])
+    return dbscan.kth_neighbor_distance(x, k=params["min_samples"], metric=params["distance"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,24 +232,12 @@ def _kth(x, graph, params) -> np.ndarray:
 def make_pseudo_labels(
     features,
     camids,
+    settings: PseudoSettings | None = None,
     *,
-    camera_norm: bool = True,
-    l2_after: bool = True,
-    method: str = "dbscan",
-    distance: str = "euclidean",
-    eps: float = 0.42,
-    min_samples: int | None = None,
-    k: int | None = None,
-    min_cluster_size: int = 10,
-    k1: int = 20,
-    k2: int = 6,
-    select: bool = True,
-    min_size: int = 4,
-    min_cameras: int = 2,
     true_pids=None,
-    seed: int = 0,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    prepared=None,
+    **changes: Any,
 ) -> PseudoLabels:
     """Pseudo-labels of the target training set: the MSPLR pipeline (seed 000, Fig. 1).
 
@@ -246,10 +257,14 @@ def make_pseudo_labels(
     Args:
         features: (N, D) target training features (numpy or torch, any device).
         camids: (N,) camera ids (may be None with ``camera_norm=False`` and no camera rule).
+        settings: the :class:`~adaptreid.pseudo.settings.PseudoSettings` (default: its
+            defaults), passed whole down to clustering; ``changes``: keyword changes of it
+            (``eps=0.5``, ``method="kmeans"``, ...).
         true_pids: optional (N,) true identities, for ``quality`` only.
         jaccard: the Jaccard distance of the prepared rows (:func:`prepare_features`), when
             the caller already has it; computed here otherwise.
-        Other arguments: as above, and :func:`adaptreid.pseudo.clustering.cluster`.
+        prepared: the rows :func:`prepare_features` makes of ``features`` under ``settings``,
+            when the caller already has them (one step prepares them once).
 
     k-means cannot cluster a precomputed distance: with ``method="kmeans"`` the prepared
     features are clustered whatever ``distance`` says (PAST Table 2's k-means row), and
@@ -264,6 +279,9 @@ def make_pseudo_labels(
             selection, the distribution of distances to the ``min_samples``-th neighbour and
             a suggested eps.
     """
+    st = (settings or PseudoSettings()).replace(**changes)
+    c = st.cluster
+    method, distance, eps = c.method, st.distance, c.eps
     _check_common(features, camids, distance, true_pids)
     cams = _array1d(camids)
     if method not in ("dbscan", "kmeans", "hdbscan"):
@@ -275,42 +293,39 @@ def make_pseudo_labels(
             f"DBSCAN on the Jaccard distance needs 0 < eps < 1 (distances lie in [0, 1]), "
             f"got {eps!r}"
         )
+    min_samples = c.min_samples
     if min_samples is None and method == "dbscan":
         min_samples = 4
     n = len(features)
     params = {
         "method": method,
         "distance": distance,
-        "camera_norm": bool(camera_norm),
-        "l2_after": bool(l2_after),
+        "camera_norm": bool(st.camera_norm),
+        "l2_after": bool(st.l2_after),
         "eps": float(eps) if method == "dbscan" else None,
         "min_samples": min_samples,
-        "k": (k if k is not None else max(1, n // 15)) if method == "kmeans" else None,
-        "min_cluster_size": int(min_cluster_size) if method == "hdbscan" else None,
-        "k1": int(k1) if distance == "jaccard" else None,
-        "k2": int(k2) if distance == "jaccard" else None,
-        "select": bool(select),
-        "min_size": int(min_size),
-        "min_cameras": int(min_cameras),
-        "seed": int(seed),
+        "k": (c.k if c.k is not None else max(1, n // 15)) if method == "kmeans" else None,
+        "min_cluster_size": int(c.min_cluster_size) if method == "hdbscan" else None,
+        "k1": int(st.k1) if distance == "jaccard" else None,
+        "k2": int(st.k2) if distance == "jaccard" else None,
+        "select": bool(st.select),
+        "min_size": int(st.min_size),
+        "min_cameras": int(st.min_cameras),
+        "seed": int(c.seed),
     }
 
-    x = prepare_features(features, cams, camera_norm, l2_after)
-    graph = _jaccard(x, k1, k2, jaccard) if distance == "jaccard" else None
-    metric = "cosine" if distance == "cosine" else "euclidean"
-    raw = clustering.cluster(
+    x = _prepared(features, cams, st, prepared)
+    graph = _jaccard(x, st.k1, st.k2, jaccard) if distance == "jaccard" else None
+    raw = cluster(
         None if graph is not None and method == "dbscan" else x,
-        method=method,
+        c.replace(
+            min_samples=min_samples,
+            k=params["k"],
+            metric="cosine" if distance == "cosine" else "euclidean",
+        ),
         distance=graph,
-        eps=eps,
-        min_samples=min_samples,
-        k=params["k"],
-        min_cluster_size=min_cluster_size,
-        seed=seed,
-        metric=metric,
-        block_size=block_size,
     )
-    labels, info = _selected(raw, cams, select, min_size, min_cameras)
+    labels, info = _selected(raw, cams, st)
     if not (labels >= 0).any():
         kth = _kth(x, graph, params) if method == "dbscan" else None
         raise _no_cluster_error(method, raw, info, params, kth)
@@ -328,25 +343,21 @@ def sweep_eps(
     features,
     camids,
     eps_values,
+    settings: PseudoSettings | None = None,
     *,
-    camera_norm: bool = True,
-    l2_after: bool = True,
-    distance: str = "euclidean",
-    min_samples: int = 4,
-    k1: int = 20,
-    k2: int = 6,
-    select: bool = True,
-    min_size: int = 4,
-    min_cameras: int = 2,
     true_pids=None,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    prepared=None,
+    **changes: Any,
 ) -> list[dict]:
     """DBSCAN pseudo-labels for each eps in ``eps_values``: one row of statistics per eps.
 
     The normalisation and the distance graph are computed once: the euclidean / cosine
     radius graph at the largest eps (each smaller eps is a filter of it), or the Jaccard
     distance (independent of eps). Each eps then only costs a DBSCAN pass over a sparse graph.
+
+    ``settings`` / ``changes`` / ``jaccard`` / ``prepared``: as in :func:`make_pseudo_labels`
+    (of its clustering part only ``min_samples`` and ``block_size`` are read).
 
     Returns:
         rows sorted by eps, each a dict: ``eps``, ``clusters_before`` (DBSCAN's clusters),
@@ -355,6 +366,8 @@ def sweep_eps(
         :func:`recommend_eps`) and, with ``true_pids``, ``precision``, ``recall``, ``f1``,
         ``nmi``, ``ari`` of the selected labels.
     """
+    st = (settings or PseudoSettings()).replace(**changes)
+    distance, min_samples = st.distance, _sweep_min_samples(st)
     _check_common(features, camids, distance, true_pids)
     cams = _array1d(camids)
     eps_values = sorted({round(float(e), 10) for e in eps_values})  # arange noise: 0.88000..02
@@ -362,18 +375,18 @@ def sweep_eps(
         raise ConfigError(f"eps values must be positive, got {eps_values!r}")
     if distance == "jaccard" and eps_values[-1] >= 1:
         raise ConfigError(f"Jaccard distances lie in [0, 1]: eps must be < 1, got {eps_values}")
-    x = prepare_features(features, cams, camera_norm, l2_after)
+    x = _prepared(features, cams, st, prepared)
     if distance == "jaccard":
-        graph = _jaccard(x, k1, k2, jaccard)
+        graph = _jaccard(x, st.k1, st.k2, jaccard)
     else:
-        graph = clustering.radius_neighbors_graph(
-            x, eps_values[-1], metric=distance, block_size=block_size
+        graph = dbscan.radius_neighbors_graph(
+            x, eps_values[-1], metric=distance, block_size=st.cluster.block_size
         )
     truth = _array1d(true_pids)
     rows = []
     for eps in eps_values:
-        raw = clustering.cluster(distance=graph, method="dbscan", eps=eps, min_samples=min_samples)
-        labels, info = _selected(raw, cams, select, min_size, min_cameras)
+        raw = cluster(distance=graph, method="dbscan", eps=eps, min_samples=min_samples)
+        labels, info = _selected(raw, cams, st)
         stats = pseudo_label_stats(labels, cams)
         row = {
             "eps": eps,
@@ -471,20 +484,13 @@ JACCARD_EPS_GRID = tuple(round(0.05 + 0.025 * i, 3) for i in range(29))  # 0.05 
 def auto_eps(
     features,
     camids,
+    settings: PseudoSettings | None = None,
     *,
-    camera_norm: bool = True,
-    l2_after: bool = True,
-    distance: str = "euclidean",
-    min_samples: int = 4,
-    k1: int = 20,
-    k2: int = 6,
-    select: bool = True,
-    min_size: int = 4,
-    min_cameras: int = 2,
     num: int = 15,
     true_pids=None,
     jaccard=None,
-    block_size: int = clustering.DEFAULT_BLOCK_SIZE,
+    prepared=None,
+    **changes: Any,
 ) -> tuple[float, list[dict], str]:
     """Choose DBSCAN's eps without labels: sweep ``num`` candidates and apply
     :func:`recommend_eps`. Returns ``(eps, sweep rows, reason)``.
@@ -499,11 +505,13 @@ def auto_eps(
     scale does not drift, they are the fixed grid :data:`JACCARD_EPS_GRID`.
     ``true_pids`` only adds quality columns to the rows (never used to choose).
     """
+    st = (settings or PseudoSettings()).replace(**changes)
+    distance = st.distance
     _check_common(features, camids, distance, true_pids)
     cams = _array1d(camids)
-    x = prepare_features(features, cams, camera_norm, l2_after)
-    params = {"distance": distance, "min_samples": min_samples}
-    graph = _jaccard(x, k1, k2, jaccard) if distance == "jaccard" else None
+    x = _prepared(features, cams, st, prepared)
+    params = {"distance": distance, "min_samples": _sweep_min_samples(st)}
+    graph = _jaccard(x, st.k1, st.k2, jaccard) if distance == "jaccard" else None
     kth = _kth(x, graph, params)
     kth = kth[np.isfinite(kth) & (kth > 0)]
     if distance == "jaccard":
@@ -519,21 +527,7 @@ def auto_eps(
         qs = np.quantile(kth, np.linspace(0.05, 0.6, num))
         candidates = sorted({v for q in qs if (v := float(f"{q:.4g}")) > 0})
     rows = sweep_eps(
-        features,
-        camids,
-        candidates,
-        camera_norm=camera_norm,
-        l2_after=l2_after,
-        distance=distance,
-        min_samples=min_samples,
-        k1=k1,
-        k2=k2,
-        select=select,
-        min_size=min_size,
-        min_cameras=min_cameras,
-        true_pids=true_pids,
-        jaccard=graph,
-        block_size=block_size,
+        features, camids, candidates, st, true_pids=true_pids, jaccard=graph, prepared=x
     )
     eps, reason = recommend_eps(rows)
     return eps, rows, reason

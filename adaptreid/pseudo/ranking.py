@@ -90,7 +90,7 @@ def ranked_neighbors(jaccard, num: int, *, features=None) -> np.ndarray:
 def _fill_by_euclidean(out: np.ndarray, rows: np.ndarray, filled: np.ndarray, features) -> None:
     """Complete rows ``rows`` of ``out`` (first ``filled`` entries valid) with the nearest
     samples by euclidean distance that are neither listed yet nor the row itself."""
-    from adaptreid.pseudo.kreciprocal import topk_neighbors
+    from adaptreid.pseudo.topk import topk_neighbors
 
     num = out.shape[1]
     n = out.shape[0]

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from adaptreid.errors import ConfigError
-from adaptreid.pseudo.clustering import relabel
+from adaptreid.pseudo.cluster_base import relabel
 
 __all__ = ["cameras_per_cluster", "select_clusters"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .faults import crash_point
+from ..runtime.faults import crash_point
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -11,7 +11,10 @@ Layout::
       report.md, plots    written by the report step
 
 Only rank 0 writes. A killed run resumes from ``checkpoints/last.pt``: metric records written
-after that checkpoint are dropped, so the history has no duplicates.
+after that checkpoint are dropped, so the history has no duplicates. Source training and
+adaptation write the same checkpoint format (:meth:`RunDir.save_state`, version 2) and resume
+the same way (:meth:`RunDir.resume_state`); unreadable images skipped anywhere in the run are
+noted once each in ``bad_images.json`` (:meth:`RunDir.note_bad`).
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import Config, config_from_saved, save_config, to_dict
+from ..data.bad_images import BadImageLog
 from ..errors import ConfigError
-from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..runtime import distributed as D
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+#: The checkpoint format every run writes. Version 1: source training's checkpoints before the
+#: format was shared (no record count; still resumed, by epoch).
+CHECKPOINT_VERSION = 2
 
 log = logging.getLogger("adaptreid")
 
@@ -36,6 +46,7 @@ class RunDir:
         self.ckpt_dir = self.path / "checkpoints"
         self._tb = None
         self._records: int | None = None
+        self._bad: BadImageLog | None = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -167,19 +178,15 @@ class RunDir:
 
     def truncate_records(self, n: int) -> None:
         """Keep the first ``n`` records (a resume drops what came after its checkpoint)."""
-        if not D.is_main() or not self.metrics_file.is_file():
-            return
-        records = self.read_metrics()[: int(n)]
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
-        os.replace(tmp, self.metrics_file)
-        self._records = len(records)
+        if D.is_main() and self.metrics_file.is_file():
+            self._rewrite(self.read_metrics()[: int(n)])
 
-    def truncate_metrics(self, keep: Any) -> None:
-        """Keep only records for which ``keep(record)`` is true (used on resume)."""
-        if not D.is_main() or not self.metrics_file.is_file():
-            return
-        records = [r for r in self.read_metrics() if keep(r)]
+    def _keep_records(self, keep: Any) -> None:
+        """Keep only the records for which ``keep(record)`` is true (version-1 resume)."""
+        if D.is_main() and self.metrics_file.is_file():
+            self._rewrite([r for r in self.read_metrics() if keep(r)])
+
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
         tmp = self.metrics_file.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
         os.replace(tmp, self.metrics_file)
@@ -197,8 +204,32 @@ class RunDir:
             save_checkpoint(state, self.best)
         save_checkpoint(state, self.last)
 
-    def save_step_model(self, step: int, state: dict[str, Any]) -> Path:
-        """``steps/step_<step>.pt`` (``adapt.keep_steps``): a step's model, atomically."""
+    def save_step_model(
+        self,
+        step: int,
+        model: Any,
+        cfg: Config,
+        *,
+        labels: Any = None,
+        paths: Any = None,
+        **parts: Any,
+    ) -> Path:
+        """``steps/step_<step>.pt`` (``adapt.keep_steps``), atomically: a weights-only checkpoint
+        of the step's model in the format of :meth:`save_state` (it loads wherever a
+        checkpoint is accepted), with the pseudo-labels it was trained on and the image paths
+        they follow when given."""
+        state = {
+            "format": "adaptreid-checkpoint",
+            "version": CHECKPOINT_VERSION,
+            "arch": model.arch,
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "input_size": [cfg.data.height, cfg.data.width],
+            "config": to_dict(cfg),
+            **parts,
+        }
+        if labels is not None:
+            state["labels"] = torch.as_tensor(labels, dtype=torch.int64)
+            state["paths"] = list(paths)
         path = self.path / "steps" / f"step_{step}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, path)
@@ -206,6 +237,58 @@ class RunDir:
 
     def load_last(self) -> dict[str, Any]:
         return load_checkpoint(self.last)
+
+    def save_state(self, model: Any, cfg: Config, *, best: bool = False, **parts: Any) -> None:
+        """Checkpoint the run in the one format of source training and adaptation: the model
+        (with its ``arch``, so it rebuilds alone), the input size, the config, the RNG state
+        and the number of metric records so far (a resume cuts ``metrics.jsonl`` back to
+        them), plus ``parts``: the trainer's state, the loop's state, the method's name..."""
+        self.save(
+            {
+                "format": "adaptreid-checkpoint",
+                "version": CHECKPOINT_VERSION,
+                "arch": model.arch,
+                "model": model.state_dict(),
+                "input_size": [cfg.data.height, cfg.data.width],
+                "config": to_dict(cfg),
+                "rng": rng_state(),
+                "records": self.num_records(),
+                **parts,
+            },
+            best=best,
+        )
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Resume from ``state`` (:meth:`load_last`, once the model is rebuilt: rebuilding
+        draws random numbers): the RNG state restored and ``metrics.jsonl`` cut back to the
+        records written when it was saved. Older checkpoints still resume: adaptation's
+        before the shared format kept the count in ``loop.records``; source training's
+        version 1 had none, and keeps the epoch records up to its epoch, as it did then."""
+        set_rng_state(state["rng"])
+        n = state.get("records")
+        if n is None and isinstance(state.get("loop"), dict):
+            n = state["loop"].get("records")
+        if n is not None:
+            self.truncate_records(n)
+        else:
+            epoch = int(state.get("epoch", 0))
+            self._keep_records(lambda r: r.get("kind") == "epoch" and r.get("epoch", 0) <= epoch)
+
+    # ------------------------------------------------------------------ unreadable images
+    @property
+    def bad_log(self) -> BadImageLog:
+        """The run's ``bad_images.json`` (loaded on first use; a resume keeps the list)."""
+        if self._bad is None:
+            self._bad = BadImageLog.load(self.path)
+        return self._bad
+
+    def note_bad(self, items, where: str) -> None:
+        """Record unreadable images ``(index, path, reason)`` once each (``bad_images.json``,
+        the report lists them) and log them."""
+        if items and self.bad_log.add_many(items, where=where) and D.is_main():
+            self.bad_log.save(self.path)
+            for _, path, reason in items:
+                log.warning("skipping unreadable image %s (%s) in %s", path, reason, where)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

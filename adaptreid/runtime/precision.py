@@ -230,7 +230,7 @@ class _ProbeTimer:
         return m, x, opt
 
     def _steps(self, m, x, opt, amp: str, n: int) -> None:
-        from .extract import autocast
+        from .device import autocast
 
         for _ in range(n):
             if self.mode == "train":

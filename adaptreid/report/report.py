@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from .run import RunDir  # noqa: E402
+from ..rundir.run import RunDir  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: what each ``adapt.select`` rule is called in reports

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import AdaptReIDError, ConfigError
 from ..models import ReidModel
-from .model_io import model_from_checkpoint
+from ..rundir.model_io import model_from_checkpoint
 
 log = logging.getLogger("adaptreid")
 

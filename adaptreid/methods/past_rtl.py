@@ -1,6 +1,6 @@
-"""P x K batches with PAST's ranking-based triplets (seed 003, eq. 4): anchors, positives from
-ranks ``1..eta`` and negatives from ranks ``eta+1..2 eta`` of each anchor's row of the ranking
-score matrix (eq. 2).
+"""PAST's RTL batches: P x K batches with ranking-based triplets (seed 003, eq. 4): anchors,
+positives from ranks ``1..eta`` and negatives from ranks ``eta+1..2 eta`` of each anchor's row
+of the ranking score matrix (eq. 2). Also MSPLR's batches when ``loss.rtl_weight > 0``.
 
 A conservative-stage batch is the P x K pseudo-label batch of ``B`` anchors (the anchors CTL
 uses, as eq. 4 requires), then for every anchor one positive drawn uniformly from ranks
@@ -20,14 +20,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..engine import distributed as D
+from ..data.datasets import Sample
+from ..data.images import ImageDataset
+from ..data.loaders import collate_skip_bad, seed_worker
+from ..data.sampler import PKSampler
+from ..engine.builders import identities_per_batch, train_transform
 from ..losses.ranking_triplet import sample_rtl_pairs
-from .datasets import Sample
-from .images import ImageDataset
-from .loaders import collate_skip_bad, seed_worker
-from .sampler import PKSampler
+from ..runtime import distributed as D
 
-__all__ = ["RankingTripletBatchSampler", "collate_triplets", "ranking_triplet_loader"]
+__all__ = [
+    "RankingTripletBatchSampler",
+    "collate_triplets",
+    "ranking_triplet_loader",
+    "step_loader",
+]
 
 
 class RankingTripletBatchSampler:
@@ -125,8 +131,6 @@ def ranking_triplet_loader(
     positive and negative per anchor, from the whole of ``train`` (``pid`` -1 for outliers),
     and the entries ``rtl_role`` / ``rtl_rank``. ``bad_images="skip"``: an unreadable image
     drops its triplet from the batch (:func:`collate_triplets`)."""
-    from ..engine.builders import identities_per_batch, train_transform
-
     d = cfg.data
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(train):
@@ -150,4 +154,20 @@ def ranking_triplet_loader(
         persistent_workers=False,  # re-created each epoch: seeds from the trainer's generator
         worker_init_fn=seed_worker if d.num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def step_loader(ctx, labels: np.ndarray, *, ranked: np.ndarray | None = None, eta: int = 20):
+    """:func:`ranking_triplet_loader` over this step's target images, with the loop's step
+    seed and unreadable-image mode (``ctx``: the method's
+    :class:`~adaptreid.engine.context.LoopContext`), so a method states only its own
+    choices (the ranking table, eta)."""
+    return ranking_triplet_loader(
+        ctx.cfg,
+        ctx.target.train,
+        labels,
+        ranked=ranked,
+        eta=eta,
+        seed=ctx.seed,
+        bad_images=ctx.bad_images,
     )

@@ -1,0 +1,1 @@
+"""What a deployment loads: a trained model exported to ONNX and checked against PyTorch."""

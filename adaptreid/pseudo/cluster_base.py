@@ -1,0 +1,125 @@
+"""What the clustering algorithms share (:mod:`.dbscan`, :mod:`.kmeans`, :mod:`.hdbscan`,
+behind :func:`adaptreid.pseudo.clustering.cluster`): input checks, :func:`relabel` (labels
+``0..C-1`` in order of first appearance, -1 for outliers), sparse-graph helpers and the
+shared constants."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..errors import ConfigError
+from .settings import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_PAIRS, HDBSCAN_DENSE_LIMIT
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_MAX_PAIRS",
+    "HDBSCAN_DENSE_LIMIT",
+    "relabel",
+    "within_radius",
+]
+
+
+_METRICS = ("euclidean", "cosine")
+HDBSCAN_IMPLS = ("sparse", "dense")
+KMEANS_IMPLS = ("torch", "sklearn")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def relabel(labels) -> np.ndarray:
+    """Labels renumbered ``0..C-1`` in order of first appearance; negatives become -1."""
+    labels = np.asarray(labels).reshape(-1)
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    valid = labels >= 0
+    if valid.any():
+        _, first, inverse = np.unique(labels[valid], return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        out[valid] = rank[inverse.reshape(-1)]
+    return out
+
+
+def as_tensor(features) -> torch.Tensor:
+    if isinstance(features, torch.Tensor):
+        x = features.detach()
+    else:
+        arr = np.asarray(features)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D (N, D) array, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("features are empty (no image to cluster)")
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features contain NaN or infinite values")
+    return x
+
+
+def as_numpy(features) -> np.ndarray:
+    x = as_tensor(features)
+    return x.cpu().numpy()
+
+
+def check_metric(metric: str) -> None:
+    if metric not in _METRICS:
+        raise ConfigError(f"metric must be one of {_METRICS}, got {metric!r}")
+
+
+def sorted_csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, n: int) -> sp.csr_matrix:
+    """CSR with each row ordered by (value, column) - the layout scikit-learn expects of a
+    precomputed neighbourhood graph - keeping explicit zeros."""
+    order = np.lexsort((cols, data, rows))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return sp.csr_matrix((data[order], cols[order].astype(np.int32), indptr), shape=(n, n))
+
+
+def within_radius(graph: sp.spmatrix, radius: float) -> sp.csr_matrix:
+    """The entries of a sparse distance that are ``<= radius`` (explicit zeros kept).
+
+    Row order is preserved, so a graph sorted by row values stays sorted.
+    """
+    graph = graph.tocsr()
+    mask = graph.data <= radius
+    if mask.all():
+        return graph
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    indptr = np.zeros(graph.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[mask], minlength=graph.shape[0]), out=indptr[1:])
+    return sp.csr_matrix((graph.data[mask], graph.indices[mask], indptr), shape=graph.shape)
+
+
+def finite_float(value, name: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not math.isfinite(out):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return out
+
+
+def positive_float(value, name: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not (math.isfinite(out) and out > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return out
+
+
+def check_distance(distance, n: int | None) -> None:
+    shape = getattr(distance, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ConfigError(f"distance must be a square (N, N) matrix, got shape {shape}")
+    if n is not None and shape[0] != n:
+        raise ConfigError(f"distance is {shape[0]} x {shape[0]} but there are {n} features")

@@ -1,0 +1,171 @@
+"""Pseudo-label settings as one typed object, built once from the config and passed whole down
+to clustering (instead of loose keyword arguments, each layer with its own defaults).
+
+* :class:`ClusterSettings`: what :func:`adaptreid.pseudo.clustering.cluster` needs (the
+  algorithm and its parameters, the implementation choices);
+* :class:`PseudoSettings`: the whole MSPLR pipeline of
+  :func:`adaptreid.pseudo.labels.make_pseudo_labels` (eq. 4 normalisation, the distance,
+  clustering, cluster selection of section 3.4), holding a :class:`ClusterSettings`.
+
+:meth:`PseudoSettings.from_config` reads ``pseudo.*`` (a
+:class:`~adaptreid.config.PseudoConfig`) once; :meth:`PseudoSettings.replace` gives a changed
+copy (``eps`` chosen by the label-free sweep, a test's option), routing a clustering key to
+the nested :class:`ClusterSettings`. Unknown keys are a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+__all__ = [
+    "RELEASED_CODE_MIN_CLUSTER_SIZE",
+    "ClusterSettings",
+    "PseudoSettings",
+    "hdbscan_sizes",
+]
+
+Method = Literal["dbscan", "kmeans", "hdbscan"]
+Metric = Literal["euclidean", "cosine"]
+HdbscanImpl = Literal["sparse", "dense"]
+KMeansImpl = Literal["torch", "sklearn"]
+
+#: HDBSCAN's min_cluster_size in the authors' released PAST code (the ``hdbscan`` default).
+RELEASED_CODE_MIN_CLUSTER_SIZE = 5
+
+#: Rows (and columns) of one distance block: 2048 x 2048 float32 = 16 MB.
+DEFAULT_BLOCK_SIZE = 2048
+#: Largest N for which ``hdbscan_impl="dense"`` (the comparison path) densifies a sparse
+#: distance: scikit-learn's HDBSCAN works on a float64 N x N matrix, 8 N^2 bytes (1.35 GB at
+#: N = 13k, 3.2 GB at N = 20k). The default sparse path has no limit.
+HDBSCAN_DENSE_LIMIT = 20_000
+#: Default cap on stored pairs of a radius graph (~1.6 GB): beyond it eps is almost surely far
+#: too large (every image a neighbour of thousands), and a clear error beats running out of
+#: memory.
+DEFAULT_MAX_PAIRS = 100_000_000
+
+
+def _replace(obj: Any, changes: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(
+            f"{type(obj).__name__} has no setting {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The arguments of :func:`adaptreid.pseudo.clustering.cluster` (see it for each)."""
+
+    method: Method = "dbscan"
+    """dbscan (MSPLR section 3.3.2) | kmeans (section 3.3.1, eq. 1) | hdbscan (PAST 2.2)."""
+    eps: float = 0.42
+    """DBSCAN radius."""
+    min_samples: int | None = None
+    """Core-point size, the point included; None: 4 (DBSCAN), min_cluster_size (HDBSCAN)."""
+    k: int | None = None
+    """k-means clusters; None: ``max(1, N // 15)`` (eq. 1)."""
+    min_cluster_size: int = 10
+    """HDBSCAN's smallest cluster (PAST's S_min)."""
+    seed: int = 0
+    """k-means random state."""
+    metric: Metric = "euclidean"
+    """euclidean | cosine: the distance between features (DBSCAN / HDBSCAN on features)."""
+    n_init: int = 1
+    """k-means restarts."""
+    fill: float = 1.0
+    """HDBSCAN: the distance of pairs a sparse distance does not store (1 for Jaccard)."""
+    block_size: int = DEFAULT_BLOCK_SIZE
+    max_pairs: int = DEFAULT_MAX_PAIRS
+    hdbscan_dense_limit: int = HDBSCAN_DENSE_LIMIT
+    hdbscan_impl: HdbscanImpl = "sparse"
+    kmeans_impl: KMeansImpl = "torch"
+
+    def replace(self, **changes: Any) -> ClusterSettings:
+        return _replace(self, changes)
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """Everything that decides the pseudo-labels of one step, resolved (MSPLR sections
+    3.3-3.5, PAST eq. 1-2). A selection rule is off when its threshold is 1."""
+
+    camera_norm: bool = True
+    """MSPLR eq. 4 per camera before clustering."""
+    l2_after: bool = True
+    """Rows L2-normalised again after eq. 4 (plain L2 without camera normalisation)."""
+    distance: str = "euclidean"
+    """euclidean | cosine | jaccard (k-reciprocal, on the prepared rows)."""
+    k1: int = 20
+    k2: int = 6
+    select: bool = True
+    """Cluster selection (section 3.4)."""
+    min_size: int = 4
+    min_cameras: int = 2
+    auto_eps: bool = False
+    """DBSCAN's eps chosen at every step by the label-free sweep."""
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+
+    @classmethod
+    def from_config(cls, p: Any, seed: int = 0, *, cameras_known: bool = True) -> PseudoSettings:
+        """From ``pseudo.*`` (a :class:`~adaptreid.config.PseudoConfig`). Without camera ids,
+        camera normalisation and the >= 2-camera rule are off (the caller warns)."""
+        min_cluster_size, hdb_min_samples = hdbscan_sizes(p)
+        return cls(
+            camera_norm=p.camera_norm and cameras_known,
+            l2_after=p.l2_after,
+            distance=p.distance,
+            k1=p.k1,
+            k2=p.k2,
+            select=p.select,
+            # a selection rule is switched off by making it keep everything
+            min_size=p.min_size if p.enforce_size else 1,
+            min_cameras=p.min_cameras if (p.enforce_cameras and cameras_known) else 1,
+            auto_eps=p.auto_eps,
+            cluster=ClusterSettings(
+                method=p.method,
+                eps=p.eps,
+                min_samples=hdb_min_samples if p.method == "hdbscan" else p.min_samples,
+                k=p.kmeans_k or None,
+                min_cluster_size=min_cluster_size,
+                seed=seed,
+            ),
+        )
+
+    def replace(self, **changes: Any) -> PseudoSettings:
+        """A copy with ``changes``; keys of :class:`ClusterSettings` go to ``cluster``."""
+        inner = {f.name for f in dataclasses.fields(ClusterSettings)}
+        nested = {k: changes.pop(k) for k in list(changes) if k in inner}
+        out = _replace(self, changes)
+        if nested:
+            out = dataclasses.replace(out, cluster=out.cluster.replace(**nested))
+        return out
+
+
+def hdbscan_sizes(p: Any) -> tuple[int, int | None]:
+    """``(min_cluster_size, min_samples)`` for scikit-learn's HDBSCAN from PAST's S_min
+    (section 3.4) read as ``p.s_min_reading`` says (see :class:`~adaptreid.config.PseudoConfig`).
+
+    * ``min_cluster_size``: S_min is the smallest cluster; min_samples is left to default
+      to the same value (scikit-learn and the ``hdbscan`` package agree on that default);
+    * ``released_code``: S_min is the ``hdbscan`` package's ``min_samples``, which does not
+      count the point itself, i.e. scikit-learn's ``S_min + 1``; min_cluster_size 5.
+    """
+    if p.s_min < 1:
+        raise ConfigError(f"pseudo.s_min must be >= 1, got {p.s_min}")
+    if p.s_min_reading == "min_cluster_size":
+        if p.s_min < 2:
+            raise ConfigError("pseudo.s_min must be >= 2 when it is HDBSCAN's min_cluster_size")
+        return p.s_min, None
+    if p.s_min_reading == "released_code":
+        return RELEASED_CODE_MIN_CLUSTER_SIZE, p.s_min + 1
+    raise ConfigError(
+        f"pseudo.s_min_reading must be 'min_cluster_size' or 'released_code', "
+        f"got {p.s_min_reading!r}"
+    )

@@ -1,0 +1,6 @@
+"""Runtime: what depends on the machine rather than on the method. The device and autocast
+(:mod:`.device`), CPU/GPU precision probing (:mod:`.precision`), torch.distributed helpers
+(:mod:`.distributed`) and the crash points of the kill tests (:mod:`.faults`).
+
+Below data, models and the engine; imports nothing of the package but ``config`` and
+``errors``."""

@@ -1,0 +1,83 @@
+"""The shipped presets: at most two levels of inheritance (a method base, itself on
+base/recipe.yaml at most, + one file per pair), nothing restated from base/recipe.yaml, and
+every preset resolves to exactly the config it resolved to before the presets were flattened
+(tests/data/presets_resolved.json, written by the code before that change; config fields
+added since, ``adapt.holdout`` and ``adapt.keep_steps``, were added to it at their defaults,
+checked to be the only difference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptreid.config import PACKAGE_CONFIG_DIR, load_config, to_dict
+
+RESOLVED = json.loads((Path(__file__).parent / "data" / "presets_resolved.json").read_text())
+#: presets moved since the reference was written: new path -> old path
+MOVED = {
+    "source/market1501_pcb.yaml": "past/source_market1501_pcb.yaml",
+    "source/market1501_pcb_cpu.yaml": "past/source_market1501_pcb_cpu.yaml",
+    "source/dukemtmc_pcb.yaml": "past/source_dukemtmc_pcb.yaml",
+    "source/dukemtmc_pcb_cpu.yaml": "past/source_dukemtmc_pcb_cpu.yaml",
+}
+PRESETS = sorted(str(p.relative_to(PACKAGE_CONFIG_DIR)) for p in PACKAGE_CONFIG_DIR.rglob("*.yaml"))
+RECIPE = "base/recipe.yaml"
+
+
+def _raw(rel: str) -> dict:
+    return yaml.safe_load((PACKAGE_CONFIG_DIR / rel).read_text()) or {}
+
+
+def _bases(rel: str) -> list[str]:
+    bases = _raw(rel).get("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    return [
+        str(
+            (PACKAGE_CONFIG_DIR / rel)
+            .parent.joinpath(b)
+            .resolve()
+            .relative_to(PACKAGE_CONFIG_DIR.resolve())
+        )
+        for b in bases
+    ]
+
+
+def _depth(rel: str) -> int:
+    return max((1 + _depth(b) for b in _bases(rel)), default=0)
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def test_every_old_preset_is_still_shipped():
+    assert sorted([*(set(PRESETS) - set(MOVED)), *MOVED.values()]) == sorted(RESOLVED)
+
+
+@pytest.mark.parametrize("rel", PRESETS)
+def test_preset_resolves_as_before(rel):
+    assert to_dict(load_config(PACKAGE_CONFIG_DIR / rel)) == RESOLVED[MOVED.get(rel, rel)]
+
+
+@pytest.mark.parametrize("rel", PRESETS)
+def test_at_most_two_levels(rel):
+    assert _depth(rel) <= 2, f"{rel} inherits {_depth(rel)} levels deep"
+    for base in _bases(rel):  # a pair inherits its method's base (or the recipe), never a pair
+        assert base == RECIPE or base.endswith("/base.yaml"), f"{rel} inherits {base}"
+
+
+@pytest.mark.parametrize("rel", [p for p in PRESETS if p.endswith("/base.yaml")])
+def test_method_bases_restate_nothing_of_the_recipe(rel):
+    recipe = _leaves({k: v for k, v in _raw(RECIPE).items() if k != "_base_"})
+    own = _leaves({k: v for k, v in _raw(rel).items() if k != "_base_"})
+    restated = sorted(k for k, v in own.items() if k in recipe and recipe[k] == v)
+    assert restated == [], f"{rel} restates {restated} of {RECIPE}"
