@@ -421,6 +421,11 @@ def _load_named_folders(
         if not folder.is_dir():
             splits[split] = MissingSplit(split, f"folder {folder} is missing")
             continue
+        if not any(_is_image(n) for n in os.listdir(folder)):  # e.g. an evaluation-only copy
+            splits[split] = MissingSplit(
+                split, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
+            )
+            continue
         counts: Counter[str] = Counter()
         splits[split] = _scan_named_folder(folder, pattern, counts)
         if counts:
