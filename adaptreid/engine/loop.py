@@ -47,6 +47,7 @@ from ..errors import ConfigError, TrainingError
 from ..evaluation.label_free import label_free_scores
 from ..models import ReidModel
 from ..models.build import model_from_arch
+from ..step_labels import save_step_labels
 from . import distributed as D
 from .builders import (
     bad_images_mode,
@@ -376,6 +377,11 @@ class AdaptationLoop:
             return model
         s.step, s.step_done, s.stage, s.stage_begun, s.trainer = step, False, 0, False, None
         s.labels, s.extra, s.seconds = result.labels, extra, seconds
+        if D.is_main():  # for report.html's cluster samples (labels follow target.train)
+            train = self.ctx.target.train
+            save_step_labels(
+                self.run_dir.path, step, [x.path for x in train], s.labels, [x.camid for x in train]
+            )
         record = {"kind": "labels", "step": step, **result.stats}
         record.update({k: v for k, v in result.params.items() if k in ("eps", "k")})
         record.update({f"quality_{k}": v for k, v in (result.quality or {}).items()})
