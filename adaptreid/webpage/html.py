@@ -81,6 +81,7 @@ th { background: #f2f2f2; }
 .cluster { border: 1px solid #ddd; padding: 4px; }
 .cluster h4 { margin: 0 0 4px; font-size: 12px; }
 img.plot { max-width: 100%; }
+img.thumb { margin: 1px; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
 
