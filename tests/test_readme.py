@@ -102,6 +102,11 @@ def test_quick_start_follow_ups_run_as_written(tmp_path, monkeypatch, capsys):
     assert "wrote 18 features" in out and out.count("page: runs/demo/search") == 2
     for name in ("gallery.npz", "search.html", "search-rerank.html", "msplr/labels/step_1.npz"):
         assert (tmp_path / "runs/demo" / name).is_file(), name
+    from adaptreid.step_labels import load_step_labels
+
+    step1 = load_step_labels(tmp_path / "runs/demo/msplr/labels/step_1.npz")
+    assert len(step1.paths) == len(step1.labels) == len(step1.camids) == 48  # target train
+    assert (step1.labels >= 0).any() and all(Path(p).is_file() for p in step1.paths)
     report = (tmp_path / "runs/demo/msplr/report.html").read_text()
     assert "Pseudo-label clusters per step" in report and "data:image/png;base64," in report
     # ... and its Python example, as written: the same features as adaptreid embed's

@@ -135,11 +135,13 @@ class Embedder:
         :class:`CheckpointError` in one line naming it."""
         try:
             model, info = model_from_checkpoint(path)
-        except CheckpointError:
-            raise
+        except CheckpointError as e:  # (its hint at evaluate's --backbone does not apply here)
+            msg = str(e).split(". For plain backbone weights")[0]
+            raise CheckpointError(msg) from None
         except Exception as e:  # a dict that is not a model's: missing arch fields, ...
             raise CheckpointError(
-                f"{path} is not an adaptreid model checkpoint ({type(e).__name__}: {e})"
+                f"{path} is not an adaptreid model checkpoint (could not read a model from it: "
+                f"{type(e).__name__}: {e})"
             ) from None
         return cls(model, info, checkpoint=str(path), **kwargs)
 

@@ -82,10 +82,6 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
-    def labelled(self) -> bool:
-        return self.pids is not None and bool(len(self.pids)) and bool((self.pids >= 0).all())
-
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (``.npz``, or ``.parquet`` with pyarrow), atomically."""
         path = Path(path)
