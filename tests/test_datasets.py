@@ -100,7 +100,7 @@ def test_empty_folder(make_market):
     base = make_market("empty-train", train=[])
     ds = build_dataset("market1501", base)
     assert ds.query and ds.gallery and "train" in ds.missing
-    with pytest.raises(DatasetError, match=re.escape(f"no images (.jpg, .jpeg, .png, .bmp) in")):
+    with pytest.raises(DatasetError, match=re.escape("no images (.jpg, .jpeg, .png, .bmp) in")):
         ds.require("train", purpose="training")
 
 
