@@ -36,3 +36,8 @@ _.part_slice
 _.n_iter
 _.num_clusters
 cleanup
+# a module-level __getattr__ (PEP 562), called by Python for adaptreid.load / search / ...
+__getattr__
+# the Python API's Embedder.embed (adaptreid.load(...).embed(images)), used by users, the
+# README's example (tests/test_readme.py) and tests/test_use.py
+_.embed

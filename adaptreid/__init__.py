@@ -6,3 +6,15 @@ Data flows one way: ``data`` (datasets -> samples -> loaders) -> ``models`` -> f
 """
 
 __version__ = "0.1.0"
+
+_API = ("load", "search", "load_features", "Rerank")
+
+
+def __getattr__(name: str):
+    """``adaptreid.load`` / ``search`` / ``load_features`` / ``Rerank`` (:mod:`adaptreid.api`),
+    imported on first use so that ``import adaptreid`` stays light (no torch)."""
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'adaptreid' has no attribute {name!r}")

@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)write report.md and plots of a run folder")
     rp.add_argument("run_dir")
     rp.set_defaults(func=cmd_report)
+
+    from .retrieval.commands import add_commands
+
+    add_commands(sub)  # embed, search
     return p
 
 

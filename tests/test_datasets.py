@@ -88,11 +88,20 @@ def test_two_market_folders_are_ambiguous(tmp_path):
 
 
 def test_empty_folder(make_market):
+    """An empty split folder is a split the dataset lacks: the error names the folder where
+    the split is needed (an evaluation-only copy with an empty bounding_box_train/ opens)."""
     base = make_market(query=[])
+    ds = build_dataset("market1501", base)
+    assert ds.train and ds.gallery and not ds.query
     with pytest.raises(
         DatasetError, match=re.escape(f"no images (.jpg, .jpeg, .png, .bmp) in {base / 'query'}")
     ):
-        build_dataset("market1501", base)
+        ds.require("query", "gallery", purpose="evaluation")
+    base = make_market("empty-train", train=[])
+    ds = build_dataset("market1501", base)
+    assert ds.query and ds.gallery and "train" in ds.missing
+    with pytest.raises(DatasetError, match=re.escape("no images (.jpg, .jpeg, .png, .bmp) in")):
+        ds.require("train", purpose="training")
 
 
 def test_unparseable_name_names_file_and_pattern(make_market):

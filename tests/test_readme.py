@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DEMO_TINY, adapt_args, train_tiny_source, write_identity_market
 
@@ -87,12 +88,37 @@ def test_quick_start_follow_ups_run_as_written(tmp_path, monkeypatch, capsys):
         if (argv := adaptreid_argv(c)) and any("runs/demo/" in a for a in argv)
     ]
     assert {adaptreid_argv(c)[0] for c in follow_ups} >= {"report", "export", "cluster", "evaluate"}
+    assert {"embed", "search"} <= {adaptreid_argv(c)[0] for c in follow_ups}
     for cmd in follow_ups:
+        # "Use the adapted model" names a query image of the full demo (identities 101-150
+        # are its test identities); the shrunk demo's test identities start at 9
+        cmd = cmd.replace("/query/0101_c1s1_000001_00.png", "/query/0009_c1s1_000001_00.png")
         assert main(adaptreid_argv(cmd)) == 0, cmd
     out = capsys.readouterr().out
     assert "recommended eps:" in out
     assert (tmp_path / "runs/demo/msplr/checkpoints/best.onnx").is_file()
     assert (tmp_path / "runs/demo/msplr/report.md").is_file()
+    # "Use the adapted model": the features file, the search pages, report.html with clusters
+    assert "wrote 18 features" in out and out.count("page: runs/demo/search") == 2
+    for name in ("gallery.npz", "search.html", "search-rerank.html", "msplr/labels/step_1.npz"):
+        assert (tmp_path / "runs/demo" / name).is_file(), name
+    from adaptreid.rundir.step_labels import load_step_labels
+
+    step1 = load_step_labels(tmp_path / "runs/demo/msplr/labels/step_1.npz")
+    assert len(step1.paths) == len(step1.labels) == len(step1.camids) == 48  # target train
+    assert (step1.labels >= 0).any() and all(Path(p).is_file() for p in step1.paths)
+    report = (tmp_path / "runs/demo/msplr/report.html").read_text()
+    assert "Pseudo-label clusters per step" in report and "data:image/png;base64," in report
+    # ... and its Python example, as written: the same features as adaptreid embed's
+    text = README.read_text()
+    section = text[text.index("## Use the adapted model") :]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md (Use the adapted model)", "exec"), scope)
+    saved, gallery = scope["saved"], scope["gallery"]
+    assert [Path(p).name for p in saved.paths] == [p.name for p in scope["gallery_paths"]]
+    np.testing.assert_allclose(gallery, saved.features, atol=1e-6)
+    assert scope["hits"].indices[0, 0] == 0 and scope["hits"].distances[0, 0] < 1e-3
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (real data) is not beside the repo")

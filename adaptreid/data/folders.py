@@ -71,14 +71,19 @@ def load_named_folders(
     folders: dict[str, str],
     pattern: re.Pattern[str] = MARKET_PATTERN,
 ) -> ReidDataset:
-    """The splits of a Market-style folder; a split whose folder is absent is a
-    :class:`MissingSplit`."""
+    """The splits of a Market-style folder; a split whose folder is absent or holds no
+    images (e.g. an evaluation-only copy's empty train folder) is a :class:`MissingSplit`."""
     splits: dict[str, list[Sample]] = {}
     excluded = {}
     for split, sub in folders.items():
         folder = base / sub
         if not folder.is_dir():
             splits[split] = MissingSplit(split, f"folder {folder} is missing")
+            continue
+        if not any(is_image(n) for n in os.listdir(folder)):  # e.g. an evaluation-only copy
+            splits[split] = MissingSplit(
+                split, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
+            )
             continue
         counts: Counter[str] = Counter()
         splits[split] = _scan_named_folder(folder, pattern, counts)

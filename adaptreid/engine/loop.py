@@ -43,6 +43,7 @@ from ..models import ReidModel
 from ..models.build import model_from_arch
 from ..rundir.model_io import load_model_state, model_from_checkpoint
 from ..rundir.run import RunDir
+from ..rundir.step_labels import save_step_labels
 from ..runtime import distributed as D
 from ..runtime.faults import crash_point
 from .builders import (
@@ -223,6 +224,11 @@ class AdaptationLoop:
             return model
         s.step, s.step_done, s.stage, s.stage_begun, s.trainer = step, False, 0, False, None
         s.labels, s.extra, s.seconds = self._hold_back(result.labels), extra, seconds
+        if D.is_main():  # for report.html's cluster samples (labels follow target.train)
+            train = self.ctx.target.train
+            save_step_labels(
+                self.run_dir.path, step, [x.path for x in train], s.labels, [x.camid for x in train]
+            )
         record = {"kind": "labels", "step": step, **result.stats}
         if s.holdout:
             record["held_back"] = len(s.holdout)

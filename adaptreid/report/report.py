@@ -301,6 +301,9 @@ def write_report(run_dir: str | Path) -> Path:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
+    from ..webpage.report_page import write_report_html
+
+    write_report_html(run_dir, "\n".join(lines))  # report.html: the same, plus cluster samples
     return out
 
 

@@ -1,0 +1,57 @@
+"""The Python API, for trackers and analytics code::
+
+    import adaptreid
+
+    model = adaptreid.load("runs/msplr/checkpoints/best.pt")
+    gallery = model.embed(["a.jpg", pil_image, uint8_hxwx3_array])   # (N, D) float32
+    query = model.embed(["q.jpg"])
+    hits = adaptreid.search(query, gallery, top=5, metric=model.metric)
+    hits.indices, hits.distances                                      # (Q, 5) each
+
+``model.embed`` extracts exactly as ``adaptreid evaluate`` / ``adaptreid embed`` do (the same
+transform and extraction function), so its features equal theirs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .retrieval.embed import Embedder
+from .retrieval.features import FeatureSet, load_features
+from .retrieval.search import Rerank, SearchResult, search
+
+__all__ = [
+    "Embedder",
+    "FeatureSet",
+    "Rerank",
+    "SearchResult",
+    "load",
+    "load_features",
+    "search",
+]
+
+
+def load(
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    amp: str = "none",
+    channels_last: bool = False,
+    batch_size: int = 64,
+    flip: bool = False,
+) -> Embedder:
+    """The model of an adaptreid checkpoint, ready to embed images.
+
+    ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda:N``;
+    ``amp``: ``none`` (float32, as ``adaptreid evaluate`` by default), ``bf16``, ``fp16``
+    (CUDA) or ``auto`` (measured on this machine, as ``train.amp: auto`` does for
+    extraction); ``flip``: average with the mirrored image. A file that is not a model
+    checkpoint raises :class:`~adaptreid.errors.CheckpointError` naming it."""
+    return Embedder.from_checkpoint(
+        checkpoint,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        batch_size=batch_size,
+        flip=flip,
+    )
