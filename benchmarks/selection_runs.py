@@ -103,7 +103,7 @@ def _duke(name: str, subset: str, config: str, extra: list[str]) -> U.Run:
 PKU_CFG = "msplr/market1501_to_pku_cpu.yaml"
 DUKE_CFG = "msplr/market1501_to_dukemtmc_cpu.yaml"
 #: Duke subsets: their cameras
-SUBSETS = {"duke_c34": (3, 4), "duke_c578": (5, 7, 8)}
+SUBSETS = {"duke_c34": (3, 4), "duke_c578": (5, 7, 8), "duke_c78": (7, 8), "duke_c25": (2, 5)}
 RUNS: list[U.Run] = [
     U.Run("pku_msplr", "adapt", PKU_CFG, [*COMMON, *PKU], group="pku"),
     U.Run(
@@ -143,6 +143,20 @@ RUNS: list[U.Run] = [
     _duke("duke_c34", "duke_c34", DUKE_CFG, []),
     _duke("duke_c34_loose", "duke_c34", DUKE_CFG, ["pseudo.auto_eps=false", "pseudo.eps=0.8"]),
     _duke("duke_c578", "duke_c578", DUKE_CFG, []),
+    _duke("duke_c78", "duke_c78", DUKE_CFG, []),
+    _duke(
+        "duke_c25_kmeans",
+        "duke_c25",
+        DUKE_CFG,
+        ["pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=300"],
+    ),
+    U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
+    _duke(
+        "duke_c78_long",
+        "duke_c78",
+        DUKE_CFG,
+        ["adapt.max_steps=10", "adapt.epochs_per_step=8", "optim.milestones=[6]"],
+    ),
 ]
 
 
