@@ -154,7 +154,6 @@ MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
     "adaptreid/data/transforms.py:build_transforms",
-    "adaptreid/engine/extract.py:extract_features",
     "adaptreid/engine/optim.py:build_optimizer",
     "adaptreid/evaluation/metrics.py:evaluate_rank",
     "adaptreid/models/build.py:build_model",

@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ import torch
 
 __all__ = [
     "CACHE_ENV",
+    "Precision",
     "cache_path",
     "machine_id",
     "model_id",
@@ -60,6 +62,18 @@ Timer = Callable[[Variant], float]
 
 _FP32 = {"amp": "none", "channels_last": False}
 _BF16_CL = {"amp": "bf16", "channels_last": True}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: autocast precision and memory layout, resolved (never ``auto``; see
+    :func:`resolve_precision`). The default is plain fp32 in the default layout."""
+
+    amp: str = "none"
+    """``none`` (fp32), ``bf16`` or ``fp16``: the dtype of :func:`~adaptreid.runtime.device.
+    autocast` around the forward pass."""
+    channels_last: bool = False
+    """Feed the input in the channels_last memory layout."""
 
 
 # --------------------------------------------------------------------------------------------
