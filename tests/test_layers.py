@@ -153,7 +153,6 @@ MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
     "adaptreid/engine/optim.py:build_optimizer",
-    "adaptreid/evaluation/metrics.py:evaluate_rank",
     "adaptreid/models/build.py:build_model",
     "adaptreid/pseudo/kmeans.py:kmeans",
     "adaptreid/runtime/precision.py:resolve_precision",
