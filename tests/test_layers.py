@@ -154,7 +154,6 @@ MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:factory",
     "adaptreid/engine/optim.py:build_optimizer",
     "adaptreid/models/build.py:build_model",
-    "adaptreid/pseudo/kmeans.py:kmeans",
     "adaptreid/runtime/precision.py:resolve_precision",
     "adaptreid/runtime/precision.py:_resolve_auto",
 }
