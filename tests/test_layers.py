@@ -152,7 +152,6 @@ def test_no_module_over_600_lines():
 MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
-    "adaptreid/engine/optim.py:build_optimizer",
     "adaptreid/models/build.py:build_model",
     "adaptreid/runtime/precision.py:resolve_precision",
     "adaptreid/runtime/precision.py:_resolve_auto",

@@ -19,7 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import ReidModel, build_model
 from ..runtime import distributed as D
 from .evaluator import EvalSettings, evaluate_model
-from .optim import WarmupMultiStepLR, build_optimizer
+from .optim import OptimizerSettings, WarmupMultiStepLR, build_optimizer
 
 log = logging.getLogger("adaptreid")
 
@@ -139,9 +139,7 @@ def optimizer_from_cfg(
         {"params": list(model.body_parameters()), "lr": base, "name": "body"},
         {"params": list(model.head_parameters()), "lr": base * o.head_lr_mult, "name": "head"},
     ]
-    opt = build_optimizer(
-        groups, name=o.name, lr=base, weight_decay=o.weight_decay, momentum=o.momentum
-    )
+    opt = build_optimizer(groups, OptimizerSettings.from_config(o, lr=base))
     if not schedule:
         return opt, None
     sched = WarmupMultiStepLR(

@@ -60,7 +60,7 @@ import logging
 import numpy as np
 
 from ..engine.method import AdaptationMethod, Stage, register_method
-from ..engine.optim import build_optimizer, multistep_factor
+from ..engine.optim import OptimizerSettings, build_optimizer, multistep_factor
 from ..errors import ConfigError
 from ..losses.past_loss import ConservativeLoss, promoting_loss
 from ..method_options import PASTOptions
@@ -253,11 +253,7 @@ def _lr_factor(opt: PASTOptions, iteration: int) -> float:
 def _optimizer(cfg, groups: list[dict]):
     o = cfg.optim
     return build_optimizer(
-        groups,
-        name=o.name,
-        lr=max(g["lr"] for g in groups),
-        weight_decay=o.weight_decay,
-        momentum=o.momentum,
+        groups, OptimizerSettings.from_config(o, lr=max(g["lr"] for g in groups))
     )
 
 
