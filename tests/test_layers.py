@@ -153,8 +153,6 @@ MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
     "adaptreid/models/build.py:build_model",
-    "adaptreid/runtime/precision.py:resolve_precision",
-    "adaptreid/runtime/precision.py:_resolve_auto",
 }
 
 
