@@ -152,7 +152,6 @@ def test_no_module_over_600_lines():
 MANY_PARAMETERS = {
     "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
-    "adaptreid/models/build.py:build_model",
 }
 
 

@@ -16,7 +16,7 @@ from ..data.datasets import ReidDataset, Sample, open_dataset
 from ..data.loaders import PKSampling, build_train_loader
 from ..data.transforms import Augmentation, build_transforms
 from ..errors import CheckpointError, ConfigError
-from ..models import ReidModel, build_model
+from ..models import HeadSettings, ReidModel, build_model
 from ..runtime import distributed as D
 from .evaluator import EvalSettings, evaluate_model
 from .optim import OptimizerSettings, WarmupMultiStepLR, build_optimizer
@@ -112,12 +112,8 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
         m.backbone,
         num_classes=num_classes,
         last_stride=m.last_stride,
-        pooling=m.pooling,
-        embedding_dim=m.embedding_dim,
-        neck_feat=m.neck_feat,
         pretrained=m.pretrained,
-        head=m.head,
-        head_options=m.head_options,
+        head=HeadSettings.from_config(m),
     )
 
 
