@@ -187,10 +187,10 @@ def build_model(
             :class:`HeadSettings`, None: its defaults, a BNNeck on average pooling).
     """
     hs = head or HeadSettings()
-    head, pooling, embedding_dim, neck_feat = hs.name, hs.pooling, hs.embedding_dim, hs.neck_feat
-    head_options = hs.options
+    head_name, head_options = hs.name, hs.options
+    pooling, embedding_dim, neck_feat = hs.pooling, hs.embedding_dim, hs.neck_feat
     factory = BACKBONES.get(backbone)
-    head_cls = HEADS.get(head)
+    head_cls = HEADS.get(head_name)
     bb_opts = dict(backbone_options or {})
     hd_opts = dict(head_options or {})
     try:
@@ -208,7 +208,7 @@ def build_model(
             **hd_opts,
         )
     except TypeError as e:
-        raise ConfigError(f"head {head!r}: bad options {hd_opts}: {e}") from e
+        raise ConfigError(f"head {head_name!r}: bad options {hd_opts}: {e}") from e
     arch = {
         "backbone": getattr(factory, "__name__", str(backbone)),
         "num_classes": int(num_classes),
@@ -216,7 +216,7 @@ def build_model(
         "pooling": str(pooling).lower(),
         "embedding_dim": int(embedding_dim),
         "neck_feat": neck_feat,
-        "head": str(head).lower(),
+        "head": str(head_name).lower(),
         "backbone_options": bb_opts,
         "head_options": hd_opts,
     }
