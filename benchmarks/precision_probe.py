@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from adaptreid.models.build import build_model
-from adaptreid.runtime.precision import machine_id, resolve_precision
+from adaptreid.runtime.precision import ProbeSettings, machine_id, resolve_precision
 
 
 def main(argv=None) -> None:
@@ -32,7 +32,12 @@ def main(argv=None) -> None:
     for mode in ("train", "extract"):
         with tempfile.TemporaryDirectory() as d:
             amp, channels_last, reason = resolve_precision(
-                "auto", model, (args.height, args.width), cpu, mode=mode, cache_dir=d
+                "auto",
+                model,
+                (args.height, args.width),
+                cpu,
+                mode=mode,
+                probe=ProbeSettings(cache_dir=d),
             )
         print(f"{mode}: amp={amp} channels_last={channels_last}  {reason}")
 

@@ -151,6 +151,7 @@ def main(argv=None) -> None:
     from adaptreid.engine.extract import extract_features
     from adaptreid.engine.trainer import Stage, Trainer, TrainSettings
     from adaptreid.losses.reid_loss import build_reid_loss
+    from adaptreid.runtime.precision import Precision
 
     b = _builders()
     cfg = load_config(args.config, [f"data.source_root={args.root}"] if args.root else [])
@@ -229,7 +230,7 @@ def main(argv=None) -> None:
             )
             t0 = time.perf_counter()
             feats = extract_features(
-                s["model"], test_loader, amp=amp, channels_last=cl, verbose=False
+                s["model"], test_loader, precision=Precision(amp, cl), verbose=False
             )
             res[name].setdefault("extract", []).append(
                 len(feats.feats) / (time.perf_counter() - t0)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adaptreid.engine.optim import build_optimizer
+from adaptreid.engine.optim import OptimizerSettings, build_optimizer
 from adaptreid.engine.trainer import Stage, Trainer
 from adaptreid.losses.reid_loss import ReidLoss
 from adaptreid.models import build_model
@@ -63,7 +63,9 @@ def run_steps(batch: dict[str, torch.Tensor], device: torch.device) -> list[dict
     keep_batchnorm_in_eval(model)
     # MSPLR eq. 5 without its triplet term: label-smoothed CE + 0.005 centre loss
     crit = ReidLoss(NUM_IDS, model.feat_dim, triplet_weight=0.0, center_weight=0.005)
-    opt = build_optimizer(model, name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = build_optimizer(
+        model, OptimizerSettings(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    )
     stage = Stage(
         crit,
         opt,

@@ -16,7 +16,7 @@ from conftest import corrupt_jpeg, noise_jpeg, write_market
 from adaptreid.cli import main
 from adaptreid.data import BadImageLog, build_dataset, collate_skip_bad
 from adaptreid.data.check import check_dataset, check_images
-from adaptreid.data.loaders import build_test_loader, build_train_loader
+from adaptreid.data.loaders import PKSampling, build_test_loader, build_train_loader
 from adaptreid.data.transforms import build_transforms
 from adaptreid.engine.evaluator import evaluate_model
 from adaptreid.engine.extract import extract_features
@@ -152,7 +152,7 @@ def test_collate_of_a_batch_of_bad_items_only():
 def test_train_loader_in_skip_mode_yields_short_pk_batches_and_reports_every_bad_image(target):
     ds = build_dataset("market1501", target)
     bad = _bad_paths(target)
-    loader = build_train_loader(ds.train, TF, 2, 2, seed=0, bad_images="skip")
+    loader = build_train_loader(ds.train, TF, PKSampling(2, 2, seed=0), bad_images="skip")
     seen_bad = []
     for epoch in range(3):
         loader.sampler.set_epoch(epoch)
@@ -168,7 +168,7 @@ def test_train_loader_in_skip_mode_yields_short_pk_batches_and_reports_every_bad
         assert sum(len(b["bad"]) for b in batches) <= len(loader.epoch_bad)
     assert set(seen_bad) == {p for p in bad if "bounding_box_train" in p}
     # in error mode the same loader stops on the first bad image, naming it
-    strict = build_train_loader(ds.train, TF, 2, 2, seed=0)
+    strict = build_train_loader(ds.train, TF, PKSampling(2, 2, seed=0))
     with pytest.raises(DatasetError, match="bounding_box_train/000[79]_c"):
         for _ in range(3):
             list(strict)
@@ -182,7 +182,7 @@ def test_a_batch_left_with_one_image_is_not_yielded_and_its_bad_images_are_repor
     for name in train[:2]:  # identity 1 is unreadable: its P=1 x K=2 batch is empty
         (root / "bounding_box_train" / name).write_bytes(b"")
     ds = build_dataset("market1501", root)
-    loader = build_train_loader(ds.train, TF, 1, 2, seed=0, bad_images="skip")
+    loader = build_train_loader(ds.train, TF, PKSampling(1, 2, seed=0), bad_images="skip")
     assert len(loader) == 2
     for epoch in range(4):
         loader.sampler.set_epoch(epoch)
@@ -199,7 +199,7 @@ def _count_batches_on_rank(rank: int, world: int, root: str, init: str, out: str
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     ds = build_dataset("market1501", root)
     loader = build_train_loader(
-        ds.train, TF, 1, 2, seed=0, rank=rank, world_size=world, bad_images="skip"
+        ds.train, TF, PKSampling(1, 2, seed=0, rank=rank, world_size=world), bad_images="skip"
     )
     counts = []
     for epoch in range(4):
@@ -236,7 +236,7 @@ def test_trainer_epoch_goes_on_over_bad_training_images(target):
     model = build_model("small_cnn", num_classes=len(pids))
     crit = ReidLoss(len(pids), model.feat_dim)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = build_train_loader(train, TF, 2, 2, seed=0, bad_images="skip")
+    loader = build_train_loader(train, TF, PKSampling(2, 2, seed=0), bad_images="skip")
     stage = Stage(crit, opt, loader, epochs=2)
     trainer = Trainer(model, stage, device=torch.device("cpu"), verbose=False)
     for epoch in (1, 2):

@@ -10,7 +10,7 @@ import torch
 from adaptreid.cli import main
 from adaptreid.errors import ConfigError
 from adaptreid.export.onnx import ExportError, export_checkpoint, export_model
-from adaptreid.models import build_model
+from adaptreid.models import HeadSettings, build_model
 from adaptreid.rundir.checkpoint import save_checkpoint
 
 
@@ -24,7 +24,7 @@ def _trained_like(model):
 
 
 def _checkpoint(tmp_path, backbone="small_cnn", **kw):
-    model = _trained_like(build_model(backbone, num_classes=5, **kw))
+    model = _trained_like(build_model(backbone, num_classes=5, head=HeadSettings.from_arch(kw)))
     path = tmp_path / "best.pt"
     save_checkpoint(
         {

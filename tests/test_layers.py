@@ -148,19 +148,12 @@ def test_no_module_over_600_lines():
 
 #: Functions that still take more than 8 parameters (issue 25 reduced the pseudo-label and
 #: evaluation ones to settings objects and left these). A new one fails the test below, and
-#: one reduced must leave the list. Target: none.
+#: one reduced must leave the list. Target: none. Left: the synthetic domains' registered
+#: dataset factory, whose keyword parameters are the dataset's options themselves (the flat
+#: ``data.source_options`` / ``target_options`` keys, checked against its signature by
+#: ``build_dataset`` / ``open_dataset``).
 MANY_PARAMETERS = {
-    "adaptreid/data/loaders.py:build_train_loader",
-    "adaptreid/data/synthetic.py:generate_synthetic_reid",
     "adaptreid/data/synthetic.py:factory",
-    "adaptreid/data/transforms.py:build_transforms",
-    "adaptreid/engine/extract.py:extract_features",
-    "adaptreid/engine/optim.py:build_optimizer",
-    "adaptreid/evaluation/metrics.py:evaluate_rank",
-    "adaptreid/models/build.py:build_model",
-    "adaptreid/pseudo/kmeans.py:kmeans",
-    "adaptreid/runtime/precision.py:resolve_precision",
-    "adaptreid/runtime/precision.py:_resolve_auto",
 }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from adaptreid.errors import DatasetError
 from adaptreid.evaluation import RankResult, evaluate_rank, pairwise_distance, top_k_matches
-from adaptreid.evaluation.metrics import stable_argsort_rows
+from adaptreid.evaluation.metrics import SingleGalleryShot, stable_argsort_rows
 
 # ------------------------------------------------------------------------ reference (plain loops)
 
@@ -114,8 +114,11 @@ def test_market_protocol_equals_reference(chunk_size, seed, offset):
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
 def test_single_gallery_shot_equals_reference_and_is_seeded(chunk_size):
     dist, q_pids, g_pids, q_cams, g_cams = random_problem(3, num_q=25, num_g=60, levels=8)
-    kw = dict(max_rank=20, cuhk03_single_gallery_shot=True, num_repeats=4)
-    res = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk_size, seed=5, **kw)
+    kw = dict(max_rank=20)
+    sgs = SingleGalleryShot(num_repeats=4, seed=5)
+    res = evaluate_rank(
+        dist, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk_size, single_gallery_shot=sgs, **kw
+    )
     cmc, m_ap, m_inp, num_valid = reference_rank(
         dist, q_pids, g_pids, q_cams, g_cams, 20, sgs=True, repeats=4, seed=5
     )
@@ -128,9 +131,12 @@ def test_single_gallery_shot_equals_reference_and_is_seeded(chunk_size):
     # One image per identity: the first match is within the first (number of identities).
     num_ids = len(set(g_pids.tolist()) - {-1})
     assert np.all(res.cmc[num_ids - 1 :] == 1.0) and not np.all(full.cmc[num_ids - 1 :] == 1.0)
-    again = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, chunk_size=3, seed=5, **kw)
+    again = evaluate_rank(
+        dist, q_pids, g_pids, q_cams, g_cams, chunk_size=3, single_gallery_shot=sgs, **kw
+    )
     np.testing.assert_array_equal(again.cmc, res.cmc)
-    other = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, seed=6, **kw)
+    other_sgs = SingleGalleryShot(num_repeats=4, seed=6)
+    other = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, single_gallery_shot=other_sgs, **kw)
     assert not np.array_equal(other.cmc, res.cmc)
 
 

@@ -17,6 +17,7 @@ from adaptreid.errors import CheckpointError, ConfigError
 from adaptreid.models import (
     BACKBONES,
     BNNeck,
+    HeadSettings,
     ReidModel,
     build_model,
     load_pretrained,
@@ -285,12 +286,12 @@ def test_reid_model_train_and_eval_outputs():
         parts = model.head(model.backbone(_x()))
     assert isinstance(emb, torch.Tensor) and emb.shape == (2, 512)
     assert torch.allclose(emb, parts["bn_feat"])
-    before = build_model("resnet18", neck_feat="before").eval()
+    before = build_model("resnet18", head=HeadSettings(neck_feat="before")).eval()
     with torch.no_grad():
         emb_b = before(_x())
         assert torch.allclose(emb_b, before.head(before.backbone(_x()))["feat"])
     with pytest.raises(ConfigError, match="neck_feat"):
-        build_model("resnet18", neck_feat="middle")
+        build_model("resnet18", head=HeadSettings(neck_feat="middle"))
 
 
 def test_parameter_groups_and_freeze_body():
@@ -314,7 +315,9 @@ def test_parameter_groups_and_freeze_body():
 
 
 def test_arch_rebuilds_model():
-    model = build_model("r50_ibn_a", num_classes=6, pooling="gem", embedding_dim=32)
+    model = build_model(
+        "r50_ibn_a", num_classes=6, head=HeadSettings(pooling="gem", embedding_dim=32)
+    )
     assert model.arch["backbone"] == "resnet50_ibn_a"
     clone = model_from_arch(model.arch)
     clone.load_state_dict(model.state_dict())  # strict: same keys and shapes
@@ -329,13 +332,13 @@ def test_unknown_names_give_helpful_errors():
     with pytest.raises(ConfigError, match="last_stride"):
         build_model("resnet18", last_stride=3)
     with pytest.raises(ConfigError, match="head"):
-        build_model("resnet18", head="pcbb")
+        build_model("resnet18", head=HeadSettings(name="pcbb"))
     assert "resnet50_ibn_a" in BACKBONES and "mobilenet_v2" in BACKBONES
 
 
 @pytest.mark.parametrize("backbone", ["resnet50_ibn_a", "mobilenet_v2"])
 def test_bf16_autocast_and_channels_last(backbone):
-    model = build_model(backbone, num_classes=3, pooling="gem")
+    model = build_model(backbone, num_classes=3, head=HeadSettings(pooling="gem"))
     model = model.to(memory_format=torch.channels_last)
     x = _x().to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -521,8 +524,8 @@ def test_old_pcb_arch_and_checkpoint_still_load(tmp_path):
 )
 def test_new_pcb_options_round_trip_through_arch(options):
     model = build_model(
-        "resnet18", num_classes=4, head="pcb", pooling="max", embedding_dim=6,
-        head_options=options,
+        "resnet18", num_classes=4,
+        head=HeadSettings(name="pcb", pooling="max", embedding_dim=6, options=options),
     )  # fmt: skip
     assert model.arch["head_options"] == options and model.num_parts == 9
     clone = model_from_arch(model.arch)

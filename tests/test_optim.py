@@ -11,6 +11,7 @@ from torch import nn
 from adaptreid.engine.optim import (
     MSPLR_SCHEDULE,
     PAST_LR_DECAY,
+    OptimizerSettings,
     ParamGroup,
     WarmupMultiStepLR,
     build_optimizer,
@@ -68,7 +69,7 @@ def _run_epochs(sched, opt, n, start=1):
 
 def test_msplr_schedule_values():
     model = Tiny()
-    opt = build_optimizer(model, "adam", lr=3.5e-4)
+    opt = build_optimizer(model, OptimizerSettings("adam", lr=3.5e-4))
     sched = WarmupMultiStepLR(opt)  # defaults = MSPLR_SCHEDULE
     seen = _run_epochs(sched, opt, 90)
     for epoch, lr in MSPLR_EXPECTED.items():
@@ -92,7 +93,9 @@ def test_warmup_factor_variants():
 
 def test_scheduler_keeps_group_ratios():
     model = Tiny()
-    opt = build_optimizer(model, "sgd", lr=0.01, groups={"body": 0.1, "head": 1.0})
+    opt = build_optimizer(
+        model, OptimizerSettings("sgd", lr=0.01), groups={"body": 0.1, "head": 1.0}
+    )
     sched = WarmupMultiStepLR(opt, milestones=(3, 6), warmup_epochs=2, warmup_factor=0.5)
     seen = _run_epochs(sched, opt, 8)
     for epoch, (body_lr, head_lr) in seen.items():
@@ -106,7 +109,7 @@ def test_scheduler_keeps_group_ratios():
 def test_scheduler_state_dict_round_trip():
     def make():
         model = Tiny()
-        opt = build_optimizer(model, "adam", lr=3.5e-4, groups={"body": 0.5})
+        opt = build_optimizer(model, OptimizerSettings("adam", lr=3.5e-4), groups={"body": 0.5})
         return opt, WarmupMultiStepLR(opt, **MSPLR_SCHEDULE)
 
     opt, sched = make()
@@ -124,7 +127,7 @@ def test_scheduler_state_dict_round_trip():
 
 
 def test_scheduler_bad_options():
-    opt = build_optimizer([nn.Parameter(torch.zeros(2))], lr=1.0)
+    opt = build_optimizer([nn.Parameter(torch.zeros(2))], OptimizerSettings(lr=1.0))
     for kwargs in (
         {"milestones": (70, 40)},
         {"milestones": (0, 4)},
@@ -144,8 +147,7 @@ def test_past_decay_after_three_iterations():
             ParamGroup(Tiny().body_parameters(), name="fine_tune", lr=1e-4),
             {"params": [nn.Parameter(torch.zeros(3, 3))], "name": "embedding", "lr": 2e-4},
         ],
-        "sgd",
-        lr=1e-4,
+        OptimizerSettings("sgd", lr=1e-4),
     )
     assert [g["name"] for g in opt.param_groups] == ["fine_tune", "embedding"]
 
@@ -155,11 +157,7 @@ def test_sgd_param_groups_from_model():
     model = Tiny()
     opt = build_optimizer(
         model,
-        "sgd",
-        lr=0.1,
-        weight_decay=5e-4,
-        momentum=0.9,
-        nesterov=True,
+        OptimizerSettings("sgd", lr=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True),
         groups={"body": 0.1, "head": 1.0},
     )
     assert isinstance(opt, torch.optim.SGD)
@@ -175,7 +173,9 @@ def test_sgd_param_groups_from_model():
 
 def test_unlisted_parameters_go_to_other_and_bias_decay_split():
     model = Tiny()
-    opt = build_optimizer(model, "adam", lr=1e-3, groups={"body": 0.5}, bias_weight_decay=0.0)
+    opt = build_optimizer(
+        model, OptimizerSettings("adam", lr=1e-3, bias_weight_decay=0.0), groups={"body": 0.5}
+    )
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {"body", "body.no_decay", "other", "other.no_decay"}
     assert [p.shape for p in groups["body"]["params"]] == [model.body[0].weight.shape]
@@ -188,7 +188,7 @@ def test_unlisted_parameters_go_to_other_and_bias_decay_split():
 def test_optimizer_errors():
     model = Tiny()
     with pytest.raises(ConfigError, match="unknown optimizer"):
-        build_optimizer(model, "adagrad")
+        build_optimizer(model, OptimizerSettings("adagrad"))
     with pytest.raises(ConfigError, match="tail_parameters"):
         build_optimizer(model, groups={"tail": 1.0})
     with pytest.raises(ConfigError, match="groups"):
@@ -196,9 +196,9 @@ def test_optimizer_errors():
     with pytest.raises(ConfigError, match="optimizer groups"):
         build_optimizer([ParamGroup(model.parameters(), "a"), ParamGroup(model.parameters(), "b")])
     with pytest.raises(ConfigError):
-        build_optimizer(model, lr=0.0)
+        build_optimizer(model, OptimizerSettings(lr=0.0))
     with pytest.raises(ConfigError, match="nesterov"):
-        build_optimizer(model, "adam", nesterov=True)
+        build_optimizer(model, OptimizerSettings("adam", nesterov=True))
     with pytest.raises(ConfigError):
         build_optimizer([{"params": model.parameters(), "momentum": 0.5}])
     with pytest.raises(ConfigError, match="no parameters"):
@@ -207,6 +207,6 @@ def test_optimizer_errors():
 
 def test_adamw_and_plain_parameter_list():
     ps = [nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2))]
-    opt = build_optimizer(ps, "adamw", lr=1e-3, weight_decay=0.05)
+    opt = build_optimizer(ps, OptimizerSettings("adamw", lr=1e-3, weight_decay=0.05))
     assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
     assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["name"] == "all"

@@ -17,7 +17,7 @@ from conftest import write_jpeg, write_market
 
 from adaptreid.cli import main
 from adaptreid.data import MissingSplit, build_dataset, relabel
-from adaptreid.data.loaders import build_test_loader, build_train_loader
+from adaptreid.data.loaders import PKSampling, build_test_loader, build_train_loader
 from adaptreid.data.transforms import build_transforms
 from adaptreid.engine.evaluator import evaluate_model, protocol_camids
 from adaptreid.errors import DatasetError
@@ -88,7 +88,7 @@ def test_using_a_missing_split_fails_naming_the_folder(tmp_path, capsys):
     with pytest.raises(DatasetError, match=f"no train split: folder {folder} is missing.*training"):
         relabel(ds.train)
     with pytest.raises(DatasetError, match=folder):
-        build_train_loader(ds.train, TF, 2, 2, seed=0)
+        build_train_loader(ds.train, TF, PKSampling(2, 2, seed=0))
     with pytest.raises(DatasetError, match=folder):
         build_test_loader(ds.train, TF)
     with pytest.raises(DatasetError, match=f"{folder}.*training needs it"):

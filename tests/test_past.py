@@ -24,7 +24,7 @@ from adaptreid.losses.past_loss import (
 )
 from adaptreid.methods.past import conservative_optimizer, past_model, promoting_optimizer
 from adaptreid.methods.past_rtl import RankingTripletBatchSampler, ranking_triplet_loader
-from adaptreid.models import build_model
+from adaptreid.models import HeadSettings, build_model
 from adaptreid.models.pcb import PCBHead
 from adaptreid.pseudo.centroids import cluster_means
 from adaptreid.pseudo.kreciprocal import jaccard_distance, sparse_distance_to_dense
@@ -66,7 +66,9 @@ def test_pcb_uneven_stripes_and_model_interface():
     with pytest.raises(ConfigError):
         PCBHead(16, pooling="gem")
 
-    model = build_model("resnet18", head="pcb", head_options={"num_parts": 4}, embedding_dim=6)
+    model = build_model(
+        "resnet18", head=HeadSettings(name="pcb", options={"num_parts": 4}, embedding_dim=6)
+    )
     assert model.num_parts == 4 and model.feat_dim == 24
     assert build_model("resnet18").num_parts == 1
     model.eval()

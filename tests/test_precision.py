@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from adaptreid.runtime import precision as P
-from adaptreid.runtime.precision import cache_path, probe_key, resolve_precision
+from adaptreid.runtime.precision import ProbeSettings, cache_path, probe_key, resolve_precision
 
 
 class Tiny(nn.Module):
@@ -51,7 +51,12 @@ class FakeTimer:
 def test_explicit_values_pass_through(tmp_path, amp, cl, want):
     timer = FakeTimer(1.0, 0.1)
     out = resolve_precision(
-        amp, Tiny(), (16, 8), "cpu", channels_last=cl, cache_dir=tmp_path, timer=timer
+        amp,
+        Tiny(),
+        (16, 8),
+        "cpu",
+        channels_last=cl,
+        probe=ProbeSettings(cache_dir=tmp_path, timer=timer),
     )
     assert out[:2] == want and isinstance(out[2], str) and "\n" not in out[2]
     assert timer.calls == []  # no probe
@@ -60,9 +65,11 @@ def test_explicit_values_pass_through(tmp_path, amp, cl, want):
 
 def test_bad_amp_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="amp"):
-        resolve_precision("int8", Tiny(), (16, 8), "cpu", cache_dir=tmp_path)
+        resolve_precision("int8", Tiny(), (16, 8), "cpu", probe=ProbeSettings(cache_dir=tmp_path))
     with pytest.raises(ValueError, match="mode"):
-        resolve_precision("auto", Tiny(), (16, 8), "cpu", mode="eval", cache_dir=tmp_path)
+        resolve_precision(
+            "auto", Tiny(), (16, 8), "cpu", mode="eval", probe=ProbeSettings(cache_dir=tmp_path)
+        )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +78,11 @@ def test_bad_amp_is_an_error(tmp_path):
 def test_probe_picks_the_faster_variant_interleaved(tmp_path, fp32, bf16, want):
     timer = FakeTimer(fp32, bf16)
     amp, cl, reason = resolve_precision(
-        "auto", Tiny(), (16, 8), "cpu", cache_dir=tmp_path, timer=timer, repeats=3
+        "auto",
+        Tiny(),
+        (16, 8),
+        "cpu",
+        probe=ProbeSettings(cache_dir=tmp_path, timer=timer, repeats=3),
     )
     assert (amp, cl) == want
     assert "probed" in reason and "\n" not in reason
@@ -81,16 +92,16 @@ def test_probe_picks_the_faster_variant_interleaved(tmp_path, fp32, bf16, want):
 
 def test_near_tie_keeps_fp32(tmp_path):
     timer = FakeTimer(1.0, 0.97)  # 3% faster: within the margin
-    assert resolve_precision("auto", Tiny(), (16, 8), "cpu", cache_dir=tmp_path, timer=timer)[
-        :2
-    ] == ("none", False)
+    assert resolve_precision(
+        "auto", Tiny(), (16, 8), "cpu", probe=ProbeSettings(cache_dir=tmp_path, timer=timer)
+    )[:2] == ("none", False)
 
 
 def test_cache_is_written_then_read(tmp_path, monkeypatch):
     monkeypatch.setenv(P.CACHE_ENV, str(tmp_path / "envdir"))
     model = Tiny()
     first = FakeTimer(1.0, 0.4)
-    out1 = resolve_precision("auto", model, (16, 8), "cpu", timer=first)
+    out1 = resolve_precision("auto", model, (16, 8), "cpu", probe=ProbeSettings(timer=first))
     path = tmp_path / "envdir" / "precision.json"
     assert path.is_file()  # the environment variable names the folder
     data = json.loads(path.read_text())
@@ -100,22 +111,28 @@ def test_cache_is_written_then_read(tmp_path, monkeypatch):
 
     # second call: answered from the cache, the timer is not called
     second = FakeTimer(0.1, 9.0)  # would pick fp32 if it were asked
-    out2 = resolve_precision("auto", Tiny(), (16, 8), "cpu", timer=second)
+    out2 = resolve_precision("auto", Tiny(), (16, 8), "cpu", probe=ProbeSettings(timer=second))
     assert out2[:2] == out1[:2] == ("bf16", True) and second.calls == []
     assert "cached" in out2[2]
 
     # another input size, mode or architecture is another key: probed again
     third = FakeTimer(0.1, 1.0)
-    assert resolve_precision("auto", model, (32, 16), "cpu", timer=third)[:2] == ("none", False)
+    assert resolve_precision("auto", model, (32, 16), "cpu", probe=ProbeSettings(timer=third))[
+        :2
+    ] == ("none", False)
     assert third.calls
     fourth = FakeTimer(0.1, 1.0)
-    assert resolve_precision("auto", model, (16, 8), "cpu", mode="extract", timer=fourth)[:2] == (
+    assert resolve_precision(
+        "auto", model, (16, 8), "cpu", mode="extract", probe=ProbeSettings(timer=fourth)
+    )[:2] == (
         "none",
         False,
     )
     assert fourth.calls
     fifth = FakeTimer(0.1, 1.0)
-    assert resolve_precision("auto", Tiny(width=6), (16, 8), "cpu", timer=fifth)[:2] == (
+    assert resolve_precision(
+        "auto", Tiny(width=6), (16, 8), "cpu", probe=ProbeSettings(timer=fifth)
+    )[:2] == (
         "none",
         False,
     )
@@ -125,7 +142,11 @@ def test_cache_is_written_then_read(tmp_path, monkeypatch):
     # use_cache=False: always probes, never writes
     sixth = FakeTimer(1.0, 0.1)
     assert resolve_precision(
-        "auto", model, (16, 8), "cpu", cache_dir=tmp_path / "other", timer=sixth, use_cache=False
+        "auto",
+        model,
+        (16, 8),
+        "cpu",
+        probe=ProbeSettings(cache_dir=tmp_path / "other", timer=sixth, use_cache=False),
     )[:2] == ("bf16", True)
     assert sixth.calls and not (tmp_path / "other" / "precision.json").exists()
 
@@ -135,9 +156,9 @@ def test_corrupt_cache_is_reprobed_and_repaired(tmp_path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
     timer = FakeTimer(1.0, 0.2)
-    assert resolve_precision("auto", Tiny(), (16, 8), "cpu", cache_dir=tmp_path, timer=timer)[
-        :2
-    ] == ("bf16", True)
+    assert resolve_precision(
+        "auto", Tiny(), (16, 8), "cpu", probe=ProbeSettings(cache_dir=tmp_path, timer=timer)
+    )[:2] == ("bf16", True)
     assert timer.calls and len(json.loads(path.read_text())) == 1
 
 
@@ -169,10 +190,7 @@ def test_auto_on_cpu_never_picks_fp16_with_the_real_probe(tmp_path):
             (16, 8),
             "cpu",
             mode=mode,
-            cache_dir=tmp_path,
-            steps=1,
-            repeats=1,
-            batch_size=4,
+            probe=ProbeSettings(cache_dir=tmp_path, steps=1, repeats=1, batch_size=4),
         )
         assert amp in ("none", "bf16") and cl == (amp == "bf16")
         assert "fp32" in reason and "ms" in reason

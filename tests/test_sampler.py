@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from adaptreid.data import (
+    Augmentation,
     PKSampler,
+    PKSampling,
     build_dataset,
     build_test_loader,
     build_train_loader,
@@ -116,8 +118,8 @@ def test_errors():
 
 def test_train_and_test_loaders(make_market):
     ds = build_dataset("market1501", make_market())
-    tf = build_transforms(16, 8, train=True, pad=2)
-    loader = build_train_loader(ds.train, tf, p=2, k=2, seed=0)
+    tf = build_transforms(16, 8, train=True, augmentation=Augmentation(pad=2))
+    loader = build_train_loader(ds.train, tf, PKSampling(2, 2, seed=0))
     assert loader.sampler.batch_size == loader.batch_size == 4
     torch.manual_seed(0)
     batches = list(loader)
@@ -134,10 +136,10 @@ def test_train_and_test_loaders(make_market):
 
 def test_worker_augmentation_is_reproducible(make_market):
     ds = build_dataset("market1501", make_market())
-    tf = build_transforms(16, 8, train=True, pad=2)
+    tf = build_transforms(16, 8, train=True, augmentation=Augmentation(pad=2))
 
     def run(seed: int) -> torch.Tensor:
-        loader = build_train_loader(ds.train, tf, p=2, k=2, seed=seed, num_workers=1)
+        loader = build_train_loader(ds.train, tf, PKSampling(2, 2, seed=seed), num_workers=1)
         return torch.cat([b["img"] for b in loader])
 
     first = run(0)
@@ -150,8 +152,8 @@ def test_reseeding_the_generator_replays_worker_augmentation(make_market):
     # generator - as the trainer does from (seed, epoch) - replays the same augmentation: a
     # resumed run draws what an uninterrupted one would have drawn
     ds = build_dataset("market1501", make_market())
-    tf = build_transforms(16, 8, train=True, pad=2)
-    loader = build_train_loader(ds.train, tf, p=2, k=2, seed=0, num_workers=1)
+    tf = build_transforms(16, 8, train=True, augmentation=Augmentation(pad=2))
+    loader = build_train_loader(ds.train, tf, PKSampling(2, 2, seed=0), num_workers=1)
     assert not loader.persistent_workers
     loader.generator.manual_seed(7)
     a = torch.cat([b["img"] for b in loader])

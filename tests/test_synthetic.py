@@ -41,7 +41,8 @@ def _pixels(root: Path, sub: str = "bounding_box_train") -> dict[str, np.ndarray
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("synthetic")
     return {
-        d: generate_synthetic_reid(base / d, domain=d, preset="tiny") for d in ("source", "target")
+        d: generate_synthetic_reid(base / d, SyntheticSpec.preset("tiny", domain=d))
+        for d in ("source", "target")
     }
 
 
@@ -109,10 +110,10 @@ def test_registered_names_generate_then_reuse(tmp_path):
 
 
 def test_incomplete_folder_of_ours_is_redrawn(tmp_path):
-    root = generate_synthetic_reid(tmp_path / "s", preset="tiny")
+    root = generate_synthetic_reid(tmp_path / "s", SyntheticSpec.preset("tiny"))
     victim = sorted((root / "query").iterdir())[0]
     victim.unlink()
-    generate_synthetic_reid(root, preset="tiny")
+    generate_synthetic_reid(root, SyntheticSpec.preset("tiny"))
     assert victim.is_file()
 
 
@@ -124,16 +125,16 @@ def test_never_touches_foreign_data(tmp_path):
         build_dataset("synthetic-source", user, preset="tiny")
     assert (user / "notes.txt").read_text() == "precious"
     # our folder with a user's file inside: refused, nothing deleted
-    root = generate_synthetic_reid(tmp_path / "ours", preset="tiny")
+    root = generate_synthetic_reid(tmp_path / "ours", SyntheticSpec.preset("tiny"))
     (root / "query" / "holiday.jpg").write_bytes(b"x")
     before = _files(root)
     with pytest.raises(DatasetError, match="did not write"):
-        generate_synthetic_reid(root, preset="tiny", seed=5)
+        generate_synthetic_reid(root, SyntheticSpec.preset("tiny", seed=5))
     assert _files(root) == before
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(DatasetError, match="not a folder"):
-        generate_synthetic_reid(a_file, preset="tiny")
+        generate_synthetic_reid(a_file, SyntheticSpec.preset("tiny"))
 
 
 def test_spec_validation():
@@ -162,9 +163,13 @@ def test_spec_validation():
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path, tiny):
-    again = generate_synthetic_reid(tmp_path / "again", domain="target", preset="tiny")
+    again = generate_synthetic_reid(
+        tmp_path / "again", SyntheticSpec.preset("tiny", domain="target")
+    )
     assert _files(again) == _files(tiny["target"])
-    other = generate_synthetic_reid(tmp_path / "other", domain="target", preset="tiny", seed=3)
+    other = generate_synthetic_reid(
+        tmp_path / "other", SyntheticSpec.preset("tiny", domain="target", seed=3)
+    )
     a, b = _files(tiny["target"]), _files(other)
     images = [k for k in a if k.endswith(".png")]
     assert set(images) <= set(b)  # same names ...
@@ -187,7 +192,11 @@ def test_identities_are_deterministic_and_varied():
 def test_concurrent_generation_into_one_folder(tmp_path):
     root = tmp_path / "shared"
     with ThreadPoolExecutor(2) as pool:
-        paths = list(pool.map(lambda _: generate_synthetic_reid(root, preset="tiny"), range(2)))
+        paths = list(
+            pool.map(
+                lambda _: generate_synthetic_reid(root, SyntheticSpec.preset("tiny")), range(2)
+            )
+        )
     assert paths == [root, root]
     assert len(list((root / "query").iterdir())) == TINY.counts()["query"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no partial folders left
@@ -198,7 +207,9 @@ def test_generation_is_fast(tmp_path):
     ~2 ms per image; the bound is 10x that, so it only catches an accidental slow path."""
     spec = SyntheticSpec.preset("demo", num_train_ids=10, num_test_ids=5)  # 180 images, 64x32
     start = time.process_time()
-    generate_synthetic_reid(tmp_path / "d", num_train_ids=10, num_test_ids=5)
+    generate_synthetic_reid(
+        tmp_path / "d", SyntheticSpec.preset("demo", num_train_ids=10, num_test_ids=5)
+    )
     seconds = time.process_time() - start
     n = sum(spec.counts().values())
     assert n == 180
@@ -276,7 +287,7 @@ def test_camera_shift_scales_the_domain_gap(tmp_path):
     means = {}
     for shift in (0.3, 1.0):
         root = generate_synthetic_reid(
-            tmp_path / str(shift), domain="target", preset="tiny", camera_shift=shift
+            tmp_path / str(shift), SyntheticSpec.preset("tiny", domain="target", camera_shift=shift)
         )
         means[shift] = np.mean([p.mean() for p in _pixels(root, "query").values()])
     assert means[0.3] > means[1.0] + 20
@@ -284,7 +295,7 @@ def test_camera_shift_scales_the_domain_gap(tmp_path):
 
 def test_registered_dataset_reuses_what_is_there_without_options(tmp_path):
     folder = tmp_path / "tgt"
-    generate_synthetic_reid(folder, domain="target", preset="tiny")
+    generate_synthetic_reid(folder, SyntheticSpec.preset("tiny", domain="target"))
     stamp = (folder / "spec.json").stat().st_mtime_ns
     ds = build_dataset("synthetic-target", folder)  # no option: the tiny dataset as it is
     assert len(ds.train) == 8 * 3 * 2 and (folder / "spec.json").stat().st_mtime_ns == stamp
@@ -294,6 +305,6 @@ def test_registered_dataset_reuses_what_is_there_without_options(tmp_path):
     # a source folder is never taken for the target
     from adaptreid.data.synthetic import _existing_spec
 
-    generate_synthetic_reid(tmp_path / "src", domain="source", preset="tiny")
+    generate_synthetic_reid(tmp_path / "src", SyntheticSpec.preset("tiny", domain="source"))
     assert _existing_spec(tmp_path / "src", "target") is None
     assert _existing_spec(tmp_path / "src", "source").num_train_ids == 8

@@ -9,6 +9,7 @@ from PIL import Image
 
 from adaptreid.data.transforms import (
     IMAGENET_MEAN,
+    Augmentation,
     Compose,
     Normalize,
     Pad,
@@ -74,7 +75,7 @@ def test_pad_then_crop():
 
 
 def test_train_pipeline_shapes_and_determinism():
-    tf = build_transforms(32, 16, train=True, color_change=True)
+    tf = build_transforms(32, 16, train=True, augmentation=Augmentation(color_change=True))
     img = _image(50, 21)
     torch.manual_seed(123)
     a = torch.stack([tf(img) for _ in range(8)])

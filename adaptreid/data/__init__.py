@@ -12,12 +12,13 @@ from .datasets import (
     relabel,
 )
 from .images import ImageDataset, ImageReadError, read_image
-from .loaders import build_test_loader, build_train_loader, collate_skip_bad
+from .loaders import PKSampling, build_test_loader, build_train_loader, collate_skip_bad
 from .manifest import load_manifest
 from .sampler import PKSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmentation, build_transforms
 
 __all__ = [
+    "Augmentation",
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -26,6 +27,7 @@ __all__ = [
     "ImageReadError",
     "MissingSplit",
     "PKSampler",
+    "PKSampling",
     "ReidDataset",
     "Sample",
     "build_dataset",

@@ -32,6 +32,7 @@ draws from torch's global RNG: seed it with ``torch.manual_seed``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from .images import ImageDataset
 from .sampler import PKSampler
 
 __all__ = [
+    "PKSampling",
     "TrainLoader",
     "build_test_loader",
     "build_train_loader",
@@ -136,39 +138,54 @@ def _generator(seed: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] % 2**63))
 
 
+@dataclass(frozen=True)
+class PKSampling:
+    """How :func:`build_train_loader` draws its ``P x K`` batches (the :class:`PKSampler`'s
+    settings) and seeds them."""
+
+    p: int
+    """P: identities per batch."""
+    k: int
+    """K: images per identity in a batch (the batch is ``P x K`` images)."""
+    seed: int
+    """Seed of the sampler's draws and of the workers' augmentation (with ``rank``)."""
+    rank: int = 0
+    """This process's rank under torch.distributed: its share of the batches."""
+    world_size: int = 1
+    """Number of processes sharing the batches."""
+    unlabelled_ok: bool = False
+    """Leave samples with pid -1 out instead of raising."""
+
+
 def build_train_loader(
     samples: Sequence[Sample],
     transform: Callable[[Any], Any],
-    p: int,
-    k: int,
+    sampling: PKSampling,
     *,
-    seed: int,
     num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    unlabelled_ok: bool = False,
     pin_memory: bool = False,
     bad_images: str = "error",
 ) -> TrainLoader:
     """A loader of ``P x K`` batches over ``samples`` (``drop_last``: every batch drawn is
     full; with ``bad_images="skip"`` it may come out short by its unreadable images, see the
-    module docstring).
+    module docstring), drawn as ``sampling`` says.
 
     ``loader.sampler`` is the :class:`PKSampler`; call ``loader.sampler.set_epoch(e)`` before
-    each epoch. ``unlabelled_ok=True`` leaves pid -1 samples out instead of raising. An empty
+    each epoch. ``sampling.unlabelled_ok`` leaves pid -1 samples out instead of raising. An empty
     ``samples`` (e.g. the train split of an evaluation-only folder) raises
     :class:`DatasetError` naming what is missing.
     """
     if not samples:
         raise _empty_split_error(samples, "no training images")
+    sm = sampling
     sampler = PKSampler(
         [s.pid for s in samples],
-        p,
-        k,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        unlabelled_ok=unlabelled_ok,
+        sm.p,
+        sm.k,
+        seed=sm.seed,
+        rank=sm.rank,
+        world_size=sm.world_size,
+        unlabelled_ok=sm.unlabelled_ok,
     )
     return TrainLoader(
         ImageDataset(samples, transform, bad_images=bad_images),
@@ -182,7 +199,7 @@ def build_train_loader(
         # augmentations as an uninterrupted one
         persistent_workers=False,
         worker_init_fn=seed_worker if num_workers > 0 else None,
-        generator=_generator(seed, rank),
+        generator=_generator(sm.seed, sm.rank),
         pin_memory=pin_memory,
         min_batch=min(2, sampler.batch_size),
         sync_skips=bad_images == "skip",

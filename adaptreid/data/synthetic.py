@@ -5,7 +5,7 @@ cameras look unlike the source's, small enough to train and adapt on a laptop CP
 This module draws one::
 
     >>> from adaptreid.data.synthetic import generate_synthetic_reid
-    >>> generate_synthetic_reid("data/syn-src", domain="source")      # doctest: +SKIP
+    >>> generate_synthetic_reid("data/syn-src", SyntheticSpec(domain="source"))  # doctest: +SKIP
     >>> build_dataset("synthetic-target", "data/syn-tgt")            # doctest: +SKIP
 
 The folder is Market-1501-style (``bounding_box_train/``, ``query/``, ``bounding_box_test/``;
@@ -218,8 +218,8 @@ def _readme(spec: SyntheticSpec) -> str:
         f"(generator version {GENERATOR_VERSION}). Nothing here was downloaded: every image is",
         "a procedurally drawn pedestrian. Regenerate it with",
         "",
-        "    from adaptreid.data.synthetic import generate_synthetic_reid",
-        f"    generate_synthetic_reid(out_dir, **{spec.to_dict()!r})",
+        "    from adaptreid.data.synthetic import SyntheticSpec, generate_synthetic_reid",
+        f"    generate_synthetic_reid(out_dir, SyntheticSpec(**{spec.to_dict()!r}))",
         "",
         "Layout (Market-1501 style; the market1501 parser reads it too):",
         f"  bounding_box_train/  {counts['train']:>6,} images of {spec.num_train_ids} identities "
@@ -346,24 +346,13 @@ def _remove_ours(folder: Path) -> None:
 
 
 def generate_synthetic_reid(
-    out_dir: str | os.PathLike[str],
-    *,
-    domain: str = "source",
-    preset: str = "demo",
-    num_train_ids: int | None = None,
-    num_test_ids: int | None = None,
-    images_per_id_per_camera: int | None = None,
-    num_cameras: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    seed: int | None = None,
-    queries_per_id_per_camera: int | None = None,
-    camera_shift: float | None = None,
+    out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None
 ) -> Path:
-    """Make ``out_dir`` hold the synthetic dataset of ``domain`` and return its path.
+    """Make ``out_dir`` hold the synthetic dataset ``spec`` says (its domain, sizes and seed;
+    default: the ``demo`` preset of the source domain) and return its path. A preset with
+    some sizes changed is ``SyntheticSpec.preset("tiny", domain="target", seed=3)``.
 
-    Sizes come from ``preset`` (:data:`PRESETS`; ``demo`` by default), overridden by the
-    arguments given. The folder is
+    The folder is
 
     - kept as is when it already holds exactly this spec (``spec.json`` and file counts);
     - created (with its parents) when missing, filled when empty;
@@ -374,19 +363,7 @@ def generate_synthetic_reid(
     The images are drawn into a temporary sibling folder that is then renamed into place, so
     a reader never sees a half-written dataset and concurrent calls are safe.
     """
-    spec = SyntheticSpec.preset(
-        preset,
-        domain=domain,
-        num_train_ids=num_train_ids,
-        num_test_ids=num_test_ids,
-        images_per_id_per_camera=images_per_id_per_camera,
-        num_cameras=num_cameras,
-        height=height,
-        width=width,
-        seed=seed,
-        queries_per_id_per_camera=queries_per_id_per_camera,
-        camera_shift=camera_shift,
-    )
+    spec = SyntheticSpec.preset("demo") if spec is None else spec
     return _ensure(Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir)))), spec)
 
 
@@ -446,8 +423,8 @@ def _load(name: str, domain: str, root: str | os.PathLike[str], **kw: object) ->
     folder = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if all(v is None for v in kw.values()) and _existing_spec(folder, domain) is not None:
         return load_named_folders(name, folder, BBOX_FOLDERS)
-    kw["preset"] = kw.get("preset") or "demo"
-    base = generate_synthetic_reid(folder, domain=domain, **kw)  # type: ignore[arg-type]
+    preset = str(kw.pop("preset", None) or "demo")
+    base = generate_synthetic_reid(folder, SyntheticSpec.preset(preset, domain=domain, **kw))
     return load_named_folders(name, base, BBOX_FOLDERS)
 
 

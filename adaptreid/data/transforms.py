@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 __all__ = [
+    "Augmentation",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Compose",
@@ -291,30 +293,53 @@ class RandomColorChange:
         )
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation and the normalisation of :func:`build_transforms` (the
+    augmentation fields apply to ``train=True`` only; ``mean`` / ``std`` to both)."""
+
+    flip: bool = True
+    """Random horizontal flip (probability 0.5)."""
+    pad: int = 10
+    """Zero padding in pixels, then a random crop back to the input size; 0: neither."""
+    random_erasing: bool = True
+    """Random erasing (Zhong et al. 2020) of a rectangle, filled with ``mean``."""
+    color_change: bool = False
+    """MSPLR section 3.6.1: brightness +-20% or contrast +-15%."""
+    mean: Sequence[float] = IMAGENET_MEAN
+    """Per-channel mean subtracted by the normalisation (RGB, in [0, 1])."""
+    std: Sequence[float] = IMAGENET_STD
+    """Per-channel standard deviation divided by the normalisation."""
+
+    @classmethod
+    def from_config(cls, d: Any) -> Augmentation:
+        """From ``data.*`` (a :class:`~adaptreid.config.DataConfig`): ``flip``, ``pad``,
+        ``random_erasing``, ``color_change``; the ImageNet mean and std."""
+        return cls(
+            flip=d.flip, pad=d.pad, random_erasing=d.random_erasing, color_change=d.color_change
+        )
+
+
 def build_transforms(
     height: int,
     width: int,
     train: bool,
-    *,
-    flip: bool = True,
-    pad: int = 10,
-    random_erasing: bool = True,
-    color_change: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    augmentation: Augmentation | None = None,
 ) -> Compose:
     """The standard re-ID pipeline. Test: resize, to tensor, normalise. Train adds flip,
     pad + random crop (``pad=0`` turns both off), MSPLR's colour change and random erasing
-    (filled with ``mean``)."""
+    (filled with ``mean``), as ``augmentation`` says (default: :class:`Augmentation`'s
+    defaults, the values of ``data.*``'s defaults)."""
+    aug = augmentation or Augmentation()
     steps: list[Callable[[Any], Any]] = [Resize((height, width))]
     if train:
-        if flip:
+        if aug.flip:
             steps.append(RandomHorizontalFlip())
-        if pad:
-            steps += [Pad(pad), RandomCrop((height, width))]
-        if color_change:
+        if aug.pad:
+            steps += [Pad(aug.pad), RandomCrop((height, width))]
+        if aug.color_change:
             steps.append(RandomColorChange())
-    steps += [ToTensor(), Normalize(mean, std)]
-    if train and random_erasing:
-        steps.append(RandomErasing(mean=mean))
+    steps += [ToTensor(), Normalize(aug.mean, aug.std)]
+    if train and aug.random_erasing:
+        steps.append(RandomErasing(mean=aug.mean))
     return Compose(steps)

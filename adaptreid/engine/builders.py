@@ -13,13 +13,13 @@ import torch
 
 from ..config import Config
 from ..data.datasets import ReidDataset, Sample, open_dataset
-from ..data.loaders import build_train_loader
-from ..data.transforms import build_transforms
+from ..data.loaders import PKSampling, build_train_loader
+from ..data.transforms import Augmentation, build_transforms
 from ..errors import CheckpointError, ConfigError
-from ..models import ReidModel, build_model
+from ..models import HeadSettings, ReidModel, build_model
 from ..runtime import distributed as D
 from .evaluator import EvalSettings, evaluate_model
-from .optim import WarmupMultiStepLR, build_optimizer
+from .optim import OptimizerSettings, WarmupMultiStepLR, build_optimizer
 
 log = logging.getLogger("adaptreid")
 
@@ -49,15 +49,7 @@ def load_dataset(cfg: Config, role: str) -> ReidDataset:
 def train_transform(cfg: Config):
     """The training augmentation of ``cfg.data`` (flip, pad-crop, erasing, colour change)."""
     d = cfg.data
-    return build_transforms(
-        d.height,
-        d.width,
-        train=True,
-        flip=d.flip,
-        pad=d.pad,
-        random_erasing=d.random_erasing,
-        color_change=d.color_change,
-    )
+    return build_transforms(d.height, d.width, train=True, augmentation=Augmentation.from_config(d))
 
 
 def identities_per_batch(cfg: Config, num_ids: int) -> int:
@@ -95,12 +87,8 @@ def train_loader(cfg: Config, samples: Sequence[Sample], *, bad_images: str = "e
     return build_train_loader(
         list(samples),
         tf,
-        p,
-        d.num_instances,
-        seed=cfg.seed,
+        PKSampling(p, d.num_instances, seed=cfg.seed, rank=D.rank(), world_size=D.world_size()),
         num_workers=d.num_workers,
-        rank=D.rank(),
-        world_size=D.world_size(),
         bad_images=bad_images,
     )
 
@@ -124,12 +112,8 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
         m.backbone,
         num_classes=num_classes,
         last_stride=m.last_stride,
-        pooling=m.pooling,
-        embedding_dim=m.embedding_dim,
-        neck_feat=m.neck_feat,
         pretrained=m.pretrained,
-        head=m.head,
-        head_options=m.head_options,
+        head=HeadSettings.from_config(m),
     )
 
 
@@ -151,9 +135,7 @@ def optimizer_from_cfg(
         {"params": list(model.body_parameters()), "lr": base, "name": "body"},
         {"params": list(model.head_parameters()), "lr": base * o.head_lr_mult, "name": "head"},
     ]
-    opt = build_optimizer(
-        groups, name=o.name, lr=base, weight_decay=o.weight_decay, momentum=o.momentum
-    )
+    opt = build_optimizer(groups, OptimizerSettings.from_config(o, lr=base))
     if not schedule:
         return opt, None
     sched = WarmupMultiStepLR(

@@ -20,6 +20,7 @@ from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..models import ReidModel
 from ..rundir.run import RunDir
+from ..runtime.precision import Precision
 from .builders import train_loader
 from .extract import Features, extract_features
 
@@ -143,8 +144,7 @@ class LoopContext:
             device=self.device,
             flip=self.cfg.adapt.extract_flip,
             normalize=normalize,
-            amp=self.extract_amp,
-            channels_last=self.extract_channels_last,
+            precision=Precision(self.extract_amp, self.extract_channels_last),
             desc=desc or f"step {self.state.step} features",
             verbose=self.verbose,
         )

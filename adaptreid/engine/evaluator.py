@@ -23,6 +23,7 @@ from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..errors import DatasetError
 from ..evaluation import RankResult, evaluate_rank, pairwise_distance
+from ..runtime.precision import Precision
 from .extract import Features, extract_features
 
 
@@ -140,7 +141,7 @@ def evaluate_model(
     tf = build_transforms(height, width, train=False)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    kw = dict(device=device, flip=flip, amp=amp, channels_last=channels_last, verbose=verbose)
+    kw = dict(device=device, flip=flip, precision=Precision(amp, channels_last), verbose=verbose)
     lkw = dict(batch_size=batch_size, num_workers=num_workers, bad_images=bad_images)
     q = extract_features(model, build_test_loader(dataset.query, tf, **lkw), desc="query", **kw)
     g = extract_features(model, build_test_loader(dataset.gallery, tf, **lkw), desc="gallery", **kw)

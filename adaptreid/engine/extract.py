@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..errors import TrainingError
 from ..runtime.device import autocast
+from ..runtime.precision import Precision
 
 
 @dataclass
@@ -58,21 +59,22 @@ def extract_features(
     device: torch.device | str = "cpu",
     flip: bool = False,
     normalize: bool = True,
-    amp: str = "none",
-    channels_last: bool = False,
+    precision: Precision | None = None,
     desc: str = "extract",
     verbose: bool = True,
 ) -> Features:
     """Run ``model`` in eval mode over ``loader`` (batches of dicts with ``img``, ``pid``,
     ``camid``, and optionally ``index`` and ``bad``). With ``flip`` the features of the image
     and its mirror are averaged. Features are L2-normalised per part when ``normalize``
-    (``model.num_parts`` parts, default 1). Raises :class:`TrainingError` if a feature is NaN
+    (``model.num_parts`` parts, default 1). ``precision``: autocast dtype and input layout
+    (default: fp32, default layout). Raises :class:`TrainingError` if a feature is NaN
     or infinite.
 
     Images a loader in ``bad_images="skip"`` mode dropped (``batch["bad"]``) have no feature:
     they are listed in :attr:`Features.dropped` and :attr:`Features.kept` maps each row to its
     sample (``batch["index"]``; without it, rows are numbered in loader order)."""
     device = torch.device(device) if isinstance(device, str) else device
+    precision = precision or Precision()
     was_training = model.training
     model.eval()
     feats, pids, camids, kept = [], [], [], []
@@ -90,9 +92,9 @@ def extract_features(
             if n == 0:
                 continue  # every image of this batch was unreadable
             x = batch["img"].to(device, non_blocking=True)
-            if channels_last:
+            if precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
+            with autocast(device, precision.amp):
                 f = model(x).float()
                 if flip:
                     f = (f + model(torch.flip(x, dims=[3])).float()) / 2

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 __all__ = [
     "MSPLR_SCHEDULE",
     "PAST_LR_DECAY",
+    "OptimizerSettings",
     "ParamGroup",
     "WarmupMultiStepLR",
     "build_optimizer",
@@ -127,23 +128,51 @@ def _as_groups(params: Any, groups: Mapping[str, float] | None) -> list[ParamGro
     return out
 
 
-def build_optimizer(
-    params: nn.Module | Iterable[nn.Parameter] | Iterable[ParamGroup | Mapping[str, Any]],
-    name: str = "adam",
-    lr: float = 3.5e-4,
-    weight_decay: float = 5e-4,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    *,
-    groups: Mapping[str, float] | None = None,
-    bias_weight_decay: float | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> Optimizer:
-    """Build an optimiser with per-group learning rates.
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimiser of :func:`build_optimizer` and its hyperparameters.
 
     Defaults are MSPLR's (seed 000, section 3.6.1: Adam, base lr 3.5e-4, the bag-of-tricks
     weight decay 5e-4). PAST (seed 003, section 3.1) is ``name="sgd", momentum=0.9,
-    weight_decay=5e-4`` with one group per learning rate.
+    weight_decay=5e-4`` with one group per learning rate."""
+
+    name: str = "adam"
+    """``"adam"``, ``"adamw"`` or ``"sgd"``."""
+    lr: float = 3.5e-4
+    """Base learning rate (groups without an absolute ``lr`` use ``lr_mult * lr``)."""
+    weight_decay: float = 5e-4
+    """Default weight decay (coupled L2 for Adam and SGD, decoupled for AdamW)."""
+    momentum: float = 0.9
+    """SGD only."""
+    nesterov: bool = False
+    """Nesterov momentum; SGD with ``momentum > 0`` only."""
+    bias_weight_decay: float | None = None
+    """If set, parameters with ``ndim <= 1`` (biases and normalisation weights / biases) get
+    this weight decay, e.g. 0; they are split into a sibling group named
+    ``"<name>.no_decay"`` with the same learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam / AdamW betas."""
+
+    @classmethod
+    def from_config(cls, o: Any, *, lr: float | None = None) -> OptimizerSettings:
+        """From ``optim.*`` (an :class:`~adaptreid.config.OptimConfig`): ``name``, ``lr``
+        (``lr`` given here instead when not None), ``weight_decay``, ``momentum``."""
+        return cls(
+            name=o.name,
+            lr=o.lr if lr is None else lr,
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
+        )
+
+
+def build_optimizer(
+    params: nn.Module | Iterable[nn.Parameter] | Iterable[ParamGroup | Mapping[str, Any]],
+    settings: OptimizerSettings | None = None,
+    *,
+    groups: Mapping[str, float] | None = None,
+) -> Optimizer:
+    """Build an optimiser with per-group learning rates, as ``settings`` says (default:
+    :class:`OptimizerSettings`'s, MSPLR's Adam).
 
     Args:
         params: one of
@@ -155,15 +184,9 @@ def build_optimizer(
             * an iterable of parameters: one group at ``lr``;
             * an iterable of :class:`ParamGroup` (or dicts with the same keys: ``params``,
               ``name``, ``lr`` (absolute), ``lr_mult``, ``weight_decay``).
-        name: ``"adam"``, ``"adamw"`` or ``"sgd"``.
-        lr: base learning rate (groups without an absolute ``lr`` use ``lr_mult * lr``).
-        weight_decay: default weight decay (coupled L2 for Adam and SGD, decoupled for AdamW).
-        momentum, nesterov: SGD only.
+        settings: the optimiser (``name``) and its ``lr``, ``weight_decay``, ``momentum``,
+            ``nesterov``, ``bias_weight_decay``, ``betas`` (see :class:`OptimizerSettings`).
         groups: part name -> lr multiplier, only with a model (see above).
-        bias_weight_decay: if set, parameters with ``ndim <= 1`` (biases and normalisation
-            weights / biases) get this weight decay, e.g. 0; they are split into a sibling
-            group named ``"<name>.no_decay"`` with the same learning rate.
-        betas: Adam / AdamW betas.
 
     Each torch param group carries ``name`` and ``lr_mult`` keys besides torch's own, and the
     schedulers here scale every group's own initial lr, so the ratios between groups are kept.
@@ -171,6 +194,9 @@ def build_optimizer(
     Raises:
         ConfigError: unknown optimiser, bad values, a parameter in two groups, no parameters.
     """
+    st = settings or OptimizerSettings()
+    name, lr, weight_decay, momentum = st.name, st.lr, st.weight_decay, st.momentum
+    nesterov, bias_weight_decay, betas = st.nesterov, st.bias_weight_decay, st.betas
     key = str(name).lower()
     if key not in _OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(_OPTIMIZERS)}")

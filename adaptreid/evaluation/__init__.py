@@ -11,7 +11,13 @@ pseudo-labels use too.
 """
 
 from .distance import pairwise_distance
-from .metrics import RankResult, evaluate_rank
+from .metrics import RankResult, SingleGalleryShot, evaluate_rank
 from .ranklist import top_k_matches
 
-__all__ = ["RankResult", "evaluate_rank", "pairwise_distance", "top_k_matches"]
+__all__ = [
+    "RankResult",
+    "SingleGalleryShot",
+    "evaluate_rank",
+    "pairwise_distance",
+    "top_k_matches",
+]

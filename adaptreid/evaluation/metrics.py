@@ -52,9 +52,20 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["RankResult", "evaluate_rank"]
+__all__ = ["RankResult", "SingleGalleryShot", "evaluate_rank"]
 
 JUNK_PID = -1
+
+
+@dataclass(frozen=True)
+class SingleGalleryShot:
+    """The old CUHK03 protocol's CMC in :func:`evaluate_rank` (see the module docstring):
+    one random gallery image per identity, the CMC averaged over several draws."""
+
+    num_repeats: int = 10
+    """Draws averaged (torchreid's 10)."""
+    seed: int = 0
+    """Seed of the draws (query ``i`` uses ``np.random.default_rng((seed, i))``)."""
 
 
 @dataclass
@@ -244,10 +255,8 @@ def evaluate_rank(
     g_camids: np.ndarray,
     *,
     max_rank: int = 50,
-    cuhk03_single_gallery_shot: bool = False,
-    num_repeats: int = 10,
+    single_gallery_shot: SingleGalleryShot | None = None,
     chunk_size: int = 256,
-    seed: int = 0,
 ) -> RankResult:
     """CMC / mAP / mINP of a ``(Q, G)`` distance matrix under the Market-1501 protocol.
 
@@ -259,9 +268,10 @@ def evaluate_rank(
         distmat: ``(Q, G)`` distances (numpy or torch, any device); smaller is closer.
         q_pids, g_pids, q_camids, g_camids: identity and camera labels (numpy or torch).
         max_rank: length of the CMC curve.
-        cuhk03_single_gallery_shot: CMC of the old CUHK03 protocol (one random gallery image
-            per identity, averaged over ``num_repeats`` draws seeded by ``seed``); AP and INP
-            stay on the full list, as in torchreid.
+        single_gallery_shot: with a :class:`SingleGalleryShot`, the CMC of the old CUHK03
+            protocol (one random gallery image per identity, averaged over its
+            ``num_repeats`` draws seeded by its ``seed``); AP and INP stay on the full list,
+            as in torchreid. None: the Market-1501 CMC.
         chunk_size: query rows processed at once; memory is ``O(chunk_size * G)``.
 
     Raises:
@@ -271,8 +281,9 @@ def evaluate_rank(
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if num_repeats < 1:
-        raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
+    sgs = single_gallery_shot
+    if sgs is not None and sgs.num_repeats < 1:
+        raise ValueError(f"num_repeats must be >= 1, got {sgs.num_repeats}")
     distmat, q_pids, g_pids, q_camids, g_camids = _check_inputs(
         distmat, q_pids, g_pids, q_camids, g_camids
     )
@@ -280,7 +291,7 @@ def evaluate_rank(
     ap = np.full(num_q, np.nan)
     inp = np.full(num_q, np.nan)
     cmc_sum = np.zeros(max_rank)
-    if cuhk03_single_gallery_shot:
+    if sgs is not None:
         identities = _GalleryIdentities(g_pids)
 
     for start in range(0, num_q, chunk_size):
@@ -295,11 +306,11 @@ def evaluate_rank(
         hits = np.arange(1, len(ch.r) + 1) - first[ch.r]  # true matches up to this one
         ap[start + ok] = np.bincount(ch.r, hits / ch.pos, minlength=len(qp))[ok] / num_rel
         inp[start + ok] = num_rel / ch.pos[first[ok] + num_rel - 1]
-        if not cuhk03_single_gallery_shot:
+        if sgs is None:
             cmc_sum += _cmc_counts(ch.pos[first[ok]], max_rank)
         else:
             cmc_sum += identities.single_shot_cmc_counts(
-                ch, ok, first, start, qp, max_rank, num_repeats, seed
+                ch, ok, first, start, qp, max_rank, sgs.num_repeats, sgs.seed
             )
 
     num_valid = int(np.count_nonzero(~np.isnan(ap)))

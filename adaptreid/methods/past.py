@@ -60,11 +60,11 @@ import logging
 import numpy as np
 
 from ..engine.method import AdaptationMethod, Stage, register_method
-from ..engine.optim import build_optimizer, multistep_factor
+from ..engine.optim import OptimizerSettings, build_optimizer, multistep_factor
 from ..errors import ConfigError
 from ..losses.past_loss import ConservativeLoss, promoting_loss
 from ..method_options import PASTOptions
-from ..models import BACKBONES, ReidModel, build_model
+from ..models import BACKBONES, HeadSettings, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
 from .past_rtl import step_loader
@@ -226,13 +226,15 @@ def past_model(cfg, model: ReidModel) -> ReidModel:
         m.backbone,
         num_classes=0,
         last_stride=int(model.arch.get("last_stride", 1)),
-        pooling=m.pooling,
-        embedding_dim=m.embedding_dim,
-        neck_feat=model.arch.get("neck_feat", "after"),
         pretrained=None,
-        head=m.head,
-        head_options=m.head_options,
         backbone_options=model.arch.get("backbone_options") or {},
+        head=HeadSettings(
+            name=m.head,
+            pooling=m.pooling,
+            embedding_dim=m.embedding_dim,
+            neck_feat=model.arch.get("neck_feat", "after"),
+            options=m.head_options,
+        ),
     )
     new.backbone.load_state_dict(model.backbone.state_dict())
     log.info(
@@ -253,11 +255,7 @@ def _lr_factor(opt: PASTOptions, iteration: int) -> float:
 def _optimizer(cfg, groups: list[dict]):
     o = cfg.optim
     return build_optimizer(
-        groups,
-        name=o.name,
-        lr=max(g["lr"] for g in groups),
-        weight_decay=o.weight_decay,
-        momentum=o.momentum,
+        groups, OptimizerSettings.from_config(o, lr=max(g["lr"] for g in groups))
     )
 
 

@@ -6,13 +6,14 @@ module below so that the registration runs.
 """
 
 from . import heads, mobilenet_v2, pcb, resnet, small_cnn  # noqa: F401  (registers backbones and heads)
-from .build import BACKBONES, HEADS, ReidModel, build_model, model_from_arch
+from .build import BACKBONES, HEADS, HeadSettings, ReidModel, build_model, model_from_arch
 from .heads import BNNeck
 from .weights import KNOWN_URLS, LoadReport, load_pretrained
 
 __all__ = [
     "BACKBONES",
     "HEADS",
+    "HeadSettings",
     "BNNeck",
     "KNOWN_URLS",
     "LoadReport",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .registries import BACKBONES, HEADS
 
-__all__ = ["BACKBONES", "HEADS", "ReidModel", "build_model", "model_from_arch"]
+__all__ = ["BACKBONES", "HEADS", "HeadSettings", "ReidModel", "build_model", "model_from_arch"]
 
 logger = logging.getLogger("adaptreid")
 
@@ -43,8 +44,8 @@ class ReidModel(nn.Module):
     * eval mode: the retrieval embedding, ``bn_feat`` (``neck_feat="after"``, default) or
       ``feat`` (``"before"``), shape ``(N, feat_dim)``.
 
-    ``arch`` is a plain dict such that ``build_model(**model.arch)`` rebuilds the same network
-    (weights aside); checkpoints store it.
+    ``arch`` is a plain dict such that ``model_from_arch(model.arch)`` rebuilds the same
+    network (weights aside); checkpoints store it.
     """
 
     def __init__(
@@ -114,18 +115,61 @@ class ReidModel(nn.Module):
         return self
 
 
+#: ``ReidModel.arch`` entries read by :meth:`HeadSettings.from_arch` -> its field names.
+_HEAD_ARCH = {
+    "head": "name",
+    "pooling": "pooling",
+    "embedding_dim": "embedding_dim",
+    "neck_feat": "neck_feat",
+    "head_options": "options",
+}
+#: The other ``ReidModel.arch`` entries, :func:`build_model`'s arguments of the same name.
+_BODY_ARCH = ("num_classes", "last_stride", "backbone_options")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """The head of :func:`build_model` (a :data:`HEADS` entry) and how it makes the
+    embedding."""
+
+    name: str = "bnneck"
+    """A :data:`HEADS` name (``bnneck``, ``pcb``)."""
+    pooling: str = "avg"
+    """``"avg"``, ``"max"`` or ``"gem"``."""
+    embedding_dim: int = 0
+    """> 0 adds a Linear reduction before the BN neck."""
+    neck_feat: Literal["after", "before"] = "after"
+    """Eval-mode embedding, ``"after"`` (bn_feat) or ``"before"`` (feat) the BN."""
+    options: Mapping[str, Any] | None = None
+    """Extra keyword arguments of the head's factory (e.g. ``{num_parts: 9}`` for pcb)."""
+
+    @classmethod
+    def from_config(cls, m: Any) -> HeadSettings:
+        """From ``model.*`` (a :class:`~adaptreid.config.ModelConfig`): ``head``,
+        ``pooling``, ``embedding_dim``, ``neck_feat``, ``head_options``."""
+        return cls(
+            name=m.head,
+            pooling=m.pooling,
+            embedding_dim=m.embedding_dim,
+            neck_feat=m.neck_feat,
+            options=m.head_options,
+        )
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> HeadSettings:
+        """From the head entries of a ``ReidModel.arch`` (``head``, ``pooling``,
+        ``embedding_dim``, ``neck_feat``, ``head_options``; a missing one: the default)."""
+        return cls(**{field: arch[key] for key, field in _HEAD_ARCH.items() if key in arch})
+
+
 def build_model(
     backbone: str,
     *,
     num_classes: int = 0,
     last_stride: int = 1,
-    pooling: str = "avg",
-    embedding_dim: int = 0,
-    neck_feat: Literal["after", "before"] = "after",
     pretrained: str | None = None,
-    head: str = "bnneck",
     backbone_options: Mapping[str, Any] | None = None,
-    head_options: Mapping[str, Any] | None = None,
+    head: HeadSettings | None = None,
 ) -> ReidModel:
     """Build a :class:`ReidModel`.
 
@@ -134,18 +178,19 @@ def build_model(
             ``mobilenet_v2``, ...). Case-insensitive; a typo raises ConfigError with a hint.
         num_classes: classifier size (0: no classifier, e.g. before pseudo-labels exist).
         last_stride: 1 (re-ID default: final map twice as large) or 2 (ImageNet network).
-        pooling: ``"avg"``, ``"max"`` or ``"gem"``.
-        embedding_dim: > 0 adds a Linear reduction before the BN neck.
-        neck_feat: eval-mode embedding, ``"after"`` (bn_feat) or ``"before"`` (feat) the BN.
         pretrained: backbone weights: a local file, a URL, or ``"imagenet"`` (the backbone's
             entry of :data:`adaptreid.models.weights.KNOWN_URLS`, loaded from the torch hub
             cache or downloaded when a network exists). Classifier keys (``fc.*``) are
             ignored; the load report is logged.
-        head: a :data:`HEADS` name (``bnneck``).
-        backbone_options / head_options: extra keyword arguments for the factories.
+        backbone_options: extra keyword arguments of the backbone's factory.
+        head: the head (name, pooling, embedding size, eval-mode feature, options; a
+            :class:`HeadSettings`, None: its defaults, a BNNeck on average pooling).
     """
+    hs = head or HeadSettings()
+    head_name, head_options = hs.name, hs.options
+    pooling, embedding_dim, neck_feat = hs.pooling, hs.embedding_dim, hs.neck_feat
     factory = BACKBONES.get(backbone)
-    head_cls = HEADS.get(head)
+    head_cls = HEADS.get(head_name)
     bb_opts = dict(backbone_options or {})
     hd_opts = dict(head_options or {})
     try:
@@ -163,7 +208,7 @@ def build_model(
             **hd_opts,
         )
     except TypeError as e:
-        raise ConfigError(f"head {head!r}: bad options {hd_opts}: {e}") from e
+        raise ConfigError(f"head {head_name!r}: bad options {hd_opts}: {e}") from e
     arch = {
         "backbone": getattr(factory, "__name__", str(backbone)),
         "num_classes": int(num_classes),
@@ -171,7 +216,7 @@ def build_model(
         "pooling": str(pooling).lower(),
         "embedding_dim": int(embedding_dim),
         "neck_feat": neck_feat,
-        "head": str(head).lower(),
+        "head": str(head_name).lower(),
         "backbone_options": bb_opts,
         "head_options": hd_opts,
     }
@@ -187,9 +232,9 @@ def model_from_arch(arch: Mapping[str, Any]) -> ReidModel:
     """Rebuild a (randomly initialised) model from ``ReidModel.arch`` (e.g. a checkpoint's)."""
     if "backbone" not in arch:
         raise ConfigError(f"model arch {dict(arch)} has no 'backbone' entry")
-    known = set(build_model.__kwdefaults__ or {}) - {"pretrained"}
+    known = {*_BODY_ARCH, *_HEAD_ARCH}
     extra = set(arch) - known - {"backbone"}
     if extra:
         raise ConfigError(f"model arch has unknown entries {sorted(extra)}; known: {sorted(known)}")
-    kwargs = {k: v for k, v in arch.items() if k != "backbone"}
-    return build_model(arch["backbone"], **kwargs)
+    kwargs = {k: arch[k] for k in _BODY_ARCH if k in arch}
+    return build_model(arch["backbone"], head=HeadSettings.from_arch(arch), **kwargs)

@@ -5,6 +5,7 @@ scikit-learn's ``KMeans`` for comparison."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from ..errors import ConfigError
 from .cluster_base import as_numpy, as_tensor, relabel
 
-__all__ = ["KMeansResult", "kmeans", "kmeans_labels"]
+__all__ = ["KMeansResult", "LloydSettings", "kmeans", "kmeans_labels"]
 
 # --------------------------------------------------------------------------------------------
 # k-means (torch): blocked matrix products, k-means++ seeding on a sample, Lloyd iterations
@@ -121,16 +122,27 @@ def _relocate_empty(x, labels, mind, counts, sums):
     mind[far] = 0.0
 
 
+@dataclass(frozen=True)
+class LloydSettings:
+    """How :func:`kmeans` seeds and iterates (the defaults suit re-ID features)."""
+
+    max_iter: int = 100
+    """Cap on Lloyd iterations."""
+    tol: float = 1e-4
+    """Stop when an iteration lowers the inertia by less than ``tol`` x inertia."""
+    init_size: int | None = None
+    """Rows of the k-means++ sample (None: ``min(N, max(4 k, 8192))``)."""
+    block_rows: int = KMEANS_BLOCK_ROWS
+    """Rows per block of the point x centre distance products (memory, not results)."""
+
+
 def kmeans(
     features,
     k: int,
     *,
     seed: int = 0,
     n_init: int = 1,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    init_size: int | None = None,
-    block_rows: int = KMEANS_BLOCK_ROWS,
+    lloyd: LloydSettings | None = None,
     verbose: bool = False,
 ) -> KMeansResult:
     """Exact Lloyd k-means in torch, on the CPU or a GPU (the features' device).
@@ -156,15 +168,16 @@ def kmeans(
         k: clusters, ``1 <= k <= N``.
         seed: seeds the sample, the k-means++ draws and the first centre.
         n_init: independent seedings; the run of lowest inertia is returned.
-        max_iter: cap on Lloyd iterations.
-        tol: stop when an iteration lowers the inertia by less than ``tol`` x inertia.
-        init_size: rows of the k-means++ sample (default ``min(N, max(4 k, 8192))``).
-        block_rows: rows per block of the point x centre distance products.
+        lloyd: ``max_iter``, ``tol``, ``init_size``, ``block_rows`` (a
+            :class:`LloydSettings`; None: its defaults).
         verbose: print the inertia of every iteration.
 
     Returns:
         :class:`KMeansResult` ``(labels, centers, inertia, n_iter)``.
     """
+    lloyd = lloyd or LloydSettings()
+    max_iter, tol, init_size = lloyd.max_iter, lloyd.tol, lloyd.init_size
+    block_rows = lloyd.block_rows
     x = as_tensor(features).to(torch.float32).contiguous()
     n = x.shape[0]
     if int(k) != k or not 1 <= k <= n:

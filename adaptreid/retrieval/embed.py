@@ -28,6 +28,7 @@ from ..engine.extract import extract_features
 from ..errors import CheckpointError, DatasetError
 from ..rundir.model_io import model_from_checkpoint
 from ..runtime.device import resolve_device
+from ..runtime.precision import Precision, resolve_precision
 from .features import FeatureSet, model_fingerprint
 
 log = logging.getLogger("adaptreid")
@@ -124,8 +125,6 @@ class Embedder:
         self.height = int(info.get("height") or 256)
         self.width = int(info.get("width") or 128)
         if amp == "auto":
-            from ..runtime.precision import resolve_precision
-
             amp, channels_last, reason = resolve_precision(
                 "auto", self.model, (self.height, self.width), self.device, mode="extract"
             )
@@ -167,8 +166,7 @@ class Embedder:
             loader,
             device=self.device,
             flip=self.flip,
-            amp=self.amp,
-            channels_last=self.channels_last,
+            precision=Precision(self.amp, self.channels_last),
             desc=desc,
             verbose=verbose,
         )

@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ import torch
 
 __all__ = [
     "CACHE_ENV",
+    "Precision",
+    "ProbeSettings",
     "cache_path",
     "machine_id",
     "model_id",
@@ -60,6 +63,18 @@ Timer = Callable[[Variant], float]
 
 _FP32 = {"amp": "none", "channels_last": False}
 _BF16_CL = {"amp": "bf16", "channels_last": True}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: autocast precision and memory layout, resolved (never ``auto``; see
+    :func:`resolve_precision`). The default is plain fp32 in the default layout."""
+
+    amp: str = "none"
+    """``none`` (fp32), ``bf16`` or ``fp16``: the dtype of :func:`~adaptreid.runtime.device.
+    autocast` around the forward pass."""
+    channels_last: bool = False
+    """Feed the input in the channels_last memory layout."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +293,27 @@ def _probe(timer: Timer, repeats: int) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How ``amp: auto`` probes and caches its answer (:func:`resolve_precision`)."""
+
+    batch_size: int | None = None
+    """Probe batch (None: 32 for training, 64 for extraction)."""
+    cache_dir: str | os.PathLike | None = None
+    """Folder of ``precision.json`` (None: ``$ADAPTREID_CACHE_DIR`` or ``~/.cache/adaptreid``)."""
+    use_cache: bool = True
+    """Read and write the cache (False: always probe, write nothing)."""
+    steps: int = 2
+    """Steps per variant in one round of the probe (after one warm-up step each)."""
+    repeats: int = 3
+    """Rounds, interleaved between the variants; their medians are compared."""
+    margin: float = DEFAULT_MARGIN
+    """bf16 + channels_last is chosen when its median is below ``margin`` x fp32's."""
+    timer: Timer | None = None
+    """``timer(variant) -> seconds per step`` with ``variant = {"amp", "channels_last"}``
+    (for tests; None: the real probe)."""
+
+
 def resolve_precision(
     amp: str,
     model: torch.nn.Module,
@@ -286,13 +322,7 @@ def resolve_precision(
     *,
     channels_last: bool = False,
     mode: Mode = "train",
-    batch_size: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    steps: int = 2,
-    repeats: int = 3,
-    margin: float = DEFAULT_MARGIN,
-    timer: Timer | None = None,
+    probe: ProbeSettings | None = None,
 ) -> tuple[str, bool, str]:
     """``(amp, channels_last, reason)`` for a model on this machine.
 
@@ -305,15 +335,10 @@ def resolve_precision(
         channels_last: the layout that goes with an explicit ``amp`` (``auto`` chooses it).
         mode: ``train`` (forward + backward + optimiser step) or ``extract`` (no-grad
             forward); each has its own cache entry.
-        batch_size: probe batch (default 32 for training, 64 for extraction).
-        cache_dir: folder of ``precision.json`` (default ``$ADAPTREID_CACHE_DIR`` or
-            ``~/.cache/adaptreid``).
-        use_cache: read and write the cache (False: always probe, write nothing).
-        steps, repeats: the probe times ``repeats`` rounds of ``steps`` steps per variant,
-            interleaved, after one warm-up step each, and compares the medians.
-        margin: bf16 + channels_last is chosen when its median is below ``margin`` x fp32's.
-        timer: ``timer(variant) -> seconds per step`` with ``variant = {"amp", "channels_last"}``
-            (for tests; default: the real probe).
+        probe: the probe's batch, cache folder, cache use, steps, repeats, margin and timer
+            (a :class:`ProbeSettings`; None: its defaults). The probe times ``repeats``
+            rounds of ``steps`` steps per variant, interleaved, after one warm-up step each,
+            and compares the medians.
 
     Returns:
         ``("bf16", True, reason)`` or ``("none", False, reason)`` for ``auto``; ``reason`` is
@@ -330,36 +355,27 @@ def resolve_precision(
     if mode not in ("train", "extract"):
         raise ValueError(f"mode must be 'train' or 'extract', got {mode!r}")
     device = torch.device(device)
-    batch = int(batch_size or (32 if mode == "train" else 64))
+    probe = probe or ProbeSettings()
+    batch = int(probe.batch_size or (32 if mode == "train" else 64))
 
     from . import distributed as D
 
     if D.is_dist() and D.world_size() > 1:
         res = None
         if D.is_main():
-            res = _resolve_auto(
-                model,
-                input_size,
-                device,
-                mode,
-                batch,
-                cache_dir,
-                use_cache,
-                steps,
-                repeats,
-                margin,
-                timer,
-            )
+            res = _resolve_auto(model, input_size, device, mode, batch, probe)
         amp_r, cl_r, reason = D.broadcast_object(res)
         return amp_r, cl_r, reason + (" (rank 0's choice)" if not D.is_main() else "")
-    return _resolve_auto(
-        model, input_size, device, mode, batch, cache_dir, use_cache, steps, repeats, margin, timer
-    )
+    return _resolve_auto(model, input_size, device, mode, batch, probe)
 
 
 def _resolve_auto(
-    model, input_size, device, mode, batch, cache_dir, use_cache, steps, repeats, margin, timer
+    model, input_size, device, mode: Mode, batch: int, probe: ProbeSettings
 ) -> tuple[str, bool, str]:
+    """``amp: auto`` resolved on this process: from the cache, or probed (``batch``: the
+    probe batch, ``probe.batch_size`` or the mode's default)."""
+    cache_dir, use_cache, timer = probe.cache_dir, probe.use_cache, probe.timer
+    steps, repeats, margin = probe.steps, probe.repeats, probe.margin
     if not _bf16_possible(device):
         return "none", False, f"auto: fp32 ({device.type} without bf16 support)"
     key = probe_key(model, input_size, device, mode=mode, batch_size=batch)
