@@ -44,6 +44,8 @@ def test_demo_end_to_end_and_rerun_resumes(tmp_path, capsys):
         for name in ("report.md", "ranklist.png", "metrics.jsonl", "config.yaml"):
             assert (out / run / name).is_file(), f"{run}/{name}"
     assert (out / "msplr" / "steps.png").is_file()
+    # the adapted model is the source checkpoint's (small_cnn), not its preset's model.backbone
+    assert "backbone `small_cnn`" in (out / "msplr" / "report.md").read_text()
     assert "| direct transfer" in (out / "demo.md").read_text()
     # the synthetic domains were drawn inside the demo folder
     assert (out / "data" / "synthetic-source" / "spec.json").is_file()

@@ -207,6 +207,25 @@ def _fmt_pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, int | float) else "-"
 
 
+def _backbone(run_dir: Path, cfg: dict[str, Any]) -> str:
+    """The backbone the run's model has: its checkpoint's ``arch`` (an adaptation from
+    ``adapt.init_checkpoint`` rebuilds that model, whatever ``model.backbone`` its preset
+    says), else the config's."""
+    from ..errors import CheckpointError
+    from ..rundir.checkpoint import load_checkpoint
+
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            try:
+                arch = load_checkpoint(path).get("arch") or {}
+            except CheckpointError:
+                continue
+            if arch.get("backbone"):
+                return str(arch["backbone"])
+    return str((cfg.get("model") or {}).get("backbone"))
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` and its plots in ``run_dir``; returns the report's path."""
     run_dir = Path(run_dir)
@@ -227,7 +246,7 @@ def write_report(run_dir: str | Path) -> Path:
         else:
             rule = (cfg.get("adapt") or {}).get("select", "last")
         lines += [
-            f"- method: {method}; backbone `{cfg.get('model', {}).get('backbone')}`",
+            f"- method: {method}; backbone `{_backbone(run_dir, cfg)}`",
             f"- source: `{d.get('source') or '-'}`; target: `{d.get('target') or '-'}`",
             f"- input {d.get('height')}x{d.get('width')}, seed {cfg.get('seed')}",
         ]
