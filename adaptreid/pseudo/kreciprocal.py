@@ -393,16 +393,15 @@ def jaccard_distance(
         are then "farther than eps", as they must be. Use ``sort_rows_by_distance`` for
         per-row rankings (PAST's ranking score matrix, eq. 2).
     """
-    k1, k2 = check_k(k1, k2)
-    block_size = positive_int(block_size, "block_size")
-    backend = check_backend(backend)
-    x = as_features(features, "features")
-    sharded = use_sharding(distributed, backend)
-    keys, rowmax = neighbours(
-        x, None, max(k1 + 1, k2), block_size, backend, verbose, sharded=sharded
+    v = k_reciprocal_encoding(
+        features,
+        k1,
+        k2,
+        block_size=block_size,
+        backend=backend,
+        verbose=verbose,
+        distributed=distributed,
     )
-    v = _encoding(x, keys, rowmax, k1, k2)
-    del keys
     return _jaccard_square(v, verbose)
 
 
