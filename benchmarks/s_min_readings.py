@@ -1,4 +1,4 @@
-"""PAST's S_min (seed 003, section 3.4: "the minimal samples in each cluster", 10) read three
+"""PAST's S_min (section 3.4: "the minimal samples in each cluster", 10) read three
 ways, on a real target: iteration 1's HDBSCAN clusters of the source model's features.
 
     python benchmarks/s_min_readings.py FEATURES.pt [--s-min 10]

@@ -1,6 +1,7 @@
-"""PAST (seed 003): PCB's feature layout, the ranking score matrix, RTL batches (sampling
-ranges, soft margin), the classifier initialisation of eq. 7, the stage optimisers, and
-Algorithm 1 end to end through ``adaptreid adapt`` with a resume in the middle of a stage."""
+"""PAST (Zhang et al., ICCV 2019): PCB's feature layout, the ranking score matrix, RTL
+batches (sampling ranges, soft margin), the classifier initialisation of eq. 7, the stage
+optimisers, and Algorithm 1 end to end through ``adaptreid adapt`` with a resume in the
+middle of a stage."""
 
 import json
 

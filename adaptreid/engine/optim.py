@@ -4,9 +4,9 @@
   own learning rate (absolute, or a multiplier of the base lr), optional zero weight decay on
   biases and normalisation weights.
 * :class:`WarmupMultiStepLR`: linear warm-up then step decay, per epoch; its defaults are
-  MSPLR's eq. 6 (seed 000, section 3.6.1; the bag-of-tricks schedule).
+  MSPLR's eq. 6 (section 3.6.1; the bag-of-tricks schedule).
 * :func:`multistep_factor`: PAST's "after 3 iterations, all learning rates are multiplied
-  by 0.1" (seed 003, section 3.1), for methods that build a new optimiser at every stage.
+  by 0.1" (section 3.1), for methods that build a new optimiser at every stage.
 
 (Freezing the body, MSPLR section 3.6.2, is :meth:`adaptreid.models.ReidModel.freeze_body`.)
 
@@ -132,8 +132,8 @@ def _as_groups(params: Any, groups: Mapping[str, float] | None) -> list[ParamGro
 class OptimizerSettings:
     """The optimiser of :func:`build_optimizer` and its hyperparameters.
 
-    Defaults are MSPLR's (seed 000, section 3.6.1: Adam, base lr 3.5e-4, the bag-of-tricks
-    weight decay 5e-4). PAST (seed 003, section 3.1) is ``name="sgd", momentum=0.9,
+    Defaults are MSPLR's (section 3.6.1: Adam, base lr 3.5e-4, the bag-of-tricks
+    weight decay 5e-4). PAST (section 3.1) is ``name="sgd", momentum=0.9,
     weight_decay=5e-4`` with one group per learning rate."""
 
     name: str = "adam"
@@ -260,7 +260,7 @@ MSPLR_SCHEDULE: dict[str, Any] = {
     "warmup_epochs": 10,
     "warmup_factor": 0.1,
 }
-#: PAST (seed 003, section 3.1): "after 3 iterations, all learning rates are multiplied by 0.1".
+#: PAST (section 3.1): "after 3 iterations, all learning rates are multiplied by 0.1".
 PAST_LR_DECAY: dict[str, Any] = {"milestones": (3,), "gamma": 0.1}
 
 

@@ -2,12 +2,12 @@
 
 Which metric each reproduced paper ranks with:
 
-* **MSPLR** (seed 000): features are trained with a triplet loss "in an Euclidean vector
+* **MSPLR**: features are trained with a triplet loss "in an Euclidean vector
   space"; the paper does not name its test distance, so adaptreid evaluates MSPLR with the
   ``"euclidean"`` distance between the BNNeck features, L2-normalised at extraction
   (:func:`adaptreid.engine.extract.extract_features`), the strong-baseline convention; on
   unit rows it ranks exactly like the cosine distance.
-* **PAST** (seed 003, Sec. 4 "Evaluating Settings"): the 9 part embeddings are L2-normalised
+* **PAST** (Sec. 4 "Evaluating Settings"): the 9 part embeddings are L2-normalised
   separately and concatenated (the model's job), then ranked by ``"cosine"`` distance.
 
 ``"sqeuclidean"`` is what torchreid and fast-reid call "euclidean": it ranks exactly like

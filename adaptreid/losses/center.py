@@ -1,7 +1,7 @@
 """Centre loss (Wen et al. 2016, "A Discriminative Feature Learning Approach for Deep Face
 Recognition", eq. 2), in the form used by the re-ID "bag of tricks" (Luo et al. 2019).
 
-MSPLR (seed 000, section 3.6.1, eq. 5) trains with ``L = L_tri + L_ID + 0.005 L_c``. The
+MSPLR (section 3.6.1, eq. 5) trains with ``L = L_tri + L_ID + 0.005 L_c``. The
 weight 0.005 is MSPLR's own (the bag of tricks weights its centre loss by 0.0005); MSPLR cites
 Wen et al. [33] for the loss and builds its baseline on the bag of tricks (its reference [21]),
 so we follow the bag-of-tricks definition rather than Wen's original:

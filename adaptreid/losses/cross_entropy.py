@@ -1,6 +1,6 @@
 """Label-smoothed cross-entropy (Szegedy et al. 2016, "Rethinking the Inception
 Architecture", section 7), as used by the re-ID bag of tricks (Luo et al. 2019) and by MSPLR
-(seed 000, section 3.6.1, eq. 5, the ``L_ID`` term, "a cross entropy label smooth loss [40]").
+(section 3.6.1, eq. 5, the ``L_ID`` term, "a cross entropy label smooth loss [40]").
 MSPLR gives no epsilon; the default 0.1 is the bag of tricks' (MSPLR's reference [21], whose
 warm-up schedule its eq. 6 also takes), not a value the MSPLR paper states.
 
@@ -10,7 +10,7 @@ With ``C`` classes, logits ``z`` and label ``y``, the smoothed target is
 
 and the loss is ``1/B * sum_i sum_k -q_{i,k} * log_softmax(z_i)_k`` (sum over classes, mean
 over the batch). ``eps = 0`` is the plain softmax cross-entropy, which is PAST's promoting
-stage loss (seed 003, section 2.3, eq. 6).
+stage loss (section 2.3, eq. 6).
 
 ``C`` is read from the logits each call, so the same criterion serves every pseudo-label round,
 whose number of clusters changes.

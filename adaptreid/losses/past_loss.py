@@ -1,4 +1,4 @@
-"""PAST's stage criteria (seed 003, sections 2.2-2.3), in the trainer's criterion form
+"""PAST's stage criteria (sections 2.2-2.3), in the trainer's criterion form
 ``(outputs, batch) -> (loss, {part: float})``.
 
 Batches with RTL triplets

@@ -1,4 +1,4 @@
-"""PAST's ranking-based triplet loss, RTL (Zhang et al. 2019, seed 003, section 2.2, eq. 4),
+"""PAST's ranking-based triplet loss, RTL (Zhang et al. 2019, section 2.2, eq. 4),
 its (positive, negative) sampler, and the conservative-stage loss of eq. 5.
 
 Ranking positions

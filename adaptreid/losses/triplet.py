@@ -2,8 +2,8 @@
 
 The same loss serves both papers:
 
-* MSPLR (seed 000, section 3.6.1, eq. 5): ``L_tri`` in ``L = L_tri + L_ID + 0.005 L_c``;
-* PAST (seed 003, section 2.2, eq. 3): the clustering-based triplet loss (CTL) is exactly
+* MSPLR (section 3.6.1, eq. 5): ``L_tri`` in ``L = L_tri + L_ID + 0.005 L_c``;
+* PAST (section 2.2, eq. 3): the clustering-based triplet loss (CTL) is exactly
   this loss computed on pseudo-labels (cluster ids).
 
 For every anchor ``a`` of a batch the hardest positive (the farthest sample with the same

@@ -1,6 +1,6 @@
 """The adaptation methods, one file each, on the interface of :mod:`adaptreid.engine.method`
 (driven by the one loop of :mod:`adaptreid.engine.loop`, which no method imports). Importing
-this package registers them: ``method: msplr`` (seed 000), ``method: past`` (seed 003, with
+this package registers them: ``method: msplr``, ``method: past`` (with
 its RTL batches in :mod:`.past_rtl`), ``method: cluster_contrast``. Their options are in
 :mod:`adaptreid.method_options` (so a config builds without importing a method)."""
 

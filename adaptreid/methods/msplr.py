@@ -1,4 +1,4 @@
-"""MSPLR: multi-step pseudo-label refinement (seed 000_a9e123b12ceb63e4, section 3.6.2).
+"""MSPLR: multi-step pseudo-label refinement (section 3.6.2).
 
 One step of progressive learning (section 3.2, Figure 1), on the shared loop
 (:mod:`adaptreid.engine.loop`, which extracts the features and evaluates)::
@@ -21,7 +21,7 @@ model and complete the fine-tuning following the procedure described in 3.6.1"):
 Every row of Tables 3 and 4 is a switch: the source model's backbone (resnet50 /
 resnet50_ibn_a), ``adapt.max_steps`` (1 = "+DA", more = "+PL"), ``pseudo.select``,
 ``pseudo.camera_norm``, ``pseudo.method`` (dbscan / kmeans). ``loss.rtl_weight > 0`` mixes in
-PAST's ranking triplet loss (eq. 4 of seed 003) with its RTL batches.
+PAST's ranking triplet loss (eq. 4) with its RTL batches.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PAST: self-training with progressive augmentation (seed 003_75922616b51f33ff, Algorithm 1).
+"""PAST (Zhang et al., ICCV 2019): self-training with progressive augmentation (Algorithm 1).
 
 One iteration (``adapt.max_steps`` = I_max = 4, section 3.1), on the shared loop
 (:mod:`adaptreid.engine.loop`: line 3's extraction, the evaluation, resume)::

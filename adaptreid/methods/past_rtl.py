@@ -1,4 +1,4 @@
-"""PAST's RTL batches: P x K batches with ranking-based triplets (seed 003, eq. 4): anchors,
+"""PAST's RTL batches: P x K batches with ranking-based triplets (eq. 4): anchors,
 positives from ranks ``1..eta`` and negatives from ranks ``eta+1..2 eta`` of each anchor's row
 of the ranking score matrix (eq. 2). Also MSPLR's batches when ``loss.rtl_weight > 0``.
 

@@ -1,4 +1,4 @@
-"""PCB head: ``p`` part regions, one embedding per region (PAST, seed 003, section 3.1).
+"""PCB head: ``p`` part regions, one embedding per region (PAST, section 3.1).
 
 PAST "adopt[s] PCB as our model structure, in which ResNet-50 without last classification
 layer is used as backbone", with "9 regions" ("Similar as EANet [...] Instead of using part

@@ -1,4 +1,4 @@
-"""Camera-guided feature normalisation (MSPLR, seed 000, section 3.5, eq. 4).
+"""Camera-guided feature normalisation (MSPLR, section 3.5, eq. 4).
 
 Each camera view has its own colour, light and viewpoint statistics, so a model trained on a
 source domain tends to group target images by camera rather than by person; the >= 2-camera
@@ -56,7 +56,7 @@ def _camids_array(camids, n: int) -> np.ndarray:
 
 
 def camera_normalize(feats, camids, eps: float = 1e-12, *, l2_after: bool = True):
-    """Per-camera z-score of features (MSPLR seed 000, section 3.5, eq. 4).
+    """Per-camera z-score of features (MSPLR section 3.5, eq. 4).
 
     Args:
         feats: (N, D) target training features, a ``torch.Tensor`` (any device) or a numpy

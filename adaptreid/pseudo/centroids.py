@@ -1,4 +1,4 @@
-"""Cluster means of features: PAST's classifier initialisation (seed 003, eq. 7) and a cluster
+"""Cluster means of features: PAST's classifier initialisation (eq. 7) and a cluster
 memory's initial entries (cluster contrast)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Three algorithms, as the two seed papers use them:
 
-* **DBSCAN** (MSPLR, seed 000, section 3.3.2; ``eps`` and ``min_samples = 4``), either on the
+* **DBSCAN** (MSPLR, section 3.3.2; ``eps`` and ``min_samples = 4``), either on the
   euclidean (or cosine) distance of features, or on a precomputed distance such as the sparse
   k-reciprocal Jaccard distance of :func:`adaptreid.pseudo.kreciprocal.jaccard_distance`.
   Outliers get the label -1.
@@ -11,7 +11,7 @@ Three algorithms, as the two seed papers use them:
   with blocked matrix products (CPU or GPU); ``kmeans_impl="sklearn"`` runs scikit-learn's
   ``KMeans`` instead (on 12,936 x 2048 features with k = 862 its k-means++ alone takes tens of
   seconds on two cores; see BENCHMARKS.md).
-* **HDBSCAN** (PAST, seed 003, section 2.2) with ``min_cluster_size = S_min`` (10 in the
+* **HDBSCAN** (PAST, section 2.2) with ``min_cluster_size = S_min`` (10 in the
   paper), on a precomputed distance (the Jaccard distance: PAST's ranking score matrix, eq. 2,
   is each row of it sorted, which changes no neighbourhood) or on features. A *sparse*
   distance (missing entries = ``fill``) is clustered by :func:`hdbscan_sparse` at every N, in

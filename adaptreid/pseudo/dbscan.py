@@ -1,4 +1,4 @@
-"""DBSCAN (MSPLR, seed 000, section 3.3.2: ``eps`` and ``min_samples = 4``) on an exact
+"""DBSCAN (MSPLR, section 3.3.2: ``eps`` and ``min_samples = 4``) on an exact
 sparse radius neighbourhood graph, never an N x N matrix (see :func:`radius_neighbors_graph`),
 or on a precomputed distance such as the k-reciprocal Jaccard CSR."""
 

@@ -1,4 +1,4 @@
-"""HDBSCAN (PAST, seed 003, section 2.2; ``min_cluster_size = S_min``) on a sparse
+"""HDBSCAN (PAST, section 2.2; ``min_cluster_size = S_min``) on a sparse
 precomputed distance in memory linear in its stored entries (:func:`hdbscan_sparse`: the
 minimum spanning tree of the mutual-reachability graph grown as scikit-learn's dense Prim's
 algorithm grows it, then scikit-learn's own tree functions), or scikit-learn's HDBSCAN on a

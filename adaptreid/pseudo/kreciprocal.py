@@ -51,7 +51,7 @@ Conventions (documented differences from running the reference code):
   ``p`` itself, and the lower index ranks first.
 * A row whose maximum distance is 0 (all features identical) is left unnormalised (the
   reference divides by zero).
-* The square case (training set, PAST seed 003 eq. 1, DBSCAN pseudo-labels) is the reference
+* The square case (training set, PAST eq. 1, DBSCAN pseudo-labels) is the reference
   algorithm with every feature both probe and gallery; its Jaccard distance is returned as a
   sparse CSR matrix whose missing entries are exactly 1 (pairs whose encodings share no
   neighbour). The diagonal is always stored (explicitly, even where it is 0).
@@ -366,7 +366,7 @@ def jaccard_distance(
     """k-reciprocal Jaccard distance among N features, as a sparse matrix (Zhong et al. 2017).
 
     The Jaccard distance of eq. 10 with V of eq. 7-8 and 11, every feature being both probe
-    and gallery (the square case: PAST seed 003 eq. 1, DBSCAN pseudo-labels). Equal to the
+    and gallery (the square case: PAST eq. 1, DBSCAN pseudo-labels). Equal to the
     dense reference algorithm (see the module docstring for the conventions).
 
     Args:
@@ -461,7 +461,7 @@ def k_reciprocal_rerank(
 def sort_rows_by_distance(dist: sp.csr_matrix) -> sp.csr_matrix:
     """The same sparse distance with each row's entries ordered by (distance, column).
 
-    Per-row rankings of the stored neighbours (PAST's ranking score matrix, seed 003 eq. 2:
+    Per-row rankings of the stored neighbours (PAST's ranking score matrix, eq. 2:
     row p lists its neighbours from the most to the least similar), and the layout scikit-learn
     expects of precomputed sparse neighbourhood graphs (``sort_graph_by_row_values``).
     """

@@ -1,4 +1,4 @@
-"""The pseudo-label pipeline of MSPLR (seed 000, sections 3.3-3.5) in one call, and eps tuning.
+"""The pseudo-label pipeline of MSPLR (sections 3.3-3.5) in one call, and eps tuning.
 
 :func:`make_pseudo_labels`::
 
@@ -239,7 +239,7 @@ def make_pseudo_labels(
     prepared=None,
     **changes: Any,
 ) -> PseudoLabels:
-    """Pseudo-labels of the target training set: the MSPLR pipeline (seed 000, Fig. 1).
+    """Pseudo-labels of the target training set: the MSPLR pipeline (Fig. 1).
 
     1. camera-guided normalisation (section 3.5, eq. 4), rows re-L2-normalised by default
        (``l2_after``; see :mod:`adaptreid.pseudo.camera_norm` for why);

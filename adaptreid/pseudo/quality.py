@@ -1,7 +1,7 @@
 """Pseudo-label statistics and, when ground truth is known, pseudo-label quality.
 
 :func:`pseudo_label_stats` needs no labels: clusters, outliers, the portion of images kept
-(the "Portion" column of MSPLR Table 4, seed 000) and the fraction of clusters seen by >= 2
+(the "Portion" column of MSPLR Table 4) and the fraction of clusters seen by >= 2
 cameras (what the camera rule of section 3.4 and the normalisation of section 3.5 act on).
 
 :func:`label_quality` compares pseudo-labels with the true identities. It is for analysis

@@ -1,4 +1,4 @@
-"""PAST's ranking score matrix (seed 003, section 2.2, eq. 2) as a neighbour table for RTL.
+"""PAST's ranking score matrix (section 2.2, eq. 2) as a neighbour table for RTL.
 
 Eq. 2 sorts every row ``D_J(x_i)`` of the k-reciprocal Jaccard distance (eq. 1) ascending:
 ``D_R(x_i) = [d_J(x_i, x~_1), ..., d_J(x_i, x~_N)]`` where ``x~_j`` is the j-th most similar

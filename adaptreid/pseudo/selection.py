@@ -1,4 +1,4 @@
-"""Cluster selection (MSPLR, seed 000, section 3.4).
+"""Cluster selection (MSPLR, section 3.4).
 
 Two rules, each switchable:
 
