@@ -204,19 +204,23 @@ class AdaptConfig:
     """Source-trained checkpoint to adapt (``adaptreid train`` output)."""
     max_steps: int = 10
     """Pseudo-label refinement steps; 1 = a single round (Table 3 "+DA" without "+PL")."""
-    select: str = "agreement"
-    """Which step's model is ``best.pt`` (reported and exported). ``agreement``: label-free,
-    see :mod:`adaptreid.evaluation.label_free`; ``last``: the last step; ``target_map``: the best
-    target test mAP, as the MSPLR paper's Figure 2 (an oracle: it uses the target's test
-    labels, and every report names it so). Steps are evaluated on the target's query/gallery
-    when it has them whatever the rule, for the report."""
-    patience: int = 0
+    select: str = "holdout"
+    """Which step's model is ``best.pt`` (reported and exported). ``holdout`` (the default):
+    label-free, retrieval mAP on clusters of the first pseudo-labels held back from training
+    (``adapt.holdout``); ``agreement``, ``snd``, ``cross_camera``: label-free, see
+    :mod:`adaptreid.evaluation.label_free` (``agreement`` grows with training whatever happens
+    to accuracy: the Market <-> Duke benchmark presets keep it, since there every step
+    improves); ``last``: the last step; ``target_map``: the best target test mAP, as the
+    MSPLR paper's Figure 2 (an oracle: it uses the target's test labels, and every report
+    names it so). Steps are evaluated on the target's query/gallery when it has them whatever
+    the rule, for the report. README "Which step's model you get" compares them."""
+    patience: int = 2
     """Stop after this many steps without a better score of ``select`` (0: never; ``last``:
-    never)."""
-    holdout: float = 0.0
+    never): a run that degrades ends early and keeps its best model."""
+    holdout: float = 0.15
     """Portion of the first pseudo-labels' clusters (those spanning two cameras or more) held
     back from training at every step, to score each model by retrieval on them (the
-    ``holdout`` rule of ``select``; 0: none)."""
+    ``holdout`` rule of ``select``; 0: none, which ``select: holdout`` refuses)."""
     keep_steps: bool = False
     """Also keep every step's model (and the labels it was trained on) as
     ``steps/step_<s>.pt``, to compare steps afterwards."""

@@ -100,6 +100,11 @@ def _duke(name: str, subset: str, config: str, extra: list[str]) -> U.Run:
     return U.Run(name, "adapt", config, [*COMMON, *target, *extra], group=subset)
 
 
+#: the "your own cameras" presets run as a user would (their rule, holdout and patience), with
+#: every step's model kept for the table and fp32 as the other runs
+OWN = [f"adapt.init_checkpoint={SOURCE}", "adapt.keep_steps=true", "train.amp=none"]
+OWN_CFG = "msplr/own_cameras_cpu.yaml"
+PKU_DATA = ["data.target=pku-reid", "data.target_root=../shared/data/pku-reid"]
 PKU_CFG = "msplr/market1501_to_pku_cpu.yaml"
 DUKE_CFG = "msplr/market1501_to_dukemtmc_cpu.yaml"
 #: Duke subsets: their cameras
@@ -133,8 +138,7 @@ RUNS: list[U.Run] = [
         "cluster_contrast/market1501_to_dukemtmc_cpu.yaml",
         [
             *COMMON,
-            "data.target=pku-reid",
-            "data.target_root=../shared/data/pku-reid",
+            *PKU_DATA,
             "adapt.max_steps=8",
             "adapt.epochs_per_step=2",
         ],
@@ -151,6 +155,14 @@ RUNS: list[U.Run] = [
         ["pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=300"],
     ),
     U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
+    U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
+    U.Run(
+        "duke_c34_own",
+        "adapt",
+        OWN_CFG,
+        [*OWN, "data.target=manifest", "data.target_root=runs/small_targets/duke_c34"],
+        group="duke_c34",
+    ),
     _duke(
         "duke_c78_long",
         "duke_c78",

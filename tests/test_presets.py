@@ -3,7 +3,10 @@ base/recipe.yaml at most, + one file per pair), nothing restated from base/recip
 every preset resolves to exactly the config it resolved to before the presets were flattened
 (tests/data/presets_resolved.json, written by the code before that change; config fields
 added since, ``adapt.holdout`` and ``adapt.keep_steps``, were added to it at their defaults,
-checked to be the only difference)."""
+checked to be the only difference). Issue 24 changed it on purpose, checked to be the only
+differences: the config defaults of ``adapt.select`` / ``adapt.holdout`` / ``adapt.patience``
+(holdout / 0.15 / 2), ``adapt.patience: 2`` in the MSPLR and PAST bases, and the three
+``own_cameras_cpu.yaml`` presets added."""
 
 from __future__ import annotations
 

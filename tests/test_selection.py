@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import DEMO_TINY
 
-from adaptreid.config import load_config
+from adaptreid.config import AdaptConfig, load_config
 from adaptreid.engine import loop as loop_mod
 from adaptreid.engine.loop import adapt
 from adaptreid.engine.supervised import train_source
@@ -335,3 +335,44 @@ def test_holdout_images_are_never_trained_on_and_every_step_model_is_kept(source
         assert (kept["labels"] >= 0).any()
         model, _ = model_from_checkpoint(run.path / "steps" / f"step_{step}.pt")
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_default_rule_and_patience_keep_the_step_before_a_degradation(source, monkeypatch):
+    """A tiny run that peaks at step 1: from step 2 on, every weight gets noise after the step
+    trains (a model wrecked as by a collapse of its labels, as on the small targets of
+    BENCHMARKS.md). With the config's default rule and patience, the run stops two steps
+    later and keeps step 1's model: the step the oracle keeps too."""
+    default = AdaptConfig()
+    assert default.select == "holdout" and default.patience == 2 and default.holdout > 0
+    train_stages = loop_mod.AdaptationLoop._train_stages
+
+    def degrading(self, model):
+        model = train_stages(self, model)
+        if self.state.step >= 2:
+            gen = torch.Generator().manual_seed(self.state.step)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * (p.abs().mean() + 1e-3) * 3)
+        return model
+
+    monkeypatch.setattr(loop_mod.AdaptationLoop, "_train_stages", degrading)
+    run = _run(
+        source,
+        "sel_default_degrading",
+        default.select,
+        monkeypatch,
+        f"adapt.holdout={default.holdout}",
+        f"adapt.patience={default.patience}",
+        "adapt.max_steps=6",
+    )
+    recs = _records(run)
+    maps = _step_maps(recs)
+    state = load_checkpoint(run.last)["loop"]
+    assert sorted(maps) == [0, 1, 2, 3] and state["stopped"]  # 2 steps without a better score
+    assert state["best_step"] == 1 == pick_step(recs, "holdout") == pick_step(recs, "target_map")
+    final = next(r for r in recs if r["kind"] == "final")
+    assert final["mAP"] == pytest.approx(maps[1], abs=1e-6)  # best.pt is step 1's model
+    report = (run.path / "report.md").read_text()
+    assert "| adapted, step 1 (" in report
+    assert "stopped early** after step 3 of at most 6" in report and "best.pt is step 1" in report

@@ -94,6 +94,12 @@ class AdaptationLoop:
             raise ConfigError(
                 f"adapt.select must be one of {', '.join(SELECT_RULES)}, got {cfg.adapt.select!r}"
             )
+        if cfg.adapt.select == "holdout" and not 0 < cfg.adapt.holdout < 1:
+            raise ConfigError(
+                "adapt.select=holdout scores each model on clusters held back from training: "
+                f"adapt.holdout must be in (0, 1), got {cfg.adapt.holdout} (0.15 is the "
+                "default; or choose another rule, e.g. adapt.select=agreement adapt.holdout=0)"
+            )
         if cfg.adapt.max_steps < 1:
             raise ConfigError(f"adapt.max_steps must be >= 1, got {cfg.adapt.max_steps}")
         method_class(cfg.method.name).validate(cfg)  # before anything is written
@@ -278,6 +284,13 @@ class AdaptationLoop:
             s.holdout = {
                 x.path: int(c) for x, c in zip(train, labels.tolist()) if c in set(chosen.tolist())
             }
+            if not len(chosen) and self.rule == "holdout":
+                raise TrainingError(
+                    "adapt.select=holdout: the first pseudo-labels have fewer than 2 clusters "
+                    "spanning two cameras, so none can be held back to score models on. Check "
+                    "the target's camera ids, or choose another rule (adapt.select=agreement "
+                    "adapt.holdout=0)"
+                )
             log.info(
                 "holding back %d clusters (%d images) of the step-1 labels to score models on",
                 len(chosen),
@@ -337,9 +350,32 @@ class AdaptationLoop:
                 s.best_score,
             )
             if 0 < self.cfg.adapt.patience <= s.stale:
-                log.info("stopping: %d steps without a better %s", s.stale, self.rule)
-                s.stopped = True
+                self._stop(step)
                 self._save(model)
+
+    def _stop(self, step: int) -> None:
+        """``adapt.patience`` ran out at the model of ``step``: end the run (a ``stop``
+        record tells the report)."""
+        s = self.state
+        log.info(
+            "stopping after step %d: %d steps without a better %s; best.pt is step %d's model",
+            step,
+            s.stale,
+            self.rule,
+            s.best_step,
+        )
+        s.stopped = True
+        self.run_dir.log_metrics(
+            {
+                "kind": "stop",
+                "step": step,
+                "max_steps": self.cfg.adapt.max_steps,
+                "rule": self.rule,
+                "stale": s.stale,
+                "patience": self.cfg.adapt.patience,
+                "best_step": s.best_step,
+            }
+        )
 
     def _probe(self, model: ReidModel) -> None:
         """Score the last model: extract, cluster as a next step would, record, select."""
@@ -404,7 +440,7 @@ class AdaptationLoop:
             else:
                 s.stale += 1
                 if 0 < self.cfg.adapt.patience <= s.stale:
-                    s.stopped = True
+                    self._stop(s.step)
         elif self.rule == "target_map":  # no query/gallery: nothing to choose by
             is_best = True
         if is_best:

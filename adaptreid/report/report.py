@@ -71,6 +71,18 @@ def selection_rows(records: Sequence[dict], rule: str) -> list[tuple[str, int, d
     return out
 
 
+def _stop_lines(records: Sequence[dict]) -> list[str]:
+    """The header line of a run that ``adapt.patience`` stopped early (its ``stop`` record)."""
+    stop = next((r for r in records if r.get("kind") == "stop"), None)
+    if stop is None:
+        return []
+    return [
+        f"- **stopped early** after step {stop['step']} of at most {stop['max_steps']}: "
+        f"{stop['stale']} step(s) in a row without a better `{stop['rule']}` score "
+        f"(adapt.patience {stop['patience']}); best.pt is step {stop['best_step']}'s model"
+    ]
+
+
 def _bad_images_section(run_dir: Path) -> list[str]:
     """The run's unreadable images (``data.bad_images: skip``), from ``bad_images.json``."""
     from ..data.bad_images import BadImageLog
@@ -252,6 +264,7 @@ def write_report(run_dir: str | Path) -> Path:
         ]
         if not is_source:
             lines.append(f"- best.pt (reported, exported): {RULE_NAMES.get(rule, rule)}")
+            lines += _stop_lines(records)
         lines.append("")
     summary = _summary_rows(records, rule)
     if summary:
