@@ -169,6 +169,11 @@ class PseudoConfig:
     auto_eps: bool = False
     """Choose eps at every step by the label-free sweep of ``adaptreid cluster``
     (``pseudo.labels.auto_eps``) instead of using ``eps``."""
+    max_kept_growth: float = 0.0
+    """With ``auto_eps``: the portion of the target's images kept in selected clusters may
+    grow by at most this much from one step's labels to the next (0.1: 10 points a step;
+    0: no cap). On small targets the kept portion grew 20-40 points a step while the
+    labels' precision fell (BENCHMARKS.md, "On small targets that degrade")."""
 
     min_samples: int = 4
     """DBSCAN's core-point size, the point itself counted (MSPLR: 4). HDBSCAN: see

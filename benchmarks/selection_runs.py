@@ -104,6 +104,7 @@ def _duke(name: str, subset: str, config: str, extra: list[str]) -> U.Run:
 #: every step's model kept for the table and fp32 as the other runs
 OWN = [f"adapt.init_checkpoint={SOURCE}", "adapt.keep_steps=true", "train.amp=none"]
 OWN_CFG = "msplr/own_cameras_cpu.yaml"
+CAP = "pseudo.max_kept_growth=0.1"
 PKU_DATA = ["data.target=pku-reid", "data.target_root=../shared/data/pku-reid"]
 PKU_CFG = "msplr/market1501_to_pku_cpu.yaml"
 DUKE_CFG = "msplr/market1501_to_dukemtmc_cpu.yaml"
@@ -157,11 +158,20 @@ RUNS: list[U.Run] = [
     U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
     U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
     U.Run(
-        "duke_c34_own",
+        "duke_c25_own",
         "adapt",
         OWN_CFG,
-        [*OWN, "data.target=manifest", "data.target_root=runs/small_targets/duke_c34"],
-        group="duke_c34",
+        [*OWN, "data.target=manifest", "data.target_root=runs/small_targets/duke_c25"],
+        group="duke_c25",
+    ),
+    # the same with the kept portion's growth capped at 10 points a step
+    U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),
+    U.Run(
+        "duke_c25_own_cap",
+        "adapt",
+        OWN_CFG,
+        [*OWN, "data.target=manifest", "data.target_root=runs/small_targets/duke_c25", CAP],
+        group="duke_c25",
     ),
     _duke(
         "duke_c78_long",
@@ -180,29 +190,45 @@ def _records(name: str) -> list[dict]:
     return []
 
 
+#: the table's columns: (title, adapt.select, adapt.patience replayed on the records)
+COLUMNS = (
+    ("holdout + patience 2 (default)", "holdout", 2),
+    *((rule, rule, 0) for rule in RULES),
+)
+
+
+def _steps(recs: list[dict]) -> dict[int, dict]:
+    return {r["step"]: r for r in recs if r.get("kind") == "step" and "mAP" in r}
+
+
 def rule_table(names: list[str]) -> str:
-    """Markdown: per run, the oracle step and mAP, then each rule's step and its mAP minus the
-    oracle's (within 1 / 2 mAP counted at the bottom)."""
-    head = "| run | steps | mAP by step | oracle (step: mAP) | " + " | ".join(RULES) + " |"
-    lines = [head, "|" + "---|" * (4 + len(RULES))]
-    near = {r: [0, 0, 0] for r in RULES}  # within 1, within 2, runs
+    """Markdown: per run made without patience, the oracle step and mAP, then each column's
+    step and its mAP minus the oracle's; at the bottom, how many runs each column keeps
+    within 1 / 2 mAP of the oracle, and on how many it keeps the source model (step 0)
+    although adaptation helped."""
+    titles = [c[0] for c in COLUMNS]
+    head = "| run | steps | mAP by step | oracle (step: mAP) | " + " | ".join(titles) + " |"
+    lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
+    near = {c: [0, 0, 0, 0] for c in titles}  # within 1, within 2, runs, source kept
     for name in names:
         recs = _records(name)
-        steps = {r["step"]: r for r in recs if r.get("kind") == "step" and "mAP" in r}
-        if len(steps) < 2:
-            continue
+        steps = _steps(recs)
+        if len(steps) < 2 or any(r.get("kind") == "stop" for r in recs):
+            continue  # a run that patience stopped early: own_table
         oracle = pick_step(recs, "target_map")
         best = 100 * steps[oracle]["mAP"]
         cells = []
-        for rule in RULES:
-            s = pick_step(recs, rule)
+        for title, rule, patience in COLUMNS:
+            s = pick_step(recs, rule, patience)
             if s is None or s not in steps:
                 cells.append("-")
                 continue
             d = 100 * steps[s]["mAP"] - best
-            near[rule][0] += d >= -1
-            near[rule][1] += d >= -2
-            near[rule][2] += 1
+            n = near[title]
+            n[0] += d >= -1
+            n[1] += d >= -2
+            n[2] += 1
+            n[3] += s == 0 and oracle != 0
             cells.append(f"{s}: {d:+.1f}")
         curve = " ".join(f"{100 * steps[s]['mAP']:.1f}" for s in sorted(steps))
         done = "" if any(r.get("kind") == "final" for r in recs) else " (running)"
@@ -212,7 +238,46 @@ def rule_table(names: list[str]) -> str:
             + " |"
         )
     foot = [f"{n[0]}/{n[2]} within 1, {n[1]}/{n[2]} within 2" for n in near.values()]
+    src = [f"{n[3]}" for n in near.values()]
     lines.append("| **all runs** | | | | " + " | ".join(foot) + " |")
+    lines.append("| source model kept where adaptation helped | | | | " + " | ".join(src) + " |")
+    return "\n".join(lines)
+
+
+def own_table(names: list[str]) -> str:
+    """Markdown: per run of an own_cameras preset, the step it kept (its rule and patience,
+    as it ran) against the best step of every run on the same target (any schedule, any
+    rule: the oracle over all of them)."""
+    by_name = {r.name: r for r in RUNS}
+    lines = [
+        "| run | steps run | mAP by step | kept (step: mAP) | best step of any run on this "
+        "target (run, step: mAP) | kept - best |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        recs = _records(name)
+        steps = _steps(recs)
+        if by_name[name].config != OWN_CFG or len(steps) < 2:
+            continue
+        state = [r for r in recs if r.get("kind") == "step"]
+        kept = state[-1].get("best_step")
+        group = by_name[name].group
+        best = max(
+            (
+                (100 * r["mAP"], other, s)
+                for other in (n for n, r in by_name.items() if r.group == group)
+                for s, r in _steps(_records(other)).items()
+            ),
+            default=None,
+        )
+        if kept is None or best is None:
+            continue
+        curve = " ".join(f"{100 * steps[s]['mAP']:.1f}" for s in sorted(steps))
+        k = 100 * steps[kept]["mAP"]
+        lines.append(
+            f"| {name} | {max(steps)} | {curve} | {kept}: {k:.1f} | {best[1]}, {best[2]}: "
+            f"{best[0]:.1f} | {k - best[0]:+.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -225,6 +290,8 @@ def main() -> int:
     runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
     if args.table:
         print(rule_table([r.name for r in runs]))
+        print()
+        print(own_table([r.name for r in runs]))
         return 0
     if args.list:
         for r in runs:

@@ -512,6 +512,24 @@ def test_recommend_eps_skips_chained_giant_clusters():
     assert eps == 1.0
 
 
+def test_recommend_eps_keeps_under_the_growth_cap():
+    """``pseudo.max_kept_growth``: eps keeping more than ``max_portion`` are left out; when
+    every eps with a cluster keeps more, the one keeping the fewest is taken."""
+    from adaptreid.pseudo.labels import recommend_eps
+
+    def row(eps, clusters, kept):
+        return {"eps": eps, "clusters": clusters, "portion_kept": kept, "score": clusters * kept}
+
+    rows = [row(0.4, 10, 0.2), row(0.5, 12, 0.35), row(0.6, 14, 0.5), row(0.7, 13, 0.6)]
+    assert recommend_eps(rows)[0] == 0.7  # 7.8, the best score
+    eps, reason = recommend_eps(rows, max_portion=0.4)
+    assert eps == 0.5 and "at most 40.0%" in reason  # 0.6 and 0.7 keep more than 40%
+    assert recommend_eps(rows, max_portion=0.1)[0] == 0.4  # all above: the fewest kept
+    assert recommend_eps(rows, max_portion=1.0) == recommend_eps(rows)
+    with pytest.raises(ConfigError, match="max_portion"):
+        recommend_eps(rows, max_portion=0.0)
+
+
 def test_one_cluster_holding_most_images_counts_as_chained():
     from adaptreid.pseudo.labels import recommend_eps
 

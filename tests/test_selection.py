@@ -177,6 +177,22 @@ def test_pick_step_on_records_where_rules_disagree():
     assert [step for _, step, _ in rows] == [2, 1] and "ORACLE" in rows[1][0]
 
 
+def test_pick_step_replays_patience_as_the_loop_stops():
+    """holdout scores by step: 0 NaN, 1 .5, 2 .4, 3 .45, 4 .7 (a late best). Patience 2
+    stops after step 3 (two adapted models in a row below step 1), so step 4 is never seen;
+    patience 3 reaches it; 0 looks at every step."""
+    scores = [math.nan, 0.5, 0.4, 0.45, 0.7]
+    recs = [{"kind": "select", "step": s, "holdout": v} for s, v in enumerate(scores)]
+    recs += [{"kind": "step", "step": s, "mAP": m} for s, m in enumerate([0.1, 0.3, 0.2, 0.5, 0.4])]
+    assert pick_step(recs, "holdout") == 4
+    assert pick_step(recs, "holdout", patience=2) == 1
+    assert pick_step(recs, "holdout", patience=3) == 4
+    assert pick_step(recs, "holdout", patience=1) == 1
+    assert pick_step(recs, "target_map", patience=1) == 1  # stale at step 2
+    assert pick_step(recs, "target_map") == 3
+    assert pick_step(recs, "last", patience=1) == 4  # patience never ends a `last` run
+
+
 def test_label_agreement_is_one_for_a_relabelling_and_falls_with_noise():
     a = np.repeat(np.arange(10), 5)
     perm = np.random.default_rng(0).permutation(10)
@@ -376,3 +392,31 @@ def test_default_rule_and_patience_keep_the_step_before_a_degradation(source, mo
     report = (run.path / "report.md").read_text()
     assert "| adapted, step 1 (" in report
     assert "stopped early** after step 3 of at most 6" in report and "best.pt is step 1" in report
+
+
+@pytest.mark.slow
+def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
+    """``pseudo.max_kept_growth``: from step 2 on, the label-free eps sweep may keep at most
+    the last labels' portion (held-back images counted) plus the growth; step 1 is free."""
+    from adaptreid.engine import pseudo_step
+
+    seen = []
+    auto_eps = pseudo_step.auto_eps
+
+    def spy(features, camids, settings, **kw):
+        seen.append(settings.max_portion)
+        return auto_eps(features, camids, settings, **kw)
+
+    monkeypatch.setattr(pseudo_step, "auto_eps", spy)
+    run = _run(
+        source,
+        "sel_growth",
+        "holdout",
+        monkeypatch,
+        "adapt.holdout=0.3",
+        "pseudo.max_kept_growth=0.05",
+    )
+    labels = [r for r in _records(run) if r["kind"] == "labels"]
+    assert seen[0] == 1.0 and len(seen) == len(labels) >= 3
+    for prev, cap in zip(labels, seen[1:]):  # which eps it then takes: test_pseudo.py
+        assert cap == pytest.approx(min(1.0, prev["portion_kept"] + 0.05), abs=1e-6)

@@ -63,6 +63,9 @@ class LoopState:
     """This step's time so far, per part (extract, distance, cluster, train, ...)."""
     holdout: dict[str, int] = field(default_factory=dict)
     """Held-back images (``adapt.holdout``): path -> step-1 cluster id; no step trains on them."""
+    portion_kept: float = 0.0
+    """Portion of the target images in this step's selected clusters, held-back images
+    included (the ``labels`` record's; ``pseudo.max_kept_growth`` caps the next one's)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Checkpointable (``weights_only`` loads take tensors, not numpy arrays)."""

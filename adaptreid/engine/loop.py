@@ -100,6 +100,10 @@ class AdaptationLoop:
                 f"adapt.holdout must be in (0, 1), got {cfg.adapt.holdout} (0.15 is the "
                 "default; or choose another rule, e.g. adapt.select=agreement adapt.holdout=0)"
             )
+        if not 0 <= cfg.pseudo.max_kept_growth <= 1:
+            raise ConfigError(
+                f"pseudo.max_kept_growth must be in [0, 1], got {cfg.pseudo.max_kept_growth}"
+            )
         if cfg.adapt.max_steps < 1:
             raise ConfigError(f"adapt.max_steps must be >= 1, got {cfg.adapt.max_steps}")
         method_class(cfg.method.name).validate(cfg)  # before anything is written
@@ -230,6 +234,7 @@ class AdaptationLoop:
             return model
         s.step, s.step_done, s.stage, s.stage_begun, s.trainer = step, False, 0, False, None
         s.labels, s.extra, s.seconds = self._hold_back(result.labels), extra, seconds
+        s.portion_kept = float(result.stats.get("portion_kept", 0.0))
         if D.is_main():  # for report.html's cluster samples (labels follow target.train)
             train = self.ctx.target.train
             save_step_labels(
@@ -257,7 +262,12 @@ class AdaptationLoop:
         self.ctx.drop_unreadable(feats)  # the labels will follow target.train without them
         seconds["extract"] += time.perf_counter() - t0
         sf = StepFeatures(
-            feats, self.cfg.pseudo, seed=self.cfg.seed, step=step, true_pids=self.ctx.true_pids
+            feats,
+            self.cfg.pseudo,
+            seed=self.cfg.seed,
+            step=step,
+            true_pids=self.ctx.true_pids,
+            max_portion=self._max_portion(),
         )
         if D.world_size() > 1 and self.method.uses_jaccard():
             sf.jaccard(distributed=True)  # every rank computes its share of the top-k
@@ -271,6 +281,14 @@ class AdaptationLoop:
         seconds["distance"] += sec["distance"]
         seconds["cluster"] += sec["cluster"]
         return result, extra, feats
+
+    def _max_portion(self) -> float:
+        """``pseudo.max_kept_growth``: the portion of the images the next labels may keep, the
+        last labels' plus the growth; 1 when off or at step 1."""
+        growth, s = self.cfg.pseudo.max_kept_growth, self.state
+        if growth <= 0 or s.step == 0:
+            return 1.0
+        return min(1.0, s.portion_kept + growth)
 
     def _hold_back(self, labels: np.ndarray) -> np.ndarray:
         """``adapt.holdout``: on the first labels, choose the held-back clusters; at every

@@ -46,6 +46,8 @@ class StepFeatures:
         step: the step these features start (for logs).
         true_pids: target identities when known: label quality for the records only,
             never used to make labels.
+        max_portion: the most of the images the label-free eps may keep (the loop's
+            ``pseudo.max_kept_growth`` cap; 1: none).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class StepFeatures:
         seed: int = 0,
         step: int = 0,
         true_pids: np.ndarray | None = None,
+        max_portion: float = 1.0,
     ) -> None:
         self.features = feats.feats
         self.camids = np.asarray(feats.camids)
@@ -66,7 +69,7 @@ class StepFeatures:
         self.cameras_known = bool(len(self.camids)) and bool((self.camids >= 0).all())
         self.settings = PseudoSettings.from_config(
             pseudo, self.seed, cameras_known=self.cameras_known
-        )
+        ).replace(max_portion=max_portion)
         """The step's :class:`~adaptreid.pseudo.settings.PseudoSettings`, built once."""
         self.seconds: dict[str, float] = {"distance": 0.0, "cluster": 0.0}
         self._prepared: torch.Tensor | None = None

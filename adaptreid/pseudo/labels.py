@@ -423,7 +423,7 @@ def _chained(row: dict) -> bool:
     )
 
 
-def recommend_eps(rows: list[dict]) -> tuple[float, str]:
+def recommend_eps(rows: list[dict], max_portion: float = 1.0) -> tuple[float, str]:
     """Pick an eps from :func:`sweep_eps` rows without ground truth.
 
     Rule: maximise ``score = selected clusters x portion of images kept``, over the eps
@@ -441,13 +441,23 @@ def recommend_eps(rows: list[dict]) -> tuple[float, str]:
     The rule never reads ``precision`` / ``f1``: with ground truth, the sweep table shows them
     next to the score so that users can judge the rule on their data.
 
+    ``max_portion`` < 1 (``pseudo.max_kept_growth``) leaves out the eps that keep more than
+    that portion of the images; when every eps with a cluster does, the one keeping the
+    fewest is taken.
+
     Raises:
         TrainingError: no eps of the sweep produced a selected cluster.
     """
     if not rows:
         raise ConfigError("recommend_eps needs at least one sweep row")
-    admissible = [r for r in rows if r["score"] > 0 and not _chained(r)]
-    best = max(admissible or rows, key=lambda r: (r["score"], -r["eps"]))
+    if not 0 < max_portion <= 1:
+        raise ConfigError(f"max_portion must be in (0, 1], got {max_portion}")
+    capped = [r for r in rows if r["score"] > 0 and r["portion_kept"] > max_portion]
+    under = [r for r in rows if r["portion_kept"] <= max_portion]
+    if capped and not any(r["score"] > 0 for r in under):
+        under = [min(capped, key=lambda r: (r["portion_kept"], r["eps"]))]
+    admissible = [r for r in under if r["score"] > 0 and not _chained(r)]
+    best = max(admissible or under or rows, key=lambda r: (r["score"], -r["eps"]))
     if best["score"] <= 0:
         top = max(r["eps"] for r in rows)
         raise TrainingError(
@@ -459,7 +469,12 @@ def recommend_eps(rows: list[dict]) -> tuple[float, str]:
         f"({best['clusters']} clusters x {best['portion_kept']:.1%} kept = {best['score']:.1f}); "
         "a label-free rule balancing clusters and outliers (MSPLR section 3.3.2)"
     )
-    chained = [r["eps"] for r in rows if r["score"] > 0 and _chained(r)]
+    if capped:
+        reason += (
+            f", among the eps that keep at most {max_portion:.1%} of the images "
+            "(pseudo.max_kept_growth)"
+        )
+    chained = [r["eps"] for r in under if r["score"] > 0 and _chained(r)]
     if chained and admissible:
         reason += (
             f", among the eps whose largest cluster is at most {GIANT_CLUSTER_FACTOR:g}x the "
@@ -529,5 +544,5 @@ def auto_eps(
     rows = sweep_eps(
         features, camids, candidates, st, true_pids=true_pids, jaccard=graph, prepared=x
     )
-    eps, reason = recommend_eps(rows)
+    eps, reason = recommend_eps(rows, st.max_portion)
     return eps, rows, reason

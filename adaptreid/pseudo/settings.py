@@ -110,6 +110,9 @@ class PseudoSettings:
     min_cameras: int = 2
     auto_eps: bool = False
     """DBSCAN's eps chosen at every step by the label-free sweep."""
+    max_portion: float = 1.0
+    """The label-free sweep considers only the eps that keep at most this portion of the
+    images (set per step from ``pseudo.max_kept_growth``; 1: no cap)."""
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @classmethod

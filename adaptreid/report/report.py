@@ -33,10 +33,13 @@ RULE_NAMES = {
 }
 
 
-def pick_step(records: Sequence[dict], rule: str) -> int | None:
+def pick_step(records: Sequence[dict], rule: str, patience: int = 0) -> int | None:
     """The step whose model ``adapt.select = rule`` chooses, from a run's records: the
     same choice the loop made (first best in step order); None when nothing qualifies.
-    ``target_map`` is the oracle (target test labels)."""
+    ``target_map`` is the oracle (target test labels). ``patience`` > 0 replays
+    ``adapt.patience`` on a run made without it: the steps after the one where that many
+    adapted models in a row did not beat the best are not looked at (as the loop, ``last``
+    ignores it)."""
     steps = [r for r in records if r.get("kind") == "step"]
     if rule == "last":
         return max((r["step"] for r in steps), default=None)
@@ -48,10 +51,14 @@ def pick_step(records: Sequence[dict], rule: str) -> int | None:
             for r in records
             if r.get("kind") == "select" and isinstance(r.get(rule), int | float)
         ]
-    best, value = None, -np.inf
+    best, value, stale = None, -np.inf, 0
     for step, v in sorted(scored, key=lambda t: t[0]):
         if np.isfinite(v) and v > value:
-            best, value = step, v
+            best, value, stale = step, v, 0
+        else:
+            stale += step > 0
+            if 0 < patience <= stale:
+                break
     return best
 
 
