@@ -7,7 +7,8 @@ One iteration (``adapt.max_steps`` = I_max = 4, section 3.1), on the shared loop
       3  features F of every target training image (per-part L2-normalised, PCB)
       4  k-reciprocal Jaccard distance (eq. 1) -> ranking score matrix D_R (eq. 2)
       5  HDBSCAN(D_R; S_min) -> pseudo-labels; outliers dropped -> T_U
-      6  train on T_U with L_C = L_RTL + lambda L_CTL (eq. 3-5)
+      6  train on T_U with L_C = L_RTL + lambda L_CTL (eq. 3-5; per part on normalised
+         features with the cosine distance, as the released code: method.triplet_reading)
       7  features F_U of T_U
     Promoting stage
       9  new classifier, W_c = mean feature of cluster c (eq. 7), one per part (section 3.1)
@@ -25,7 +26,9 @@ one optimiser per stage, rebuilt every iteration: conservative 1e-4 on the trunk
 the embedding layers; promoting 1e-3 on the new classifier and 5e-5 on the rest; "after 3
 iterations, all learning rates are multiplied by 0.1". Constant within a stage.
 
-Design decisions the paper leaves open, each an option: the epochs of each stage (40 in the
+Design decisions the paper leaves open, each an option: the feature and distance of CTL / RTL
+(``triplet_reading``: per part, L2-normalised, cosine, as the authors' released code; or the
+concatenated embedding with the euclidean distance); the epochs of each stage (40 in the
 authors' released script); the RTL batch layout (:mod:`adaptreid.methods.past_rtl`); D_R beyond
 the stored Jaccard entries (euclidean order, :mod:`adaptreid.pseudo.ranking`); eq. 7 on the
 normalised features (``classifier_init``). S_min's reading: ``pseudo.s_min_reading``.
@@ -62,7 +65,7 @@ import numpy as np
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import OptimizerSettings, build_optimizer, multistep_factor
 from ..errors import ConfigError
-from ..losses.past_loss import ConservativeLoss, promoting_loss
+from ..losses.past_loss import TRIPLET_READINGS, ConservativeLoss, promoting_loss
 from ..method_options import PASTOptions
 from ..models import BACKBONES, HeadSettings, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
@@ -118,6 +121,11 @@ class PAST(AdaptationMethod):
             )
         if p.eta < 1:
             raise ConfigError(f"method.eta must be >= 1, got {p.eta}")
+        if p.triplet_reading not in TRIPLET_READINGS:
+            raise ConfigError(
+                f"method.triplet_reading must be one of {TRIPLET_READINGS}, "
+                f"got {p.triplet_reading!r}"
+            )
         if p.classifier_init not in _CLASSIFIER_INITS:
             raise ConfigError(
                 f"method.classifier_init must be one of {_CLASSIFIER_INITS}, "
@@ -175,6 +183,8 @@ class PAST(AdaptationMethod):
                 lam=p.lambda_ctl,
                 use_ctl=p.use_ctl,
                 use_rtl=p.use_rtl,
+                reading=p.triplet_reading,
+                num_parts=getattr(model.head, "num_parts", 1),
             )
             loader = step_loader(self.ctx, labels, ranked=extra.get("ranked"), eta=p.eta)
             return Stage(
