@@ -34,7 +34,7 @@ class MSPLROptions(MethodOptions):
     """MSPLR's own options (section 3.6.2); its other settings are ``pseudo.*`` / ``loss.*``."""
 
     name: str = "msplr"
-    freeze: str = "before_schedule"
+    freeze: Literal["before_schedule", "inside_schedule"] = "before_schedule"
     """before_schedule (the paper's reading: frozen epochs, then the full eq. 6 schedule) |
     inside_schedule (the frozen epochs are the first of the schedule)."""
     rtl_eta: int = 20
@@ -76,7 +76,7 @@ class PASTOptions(MethodOptions):
     lr_decay_after: int = 3
     """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
     lr_decay: float = 0.1
-    classifier_init: str = "normalized"
+    classifier_init: Literal["normalized", "raw", "random"] = "normalized"
     """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
     features (raw), or a random classifier (random; an ablation)."""
 

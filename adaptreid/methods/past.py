@@ -62,12 +62,13 @@ import logging
 
 import numpy as np
 
+from ..config import non_default
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import OptimizerSettings, build_optimizer, multistep_factor
 from ..errors import ConfigError
 from ..losses.past_loss import TRIPLET_READINGS, ConservativeLoss, promoting_loss
 from ..method_options import PASTOptions
-from ..models import BACKBONES, HeadSettings, ReidModel, build_model
+from ..models import BACKBONES, HEADS, HeadSettings, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
 from .past_rtl import step_loader
@@ -113,7 +114,37 @@ class PAST(AdaptationMethod):
     }
 
     @classmethod
+    def unread_keys(cls, cfg) -> dict[str, str]:
+        """Settings PAST does not read under ``cfg``, when not at their default: CTL / RTL's
+        soft margin (they use the margin ``loss.margin``), DBSCAN's unless ``pseudo.method``
+        is dbscan, k-means' unless it is kmeans, and cluster selection's unless
+        ``pseudo.select`` (MSPLR's selection mixed in)."""
+        m = cfg.pseudo.method
+        why = {"loss.soft_margin": "CTL and RTL use the margin m = loss.margin (eq. 3-4)"}
+        if m != "dbscan":
+            dbscan = f"only DBSCAN reads it, and pseudo.method is {m!r}"
+            if m == "hdbscan":
+                dbscan += "; HDBSCAN's size is pseudo.s_min / s_min_reading"
+            why.update(
+                dict.fromkeys(("pseudo.eps", "pseudo.min_samples", "pseudo.auto_eps"), dbscan)
+            )
+        if m != "kmeans":
+            why["pseudo.kmeans_k"] = f"only k-means reads it, and pseudo.method is {m!r}"
+        if not cfg.pseudo.select:
+            off = "cluster selection is off: pseudo.select is false (true mixes in MSPLR's)"
+            keys = ("min_size", "min_cameras", "enforce_size", "enforce_cameras")
+            why.update({f"pseudo.{k}": off for k in keys})
+        return {k: why[k] for k in non_default(cfg, tuple(why))}
+
+    @classmethod
     def validate(cls, cfg) -> None:
+        unread = cls.unread_keys(cfg)
+        if unread:
+            raise ConfigError(
+                "PAST does not read these settings here:\n  "
+                + "\n  ".join(f"{k}: {why}" for k, why in unread.items())
+            )
+        _check_head(cfg)
         p = cfg.method
         if not (p.use_ctl or p.use_rtl):
             raise ConfigError(
@@ -193,6 +224,18 @@ class PAST(AdaptationMethod):
         criterion = promoting_loss(self.num_classes(labels), model.feat_dim)  # line 10
         loader = step_loader(self.ctx, labels)
         return Stage(criterion, promoting_optimizer(cfg, model, step), loader, p.promoting_epochs)
+
+
+def _check_head(cfg) -> None:
+    """The configured trunk and head (``model.*``, built at iteration 1) exist and take
+    ``model.head_options``: checked on a tiny head before the run starts, not after step 0."""
+    m = cfg.model
+    BACKBONES.get(m.backbone)  # an unknown name: ConfigError with the closest one
+    head = HEADS.get(m.head)
+    try:
+        head(8, embedding_dim=m.embedding_dim, pooling=m.pooling, **dict(m.head_options))
+    except TypeError as e:
+        raise ConfigError(f"model.head {m.head!r}: bad model.head_options: {e}") from None
 
 
 def _ranking_quality(ranked: np.ndarray, eta: int, true_pids: np.ndarray | None) -> dict:
