@@ -80,6 +80,9 @@ class ModelConfig:
     neck_feat: Literal["after", "before"] = "after"
     pretrained: str | None = None
     """Local weight file (torchvision / official IBN-Net key layout), or null."""
+    allow_partial_weights: bool = False
+    """Load ``pretrained`` even if it leaves some backbone tensors at their initial values
+    (another network's file); off, that is an error naming the file and the tensors."""
     head: str = "bnneck"
     """bnneck | pcb (PAST section 3.1: p stripes, ``embedding_dim`` per part, 256 if 0)."""
     head_options: dict[str, Any] = field(default_factory=dict)
