@@ -190,7 +190,7 @@ class PseudoConfig:
     meaning is ``s_min_reading``."""
     s_min_reading: Literal["min_cluster_size", "released_code"] = "min_cluster_size"
     """How S_min enters HDBSCAN. ``min_cluster_size``: the paper's words, a minimum cluster
-    size (HDBSCAN's min_samples then defaults to the same value, as in both libraries).
+    size (HDBSCAN's min_samples then defaults to the same number, counting the point itself).
     ``released_code``: the authors' released code, which passes S_min as the ``hdbscan``
     package's ``min_samples`` and keeps its ``min_cluster_size`` default of 5; that package
     does not count a point in its own neighbourhood while scikit-learn does, so S_min becomes
