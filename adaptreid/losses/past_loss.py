@@ -75,7 +75,9 @@ class ConservativeLoss(nn.Module):
       ``--dist_type cosine``, its default): each of the ``num_parts`` part embeddings of
       ``outputs["feat"]`` (part ``k`` in columns ``[k d, (k + 1) d)``) L2-normalised, the
       cosine distance ``1 - cos``; CTL is the *sum* over the parts of each part's batch-hard
-      loss (mined in that part), RTL the *mean* over the parts of each part's eq. 4;
+      loss (mined in that part), RTL the *mean* over the parts of each part's eq. 4 (the
+      code's ``--triloss_mean``; its training scripts leave it off and sum RTL too, with a
+      further weight 0.1 on both terms that is not taken here: README, "Known differences");
     * ``"concatenated_euclidean"``: the whole ``outputs["feat"]`` (for PCB the concatenated,
       unnormalised part embeddings) with the euclidean distance, eq. 3-4 as printed.
 
