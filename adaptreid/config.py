@@ -6,18 +6,21 @@ fast-reid. Command-line overrides are ``key.sub=value`` pairs whose value is par
 (``train.epochs=5``, ``model.pretrained=null``, ``optim.milestones=[40,70]``).
 
 Every key is checked: an unknown key is an error naming the closest valid key, and every value
-is checked against its field's type, so a typo never silently falls back to a default.
+is checked against its field's type, so a typo never silently falls back to a default. A field
+with a fixed set of values is a ``Literal[...]`` (here and in the methods' options): another
+value is an error at load time naming the key, the valid values and the closest one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -26,6 +29,10 @@ from .method_options import MethodOptions
 from .registry import METHOD_OPTIONS, METHODS
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: ``adapt.select``: how the kept model is chosen (README "Which step's model you get").
+SelectRule = Literal["holdout", "agreement", "snd", "cross_camera", "last", "target_map"]
+SELECT_RULES: tuple[str, ...] = typing.get_args(SelectRule)
 
 
 @dataclass
@@ -53,7 +60,7 @@ class DataConfig:
     """MSPLR section 3.6.1: brightness +-20% or contrast +-15%."""
     allow_absolute_paths: bool = False
     """CSV manifests only: allow paths that leave the manifest's folder."""
-    bad_images: str = "auto"
+    bad_images: Literal["auto", "error", "skip"] = "auto"
     """error | skip | auto. What to do with an image that cannot be read (corrupt, truncated,
     empty, not an image): stop with an error naming the file, or drop it once, count it, log
     it and list it in the run report. ``auto``: skip for the unlabelled target of ``adapt``
@@ -68,11 +75,14 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50_ibn_a"
     last_stride: int = 1
-    pooling: str = "avg"
+    pooling: Literal["avg", "max", "gem"] = "avg"  # the PCB head takes avg | max
     embedding_dim: int = 0
-    neck_feat: str = "after"
+    neck_feat: Literal["after", "before"] = "after"
     pretrained: str | None = None
     """Local weight file (torchvision / official IBN-Net key layout), or null."""
+    allow_partial_weights: bool = False
+    """Load ``pretrained`` even if it leaves some backbone tensors at their initial values
+    (another network's file); off, that is an error naming the file and the tensors."""
     head: str = "bnneck"
     """bnneck | pcb (PAST section 3.1: p stripes, ``embedding_dim`` per part, 256 if 0)."""
     head_options: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +110,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -119,16 +129,16 @@ class TrainConfig:
     """0: one pass of the P x K sampler per epoch; >0 caps the batches per epoch."""
     eval_every: int = 10
     """Evaluate (and keep the best checkpoint) every N epochs; 0 only at the end."""
-    amp: str = "none"
-    """none | bf16 | fp16 (fp16 on CUDA only) | auto: bf16 + channels_last where a short probe
-    on this machine finds it faster than fp32 (cached per machine, model and input size; the
+    amp: Literal["none", "fp32", "bf16", "fp16", "auto"] = "none"
+    """none (= fp32) | bf16 | fp16 (fp16 on CUDA only) | auto: bf16 + channels_last where a short
+    probe on this machine finds it faster than fp32 (cached per machine, model and input size; the
     choice is logged), else fp32. Also used for feature extraction and evaluation."""
     channels_last: bool = False
     """channels_last memory layout (ignored with ``amp: auto``, which chooses it)."""
     freeze_epochs: int = 0
     """Train only the head for the first N epochs (MSPLR section 3.6.2 uses 20; see
     ``method.freeze`` for where they sit in the schedule)."""
-    keep: str = "last"
+    keep: Literal["last", "best"] = "last"
     """Source training: which model ``best.pt`` is. ``last``: the model after the last epoch
     (MSPLR section 3.6.1 trains 90 epochs and adapts that model); ``best``: the epoch with the
     best source-test mAP among those evaluated (``eval_every``)."""
@@ -140,7 +150,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    metric: str = "euclidean"
+    metric: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
     flip: bool = False
     rerank: bool = False
     k1: int = 20
@@ -160,20 +170,18 @@ class PseudoConfig:
     leaves features whose distances grow with sqrt(D) (about 64 for D = 2048), on which the
     paper's eps of 0.35 / 0.42 is no radius at all; the eps only makes sense on unit rows.
     See BENCHMARKS.md, "MSPLR clustering space", for the measured portions kept."""
-    method: str = "dbscan"
-    """dbscan | kmeans | hdbscan"""
-    distance: str = "euclidean"
-    """euclidean (on the normalised features) | jaccard (k-reciprocal, Zhong et al. 2017)"""
+    method: Literal["dbscan", "kmeans", "hdbscan"] = "dbscan"
+    distance: Literal["euclidean", "cosine", "jaccard"] = "euclidean"
+    """euclidean (on the normalised features) | cosine | jaccard (k-reciprocal, Zhong et al.
+    2017)"""
     eps: float = 0.42
     """DBSCAN radius (MSPLR: 0.42 with Market-1501 as target, 0.35 with DukeMTMC)."""
     auto_eps: bool = False
     """Choose eps at every step by the label-free sweep of ``adaptreid cluster``
     (``pseudo.labels.auto_eps``) instead of using ``eps``."""
     max_kept_growth: float = 0.0
-    """With ``auto_eps``: the portion of the target's images kept in selected clusters may
-    grow by at most this much from one step's labels to the next (0.1: 10 points a step;
-    0: no cap). On small targets the kept portion grew 20-40 points a step while the
-    labels' precision fell (BENCHMARKS.md, "On small targets that degrade")."""
+    """With ``auto_eps``: the portion of the images kept in selected clusters may grow by at
+    most this much a step (0.1: 10 points; 0: no cap). BENCHMARKS.md, "On small targets"."""
 
     min_samples: int = 4
     """DBSCAN's core-point size, the point itself counted (MSPLR: 4). HDBSCAN: see
@@ -183,9 +191,9 @@ class PseudoConfig:
     s_min: int = 10
     """PAST's S_min (section 3.4: 10), "the minimal samples in each cluster" of HDBSCAN; its
     meaning is ``s_min_reading``."""
-    s_min_reading: str = "min_cluster_size"
+    s_min_reading: Literal["min_cluster_size", "released_code"] = "min_cluster_size"
     """How S_min enters HDBSCAN. ``min_cluster_size``: the paper's words, a minimum cluster
-    size (HDBSCAN's min_samples then defaults to the same value, as in both libraries).
+    size (HDBSCAN's min_samples then defaults to the same number, counting the point itself).
     ``released_code``: the authors' released code, which passes S_min as the ``hdbscan``
     package's ``min_samples`` and keeps its ``min_cluster_size`` default of 5; that package
     does not count a point in its own neighbourhood while scikit-learn does, so S_min becomes
@@ -209,16 +217,13 @@ class AdaptConfig:
     """Source-trained checkpoint to adapt (``adaptreid train`` output)."""
     max_steps: int = 10
     """Pseudo-label refinement steps; 1 = a single round (Table 3 "+DA" without "+PL")."""
-    select: str = "holdout"
-    """Which step's model is ``best.pt`` (reported and exported). ``holdout`` (the default):
-    label-free, retrieval mAP on clusters of the first pseudo-labels held back from training
-    (``adapt.holdout``); ``agreement``, ``snd``, ``cross_camera``: label-free, see
-    :mod:`adaptreid.evaluation.label_free` (``agreement`` grows with training whatever happens
-    to accuracy: the Market <-> Duke benchmark presets keep it, since there every step
-    improves); ``last``: the last step; ``target_map``: the best target test mAP, as the
-    MSPLR paper's Figure 2 (an oracle: it uses the target's test labels, and every report
-    names it so). Steps are evaluated on the target's query/gallery when it has them whatever
-    the rule, for the report. README "Which step's model you get" compares them."""
+    select: SelectRule = "holdout"
+    """Which step's model is ``best.pt`` (reported, exported). Label-free: ``holdout`` (the
+    default; retrieval on clusters held back from training, ``adapt.holdout``), ``agreement``
+    (grows with training whatever the accuracy; the benchmark presets keep it), ``snd``,
+    ``cross_camera`` (:mod:`adaptreid.evaluation.label_free`); ``last``; ``target_map``: the
+    best target test mAP as the MSPLR paper's Figure 2, an oracle (test labels; every report
+    names it so). README "Which step's model you get" compares them."""
     patience: int = 2
     """Stop after this many steps without a better score of ``select`` (0: never; ``last``:
     never): a run that degrades ends early and keeps its best model."""
@@ -327,14 +332,38 @@ _TRAIN_IGNORES = {
 }
 
 
+#: Source-training keys ``adaptreid adapt`` never reads, refused when set to another value than
+#: the default (base/recipe.yaml, shared by source and adaptation presets, restates them).
+_ADAPT_IGNORES = {
+    "train.epochs": "a step trains adapt.epochs_per_step epochs, a PAST stage "
+    "method.conservative_epochs / method.promoting_epochs; the steps are adapt.max_steps",
+    "train.keep": "the kept model (best.pt) is chosen by adapt.select",
+    "train.eval_every": "every step is evaluated; adapt.max_steps sets how many there are",
+    "train.checkpoint_every": "an adaptation run writes a checkpoint after every epoch",
+}
+
+
+def non_default(cfg: Config, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``{key: value}`` for the dotted ``keys`` whose value in ``cfg`` differs from the
+    default (``method.*``: the defaults of ``cfg.method``'s own options)."""
+    defaults = Config(method=type(cfg.method)())
+    out = {}
+    for key in keys:
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value != functools.reduce(getattr, key.split("."), defaults):
+            out[key] = value
+    return out
+
+
 def check_command_keys(cfg: Config, given: set[str], command: str) -> None:
     """Refuse keys that ``command`` ignores, naming the key and the reason.
 
     * ``train`` ignores ``adapt.*``, ``pseudo.*`` and ``method.*``;
-    * ``adapt`` ignores what the chosen method declares it does not read
-      (``AdaptationMethod.ignored``), and, when ``adapt.init_checkpoint`` is set, every
-      ``model.*`` key except those the method reads to build its own head
-      (``AdaptationMethod.reads_model``): the network comes from the checkpoint.
+    * ``adapt`` ignores :data:`_ADAPT_IGNORES` and what the method does not read under this
+      config (``AdaptationMethod.unread_keys``), both refused when not at their default; what
+      the method never reads (``AdaptationMethod.ignored``), refused when given; and, with
+      ``adapt.init_checkpoint``, ``model.*`` except ``AdaptationMethod.reads_model`` (its
+      own head): the network comes from the checkpoint.
     """
     problems: list[str] = []
     if command == "train":
@@ -344,6 +373,12 @@ def check_command_keys(cfg: Config, given: set[str], command: str) -> None:
                     problems.append(f"{key}: {why}")
     elif command == "adapt":
         cls = registered_method(cfg.method.name)
+        for key, value in non_default(cfg, tuple(_ADAPT_IGNORES)).items():
+            problems.append(
+                f"{key}={value}: `adaptreid adapt` does not read it ({_ADAPT_IGNORES[key]})"
+            )
+        for key, why in cls.unread_keys(cfg).items():
+            problems.append(f"{key}: {cls.name} does not read it here ({why})")
         for key in sorted(given):
             why = next((w for k, w in cls.ignored.items() if key == k or key.startswith(k)), None)
             if why:
@@ -511,6 +546,8 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
         return [_check_value(f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+    if origin is Literal:
+        return _check_choice(key, typing.get_args(tp), value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -535,6 +572,18 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
             return str(value)
         raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
     return value
+
+
+def _check_choice(key: str, choices: tuple[Any, ...], value: Any) -> Any:
+    """``value`` if it is one of ``choices`` (a string matching one but for its case gives that
+    one), else an error naming the key, the value, the valid values and the closest one."""
+    lower = {str(c).lower(): c for c in choices}
+    if value in choices or (isinstance(value, str) and value.lower() in lower):
+        return lower[str(value).lower()]
+    valid = ", ".join(repr(c) for c in choices)
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"config key {key!r} must be one of {valid}; got {value!r}.{hint}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ register_method` registers them with the method.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .registry import METHOD_OPTIONS
 
@@ -33,7 +34,7 @@ class MSPLROptions(MethodOptions):
     """MSPLR's own options (section 3.6.2); its other settings are ``pseudo.*`` / ``loss.*``."""
 
     name: str = "msplr"
-    freeze: str = "before_schedule"
+    freeze: Literal["before_schedule", "inside_schedule"] = "before_schedule"
     """before_schedule (the paper's reading: frozen epochs, then the full eq. 6 schedule) |
     inside_schedule (the frozen epochs are the first of the schedule)."""
     rtl_eta: int = 20
@@ -60,6 +61,14 @@ class PASTOptions(MethodOptions):
     """RTL: positives from ranks 1..eta, negatives from eta+1..2 eta (appendix, Table 4)."""
     lambda_ctl: float = 0.5
     """lambda of eq. 5, L_C = L_RTL + lambda L_CTL (section 3.4)."""
+    triplet_reading: Literal["per_part_cosine", "concatenated_euclidean"] = "concatenated_euclidean"
+    """The feature and distance of CTL and RTL (eq. 3-4 write ``||f(x_a) - f(x_p)||_2`` and
+    leave the feature unnamed). ``per_part_cosine``: the authors' released code
+    (``--dist_type cosine``, its default), each part embedding L2-normalised, the cosine
+    distance, CTL summed and RTL averaged over the parts; every PAST preset uses it.
+    ``concatenated_euclidean``: the concatenated, unnormalised part embeddings with the
+    euclidean distance (the reading of runs made before this option, hence the default here,
+    so that their saved configs keep their meaning)."""
     lr_trunk_conservative: float = 1.0e-4
     lr_embedding_conservative: float = 2.0e-4
     lr_classifier_promoting: float = 1.0e-3
@@ -67,7 +76,7 @@ class PASTOptions(MethodOptions):
     lr_decay_after: int = 3
     """All learning rates x ``lr_decay`` for iterations > this (0: never)."""
     lr_decay: float = 0.1
-    classifier_init: str = "normalized"
+    classifier_init: Literal["normalized", "raw", "random"] = "normalized"
     """Eq. 7: cluster means of the per-part L2-normalised features (normalized), of the raw
     features (raw), or a random classifier (random; an ablation)."""
 

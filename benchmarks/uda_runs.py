@@ -146,7 +146,13 @@ RUNS: list[Run] = [
         "msplr_t3",
     ),
     Run("msplr_m2d_sel", "adapt", f"msplr/{M2D}", ["pseudo.camera_norm=false"], "msplr_t3"),
-    Run("msplr_m2d_kmeans", "adapt", f"msplr/{M2D}", ["pseudo.method=kmeans"], "msplr_t4"),
+    Run(
+        "msplr_m2d_kmeans",
+        "adapt",
+        f"msplr/{M2D}",
+        ["pseudo.method=kmeans", "pseudo.l2_after=false"],
+        "msplr_t4",
+    ),
     # PAST Table 1 (CTL / RTL / CTL + RTL / + promoting) and Table 2 (k-means / DBSCAN)
     Run(
         "past_m2d_ctl",

@@ -271,6 +271,8 @@ DEMO_TINY = [
     "train.freeze_epochs=0",
     "optim.warmup_epochs=0",
 ]
+#: DEMO_TINY for an ``adaptreid adapt`` config (which refuses the source-only train.* keys)
+DEMO_TINY_ADAPT = [x for x in DEMO_TINY if not x.startswith(("train.epochs=", "train.eval_every="))]
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ checked to be the only difference). Issue 24 changed it on purpose, checked to b
 differences: the config defaults of ``adapt.select`` / ``adapt.holdout`` / ``adapt.patience``
 (holdout / 0.15 / 2), ``adapt.patience: 2`` in the MSPLR and PAST bases, and the three
 ``own_cameras_cpu.yaml`` presets added, and the new ``pseudo.max_kept_growth`` at its default
-(0) everywhere."""
+(0) everywhere. Issue 29 changed it on purpose, checked to be the only differences:
+``method.triplet_reading: per_part_cosine`` (the released code's CTL / RTL, per part on
+normalised features with the cosine distance) in every PAST preset, and the new field
+``model.allow_partial_weights`` at its default (false) in every preset."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_TINY
+from conftest import DEMO_TINY, DEMO_TINY_ADAPT
 
 from adaptreid.config import AdaptConfig, load_config
 from adaptreid.engine import loop as loop_mod
@@ -71,7 +71,7 @@ def _run(source, name, rule, monkeypatch, *extra):
             f"output_dir={tmp}",
             f"name={name}",
             *roots,
-            *DEMO_TINY,
+            *DEMO_TINY_ADAPT,
             f"adapt.init_checkpoint={ckpt}",
             f"adapt.select={rule}",
             "adapt.max_steps=3",

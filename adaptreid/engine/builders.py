@@ -114,6 +114,7 @@ def model_from_cfg(cfg: Config, num_classes: int) -> ReidModel:
         last_stride=m.last_stride,
         pretrained=m.pretrained,
         head=HeadSettings.from_config(m),
+        partial_weights=m.allow_partial_weights,
     )
 
 

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from ..config import SELECT_RULES as _CONFIG_SELECT_RULES
 from ..config import Config
 from ..data.datasets import ground_truth
 from ..errors import ConfigError, TrainingError
@@ -77,7 +78,7 @@ __all__ = [
 #: ``adapt.select`` values that need no target label (scores of adaptreid.evaluation.label_free)
 LABEL_FREE_RULES = ("agreement", "holdout", "snd", "cross_camera")
 #: every ``adapt.select`` value; ``target_map`` is the oracle
-SELECT_RULES = (*LABEL_FREE_RULES, "last", "target_map")
+SELECT_RULES = _CONFIG_SELECT_RULES  # defined with adapt.select, checked when a config loads
 _TIMES = ("extract", "distance", "cluster", "train", "evaluate", "checkpoint")
 
 

@@ -76,7 +76,9 @@ class AdaptationMethod:
     * ``ignored``: config keys (or prefixes ending with ``.``) that the method does not
       read, each with the reason; ``adaptreid adapt`` refuses them when given;
     * ``reads_model``: ``model.*`` keys it reads although the network comes from
-      ``adapt.init_checkpoint`` (e.g. PAST's new PCB head).
+      ``adapt.init_checkpoint`` (e.g. PAST's new PCB head);
+    * :meth:`unread_keys`: keys it does not read under a given config (e.g. DBSCAN's eps when
+      it clusters with HDBSCAN); ``adaptreid adapt`` refuses them when not at their default.
 
     ``self.ctx`` (a :class:`~adaptreid.engine.context.LoopContext`) gives the loop's services:
     ``cfg``, ``device``, ``target``, ``train_loader(samples)``, ``extract(model, ...)``,
@@ -105,6 +107,12 @@ class AdaptationMethod:
     def validate(cls, cfg: Config) -> None:
         """Check the option values of ``cfg.method`` (raise
         :class:`~adaptreid.errors.ConfigError`); the loop calls it before anything else."""
+
+    @classmethod
+    def unread_keys(cls, cfg: Config) -> dict[str, str]:
+        """Keys this method would not read under ``cfg`` and that are not at their default
+        (:func:`adaptreid.config.non_default`), each with the reason. Default: none."""
+        return {}
 
     def initial_model(self, model: ReidModel) -> ReidModel:
         """The model of step 0 (direct transfer), from the source checkpoint. Default: as is."""

@@ -29,6 +29,7 @@ from .reid_loss import ReidLoss
 from .triplet import TripletLoss
 
 __all__ = [
+    "TRIPLET_READINGS",
     "ConservativeLoss",
     "RankingTripletAugmented",
     "promoting_loss",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 ANCHOR, POSITIVE, NEGATIVE = 0, 1, 2
+#: Readings of CTL / RTL's feature and distance (``method.triplet_reading``; the first is the
+#: released code's): see :class:`ConservativeLoss`.
+TRIPLET_READINGS = ("per_part_cosine", "concatenated_euclidean")
 
 
 def split_rtl_batch(feat: Tensor, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -61,13 +65,25 @@ class ConservativeLoss(nn.Module):
     """PAST's conservative-stage loss, eq. 5: ``L_C = L_RTL + lambda * L_CTL``.
 
     * CTL, eq. 3: batch-hard triplet loss with margin ``m`` on the anchors' pseudo-labels;
-    * RTL, eq. 4: ``[|P_p - P_n| / eta * m + ||f_a - f_p|| - ||f_a - f_n||]_+`` on the
-      anchors and their sampled positives and negatives.
+    * RTL, eq. 4: ``[|P_p - P_n| / eta * m + d(f_a, f_p) - d(f_a, f_n)]_+`` on the anchors
+      and their sampled positives and negatives.
 
-    Both act on ``outputs["feat"]`` (for PCB the concatenated part embeddings). Table 1's
-    rows: ``use_ctl`` / ``use_rtl``; with one of them off the other has weight 1 (the "CTL"
-    row is plain CTL, not lambda x CTL). Both terms are means over anchors (eq. 3-4 write
-    sums; the mean only rescales the learning rate).
+    The paper writes ``||f(x_a) - f(x_p)||_2`` and leaves the feature unnamed; ``reading``
+    (:data:`TRIPLET_READINGS`, ``method.triplet_reading``) says which feature and distance:
+
+    * ``"per_part_cosine"``: the authors' released code (``reid/loss/triplet_loss.py``,
+      ``--dist_type cosine``, its default): each of the ``num_parts`` part embeddings of
+      ``outputs["feat"]`` (part ``k`` in columns ``[k d, (k + 1) d)``) L2-normalised, the
+      cosine distance ``1 - cos``; CTL is the *sum* over the parts of each part's batch-hard
+      loss (mined in that part), RTL the *mean* over the parts of each part's eq. 4 (the
+      code's ``--triloss_mean``; its training scripts leave it off and sum RTL too, with a
+      further weight 0.1 on both terms that is not taken here: README, "Known differences");
+    * ``"concatenated_euclidean"``: the whole ``outputs["feat"]`` (for PCB the concatenated,
+      unnormalised part embeddings) with the euclidean distance, eq. 3-4 as printed.
+
+    Table 1's rows: ``use_ctl`` / ``use_rtl``; with one of them off the other has weight 1
+    (the "CTL" row is plain CTL, not lambda x CTL). Both terms are means over anchors (eq. 3-4
+    write sums; the mean only rescales the learning rate), as in the released code.
     """
 
     def __init__(
@@ -78,15 +94,54 @@ class ConservativeLoss(nn.Module):
         lam: float = 0.5,
         use_ctl: bool = True,
         use_rtl: bool = True,
+        reading: str = "concatenated_euclidean",
+        num_parts: int = 1,
     ) -> None:
         super().__init__()
         if not (use_ctl or use_rtl):
             raise ConfigError("PAST conservative stage: enable use_ctl and/or use_rtl")
         if lam < 0:
             raise ConfigError(f"PAST lambda must be >= 0, got {lam}")
+        if reading not in TRIPLET_READINGS:
+            raise ConfigError(
+                f"PAST triplet reading must be one of {TRIPLET_READINGS}, got {reading!r}"
+            )
+        if isinstance(num_parts, bool) or int(num_parts) != num_parts or num_parts < 1:
+            raise ConfigError(f"num_parts must be a positive integer, got {num_parts!r}")
         self.eta, self.margin, self.lam = int(eta), float(margin), float(lam)
         self.use_ctl, self.use_rtl = bool(use_ctl), bool(use_rtl)
-        self.ctl = TripletLoss(margin=margin)
+        self.reading = reading
+        self.num_parts = int(num_parts) if reading == "per_part_cosine" else 1
+        self.metric = "cosine" if reading == "per_part_cosine" else "euclidean"
+        self.ctl = TripletLoss(margin=margin, metric=self.metric)
+
+    def _split(self, x: Tensor) -> list[Tensor]:
+        """The per-part features of ``x`` (``(B, p d)``): ``[x]`` when read whole."""
+        if self.num_parts == 1:
+            return [x]
+        if x.shape[1] % self.num_parts:
+            raise ValueError(
+                f"feature of size {x.shape[1]} does not split into {self.num_parts} parts"
+            )
+        return list(x.reshape(x.shape[0], self.num_parts, -1).unbind(1))
+
+    def _ctl(self, anchors: Tensor, labels: Tensor) -> tuple[Tensor, float]:
+        """CTL summed over the parts (one part when read whole), and the mean fraction of
+        active triplets."""
+        total, active = anchors.new_zeros(()), 0.0
+        parts = self._split(anchors)
+        for part in parts:
+            total = total + self.ctl(part, labels)
+            active += self.ctl.last_stats.active_fraction
+        return total, active / len(parts)
+
+    def _rtl(self, a: Tensor, p: Tensor, n: Tensor, pr: Tensor, nr: Tensor) -> Tensor:
+        """RTL averaged over the parts (one part when read whole)."""
+        terms = [
+            ranking_triplet_loss(ak, pk, nk, pr, nr, self.eta, self.margin, self.metric)
+            for ak, pk, nk in zip(self._split(a), self._split(p), self._split(n))
+        ]
+        return sum(terms[1:], terms[0]) / len(terms)
 
     def forward(self, outputs: dict[str, Tensor], batch: dict) -> tuple[Tensor, dict]:
         feat = outputs["feat"]
@@ -96,7 +151,7 @@ class ConservativeLoss(nn.Module):
                 raise ValueError("RTL needs batches with rtl_role / rtl_rank (RTL triplets)")
             a, p, n, pr, nr = split_rtl_batch(feat, batch)
             labels = batch["pid"].to(feat.device)[batch["rtl_role"].to(feat.device) == ANCHOR]
-            rtl = ranking_triplet_loss(a, p, n, pr, nr, self.eta, self.margin)
+            rtl = self._rtl(a, p, n, pr, nr)
             parts["rtl"] = float(rtl.detach())
         else:
             mask = _anchor_mask(batch, feat.device)
@@ -104,9 +159,9 @@ class ConservativeLoss(nn.Module):
             labels = batch["pid"].to(feat.device)
             labels = labels if mask is None else labels[mask]
         if self.use_ctl:
-            ctl = self.ctl(a, labels)
+            ctl, active = self._ctl(a, labels)
             parts["ctl"] = float(ctl.detach())
-            parts["active_triplets"] = float(self.ctl.last_stats.active_fraction)
+            parts["active_triplets"] = active
         if self.use_rtl and self.use_ctl:
             total = conservative_loss(rtl, ctl, self.lam)
         else:
@@ -116,7 +171,8 @@ class ConservativeLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"eta={self.eta}, margin={self.margin}, lambda={self.lam}, "
-            f"use_ctl={self.use_ctl}, use_rtl={self.use_rtl}"
+            f"use_ctl={self.use_ctl}, use_rtl={self.use_rtl}, reading={self.reading}, "
+            f"num_parts={self.num_parts}"
         )
 
 

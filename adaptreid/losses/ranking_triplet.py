@@ -83,8 +83,12 @@ def sample_rtl_pairs(
     return pos_idx, neg_idx, pos_rank, neg_rank
 
 
-def _pair_dist(x: Tensor, y: Tensor) -> Tensor:
-    """Row-wise euclidean distance with the same clamp as the batch-hard loss."""
+def _pair_dist(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tensor:
+    """Row-wise distance: euclidean, with the same clamp as the batch-hard loss, or cosine
+    (``1 - cos``, rows L2-normalised first, as PAST's released code's
+    ``compute_correspond_dist``)."""
+    if metric == "cosine":
+        return 1.0 - (F.normalize(x, dim=1) * F.normalize(y, dim=1)).sum(1)
     return (x - y).pow(2).sum(1).clamp_min(_EPS).sqrt()
 
 
@@ -102,10 +106,13 @@ def ranking_triplet_loss(
     neg_rank: Tensor | np.ndarray,
     eta: int,
     margin: float = 0.3,
+    metric: str = "euclidean",
 ) -> Tensor:
     """RTL, PAST eq. 4, averaged over anchors:
 
         L_RTL = 1/B * sum_a max(0, |P_p - P_n| / eta * m + ||f_a - f_p||_2 - ||f_a - f_n||_2)
+
+    (``metric="cosine"``: ``d(a, b) = 1 - cos(a, b)`` in place of ``||a - b||_2``.)
 
     Args:
         anchor, positive, negative: ``(B, D)`` features of the anchors and of their sampled
@@ -113,7 +120,10 @@ def ranking_triplet_loss(
         pos_rank, neg_rank: ``(B,)`` 1-based ranking positions ``P_p``, ``P_n``.
         eta: the ``eta`` used for sampling (normalises the soft margin).
         margin: the base margin ``m`` (0.3 in PAST, same as CTL).
+        metric: ``"euclidean"`` (eq. 4 as printed) or ``"cosine"`` (PAST's released code).
     """
+    if metric not in ("euclidean", "cosine"):
+        raise ConfigError(f"RTL metric must be 'euclidean' or 'cosine', got {metric!r}")
     if eta < 1:
         raise ConfigError(f"RTL eta must be >= 1, got {eta}")
     if anchor.dim() != 2 or anchor.shape != positive.shape or anchor.shape != negative.shape:
@@ -128,8 +138,8 @@ def ranking_triplet_loss(
     if anchor.size(0) == 0:
         return anchor.sum() * 0.0
     soft_margin = (p - n).abs().to(anchor.dtype) / eta * margin
-    d_ap = _pair_dist(anchor, positive)
-    d_an = _pair_dist(anchor, negative)
+    d_ap = _pair_dist(anchor, positive, metric)
+    d_an = _pair_dist(anchor, negative, metric)
     return F.relu(soft_margin + d_ap - d_an).mean()
 
 

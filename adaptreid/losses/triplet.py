@@ -13,7 +13,9 @@ label) are mined, and
     hinge:        l_a = max(0, d(a, p) - d(a, n) + m)
     soft margin:  l_a = softplus(d(a, p) - d(a, n)) = log(1 + exp(d(a, p) - d(a, n)))
 
-with ``d`` the (non-squared) euclidean distance, as written in PAST eq. 3. The loss is the
+with ``d`` the (non-squared) euclidean distance, as written in PAST eq. 3, or (``metric="cosine"``)
+the cosine distance ``1 - cos(a, b)``, the distance of PAST's released code (its per-part CTL,
+:mod:`adaptreid.losses.past_loss`). The loss is the
 *mean* of ``l_a`` over the anchors that have both a positive and a negative in the batch
 (PAST eq. 3 writes a sum; the mean only rescales the learning rate and is what every public
 implementation does). Anchors without a positive or without a negative are skipped; a batch
@@ -31,9 +33,18 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["TripletLoss", "TripletResult", "batch_hard_triplet", "pairwise_euclidean"]
+__all__ = [
+    "TRIPLET_METRICS",
+    "TripletLoss",
+    "TripletResult",
+    "batch_hard_triplet",
+    "pairwise_cosine",
+    "pairwise_euclidean",
+]
 
 _EPS = 1e-12
+#: distances of the batch-hard triplet loss (``metric``).
+TRIPLET_METRICS = ("euclidean", "cosine")
 
 
 class TripletResult(NamedTuple):
@@ -65,12 +76,22 @@ def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
     return sq.clamp_min(_EPS).sqrt()
 
 
+def pairwise_cosine(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """Cosine distance matrix ``1 - cos(x_i, y_j)`` (in ``[0, 2]``), shape ``(len(x), len(y))``:
+    the rows are L2-normalised first, as PAST's released code does before its cosine
+    distance (``reid/eval/torch_distance.py``, ``compute_dist``)."""
+    xn = F.normalize(x, dim=1)
+    yn = xn if y is None else F.normalize(y, dim=1)
+    return 1.0 - xn @ yn.t()
+
+
 def batch_hard_triplet(
     feats: Tensor,
     labels: Tensor,
     margin: float = 0.3,
     soft_margin: bool = False,
     normalize: bool = False,
+    metric: str = "euclidean",
 ) -> TripletResult:
     """Batch-hard triplet loss (Hermans et al. 2017; PAST eq. 3 "CTL"; MSPLR eq. 5 ``L_tri``).
 
@@ -80,6 +101,7 @@ def batch_hard_triplet(
         margin: ``m`` of the hinge; ignored when ``soft_margin`` is true.
         soft_margin: use ``softplus(d_ap - d_an)`` instead of the hinge.
         normalize: L2-normalise the features first (distances on the unit sphere).
+        metric: ``"euclidean"`` (``||a - b||_2``) or ``"cosine"`` (``1 - cos(a, b)``).
 
     Returns:
         A :class:`TripletResult` (``loss``, ``active_fraction``, ``num_valid``, ``dist_ap``,
@@ -90,10 +112,12 @@ def batch_hard_triplet(
     labels = labels.reshape(-1)
     if labels.numel() != feats.size(0):
         raise ValueError(f"{labels.numel()} labels for {feats.size(0)} features")
+    if metric not in TRIPLET_METRICS:
+        raise ConfigError(f"triplet metric must be one of {TRIPLET_METRICS}, got {metric!r}")
     if normalize:
         feats = F.normalize(feats, dim=1)
 
-    dist = pairwise_euclidean(feats)
+    dist = pairwise_euclidean(feats) if metric == "euclidean" else pairwise_cosine(feats)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=feats.device)
     pos_mask = same & ~eye
@@ -141,20 +165,31 @@ class TripletLoss(nn.Module):
         log(active=crit.last_stats.active_fraction)
     """
 
-    def __init__(self, margin: float = 0.3, soft_margin: bool = False, normalize: bool = False):
+    def __init__(
+        self,
+        margin: float = 0.3,
+        soft_margin: bool = False,
+        normalize: bool = False,
+        metric: str = "euclidean",
+    ):
         super().__init__()
         if not soft_margin and margin < 0:
             raise ConfigError(f"triplet margin must be >= 0, got {margin}")
+        if metric not in TRIPLET_METRICS:
+            raise ConfigError(f"triplet metric must be one of {TRIPLET_METRICS}, got {metric!r}")
         self.margin = float(margin)
         self.soft_margin = bool(soft_margin)
         self.normalize = bool(normalize)
+        self.metric = metric
         self.last_stats: TripletResult | None = None
 
     def forward(self, feats: Tensor, labels: Tensor) -> Tensor:
-        res = batch_hard_triplet(feats, labels, self.margin, self.soft_margin, self.normalize)
+        res = batch_hard_triplet(
+            feats, labels, self.margin, self.soft_margin, self.normalize, self.metric
+        )
         self.last_stats = res._replace(loss=res.loss.detach())
         return res.loss
 
     def extra_repr(self) -> str:
         m = "soft" if self.soft_margin else f"{self.margin}"
-        return f"margin={m}, normalize={self.normalize}"
+        return f"margin={m}, normalize={self.normalize}, metric={self.metric}"

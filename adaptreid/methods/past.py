@@ -7,7 +7,8 @@ One iteration (``adapt.max_steps`` = I_max = 4, section 3.1), on the shared loop
       3  features F of every target training image (per-part L2-normalised, PCB)
       4  k-reciprocal Jaccard distance (eq. 1) -> ranking score matrix D_R (eq. 2)
       5  HDBSCAN(D_R; S_min) -> pseudo-labels; outliers dropped -> T_U
-      6  train on T_U with L_C = L_RTL + lambda L_CTL (eq. 3-5)
+      6  train on T_U with L_C = L_RTL + lambda L_CTL (eq. 3-5; per part on normalised
+         features with the cosine distance, as the released code: method.triplet_reading)
       7  features F_U of T_U
     Promoting stage
       9  new classifier, W_c = mean feature of cluster c (eq. 7), one per part (section 3.1)
@@ -25,7 +26,9 @@ one optimiser per stage, rebuilt every iteration: conservative 1e-4 on the trunk
 the embedding layers; promoting 1e-3 on the new classifier and 5e-5 on the rest; "after 3
 iterations, all learning rates are multiplied by 0.1". Constant within a stage.
 
-Design decisions the paper leaves open, each an option: the epochs of each stage (40 in the
+Design decisions the paper leaves open, each an option: the feature and distance of CTL / RTL
+(``triplet_reading``: per part, L2-normalised, cosine, as the authors' released code; or the
+concatenated embedding with the euclidean distance); the epochs of each stage (40 in the
 authors' released script); the RTL batch layout (:mod:`adaptreid.methods.past_rtl`); D_R beyond
 the stored Jaccard entries (euclidean order, :mod:`adaptreid.pseudo.ranking`); eq. 7 on the
 normalised features (``classifier_init``). S_min's reading: ``pseudo.s_min_reading``.
@@ -59,12 +62,13 @@ import logging
 
 import numpy as np
 
+from ..config import non_default
 from ..engine.method import AdaptationMethod, Stage, register_method
 from ..engine.optim import OptimizerSettings, build_optimizer, multistep_factor
 from ..errors import ConfigError
-from ..losses.past_loss import ConservativeLoss, promoting_loss
+from ..losses.past_loss import TRIPLET_READINGS, ConservativeLoss, promoting_loss
 from ..method_options import PASTOptions
-from ..models import BACKBONES, HeadSettings, ReidModel, build_model
+from ..models import BACKBONES, HEADS, HeadSettings, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
 from ..pseudo.ranking import ranked_neighbors
 from .past_rtl import step_loader
@@ -110,7 +114,37 @@ class PAST(AdaptationMethod):
     }
 
     @classmethod
+    def unread_keys(cls, cfg) -> dict[str, str]:
+        """Settings PAST does not read under ``cfg``, when not at their default: CTL / RTL's
+        soft margin (they use the margin ``loss.margin``), DBSCAN's unless ``pseudo.method``
+        is dbscan, k-means' unless it is kmeans, and cluster selection's unless
+        ``pseudo.select`` (MSPLR's selection mixed in)."""
+        m = cfg.pseudo.method
+        why = {"loss.soft_margin": "CTL and RTL use the margin m = loss.margin (eq. 3-4)"}
+        if m != "dbscan":
+            dbscan = f"only DBSCAN reads it, and pseudo.method is {m!r}"
+            if m == "hdbscan":
+                dbscan += "; HDBSCAN's size is pseudo.s_min / s_min_reading"
+            why.update(
+                dict.fromkeys(("pseudo.eps", "pseudo.min_samples", "pseudo.auto_eps"), dbscan)
+            )
+        if m != "kmeans":
+            why["pseudo.kmeans_k"] = f"only k-means reads it, and pseudo.method is {m!r}"
+        if not cfg.pseudo.select:
+            off = "cluster selection is off: pseudo.select is false (true mixes in MSPLR's)"
+            keys = ("min_size", "min_cameras", "enforce_size", "enforce_cameras")
+            why.update({f"pseudo.{k}": off for k in keys})
+        return {k: why[k] for k in non_default(cfg, tuple(why))}
+
+    @classmethod
     def validate(cls, cfg) -> None:
+        unread = cls.unread_keys(cfg)
+        if unread:
+            raise ConfigError(
+                "PAST does not read these settings here:\n  "
+                + "\n  ".join(f"{k}: {why}" for k, why in unread.items())
+            )
+        _check_head(cfg)
         p = cfg.method
         if not (p.use_ctl or p.use_rtl):
             raise ConfigError(
@@ -118,6 +152,11 @@ class PAST(AdaptationMethod):
             )
         if p.eta < 1:
             raise ConfigError(f"method.eta must be >= 1, got {p.eta}")
+        if p.triplet_reading not in TRIPLET_READINGS:
+            raise ConfigError(
+                f"method.triplet_reading must be one of {TRIPLET_READINGS}, "
+                f"got {p.triplet_reading!r}"
+            )
         if p.classifier_init not in _CLASSIFIER_INITS:
             raise ConfigError(
                 f"method.classifier_init must be one of {_CLASSIFIER_INITS}, "
@@ -175,6 +214,8 @@ class PAST(AdaptationMethod):
                 lam=p.lambda_ctl,
                 use_ctl=p.use_ctl,
                 use_rtl=p.use_rtl,
+                reading=p.triplet_reading,
+                num_parts=getattr(model.head, "num_parts", 1),
             )
             loader = step_loader(self.ctx, labels, ranked=extra.get("ranked"), eta=p.eta)
             return Stage(
@@ -183,6 +224,18 @@ class PAST(AdaptationMethod):
         criterion = promoting_loss(self.num_classes(labels), model.feat_dim)  # line 10
         loader = step_loader(self.ctx, labels)
         return Stage(criterion, promoting_optimizer(cfg, model, step), loader, p.promoting_epochs)
+
+
+def _check_head(cfg) -> None:
+    """The configured trunk and head (``model.*``, built at iteration 1) exist and take
+    ``model.head_options``: checked on a tiny head before the run starts, not after step 0."""
+    m = cfg.model
+    BACKBONES.get(m.backbone)  # an unknown name: ConfigError with the closest one
+    head = HEADS.get(m.head)
+    try:
+        head(8, embedding_dim=m.embedding_dim, pooling=m.pooling, **dict(m.head_options))
+    except TypeError as e:
+        raise ConfigError(f"model.head {m.head!r}: bad model.head_options: {e}") from None
 
 
 def _ranking_quality(ranked: np.ndarray, eta: int, true_pids: np.ndarray | None) -> dict:

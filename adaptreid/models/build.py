@@ -170,6 +170,7 @@ def build_model(
     pretrained: str | None = None,
     backbone_options: Mapping[str, Any] | None = None,
     head: HeadSettings | None = None,
+    partial_weights: bool = False,
 ) -> ReidModel:
     """Build a :class:`ReidModel`.
 
@@ -181,7 +182,8 @@ def build_model(
         pretrained: backbone weights: a local file, a URL, or ``"imagenet"`` (the backbone's
             entry of :data:`adaptreid.models.weights.KNOWN_URLS`, loaded from the torch hub
             cache or downloaded when a network exists). Classifier keys (``fc.*``) are
-            ignored; the load report is logged.
+            ignored; the load report is logged. A file that leaves some backbone tensor at
+            its initial value is an error unless ``partial_weights``.
         backbone_options: extra keyword arguments of the backbone's factory.
         head: the head (name, pooling, embedding size, eval-mode feature, options; a
             :class:`HeadSettings`, None: its defaults, a BNNeck on average pooling).
@@ -224,7 +226,9 @@ def build_model(
     if pretrained:
         from .weights import load_pretrained
 
-        load_pretrained(model.backbone, pretrained, arch=arch["backbone"])
+        load_pretrained(
+            model.backbone, pretrained, arch=arch["backbone"], allow_partial=partial_weights
+        )
     return model
 
 

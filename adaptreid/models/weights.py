@@ -8,6 +8,11 @@
   reid-strong-baseline checkpoints) is detected and stripped when that is what makes keys match.
 * ImageNet classifier keys (``fc.*``, ``classifier.*``) are reported as unused, not as errors;
   tensors whose shape differs from the model's are reported and left out.
+* ``allow_partial=False`` (what :func:`adaptreid.models.build_model` passes for a config's
+  ``model.pretrained`` unless ``model.allow_partial_weights``) refuses a file that leaves some
+  of the model's tensors at their initial values (missing, or of another shape), naming the
+  file, the counts and the first missing names: e.g. the IBN-Net50-a file loaded into a plain
+  ResNet-50 fills 253 of its tensors and leaves 13 ``bn1`` layers untrained.
 """
 
 from __future__ import annotations
@@ -276,6 +281,20 @@ def _is_harmless_extra(key: str) -> bool:
     return key.endswith(("num_batches_tracked", ".IN.running_mean", ".IN.running_var"))
 
 
+def _partial_message(report: LoadReport, arch: str | None) -> str:
+    not_loaded = report.missing + [k for k, _, _ in report.shape_mismatch]
+    total = len(report.loaded) + len(not_loaded)
+    first = ", ".join(not_loaded[:_SHOW]) + (", ..." if len(not_loaded) > _SHOW else "")
+    return (
+        f"partial load of pretrained weights refused: {report.source} fills "
+        f"{len(report.loaded)} of the {total} tensors of the {arch or 'model'} network; "
+        f"{len(report.missing)} missing, {len(report.shape_mismatch)} of another shape "
+        f"(first: {first}). Nothing was loaded. Is it this backbone's weight file? To load it "
+        "anyway, leaving those tensors at their initial values, set "
+        f"model.allow_partial_weights=true.\n{report}"
+    )
+
+
 def load_pretrained(
     module: nn.Module,
     path_or_url: str | os.PathLike[str],
@@ -283,6 +302,7 @@ def load_pretrained(
     strict: bool = False,
     prefix_map: Mapping[str, str] | None = None,
     arch: str | None = None,
+    allow_partial: bool = True,
 ) -> LoadReport:
     """Load weights into ``module`` and return (and log) a :class:`LoadReport`.
 
@@ -294,6 +314,9 @@ def load_pretrained(
         prefix_map: ``{old_prefix: new_prefix}`` applied to the file's keys (longest match
             first), e.g. ``{"": "backbone."}`` to load a backbone file into a whole ReidModel.
         arch: backbone name used to resolve ``"imagenet"``.
+        allow_partial: False: raise :class:`CheckpointError` (loading nothing) when some model
+            tensor would keep its initial value (missing from the file or of another shape);
+            keys the model does not have are still only reported.
     """
     where = resolve_weights(path_or_url, arch)
     if isinstance(where, Path):
@@ -330,6 +353,8 @@ def load_pretrained(
     report.loaded = [k for k in target if k in loadable]
     if strict and not report.ok:
         raise CheckpointError(f"strict load failed, nothing loaded:\n{report}")
+    if not allow_partial and (report.missing or report.shape_mismatch):
+        raise CheckpointError(_partial_message(report, arch))
     if not loadable:
         raise CheckpointError(
             f"no tensor of {source} matches the model; is it the right architecture?\n{report}"

@@ -156,7 +156,10 @@ def hdbscan_sizes(p: Any) -> tuple[int, int | None]:
     (section 3.4) read as ``p.s_min_reading`` says (see :class:`~adaptreid.config.PseudoConfig`).
 
     * ``min_cluster_size``: S_min is the smallest cluster; min_samples is left to default
-      to the same value (scikit-learn and the ``hdbscan`` package agree on that default);
+      to the same number. Both libraries default it to min_cluster_size, but they do not
+      agree on what it counts: scikit-learn counts the point itself, the ``hdbscan`` package
+      does not, so the same call there would mean min_samples S_min + 1 here (core distance
+      to the S_min-th other point, not the (S_min - 1)-th);
     * ``released_code``: S_min is the ``hdbscan`` package's ``min_samples``, which does not
       count the point itself, i.e. scikit-learn's ``S_min + 1``; min_cluster_size 5.
     """

@@ -17,12 +17,12 @@ P=past/market1501_to_dukemtmc_cpu.yaml; M=msplr/market1501_to_dukemtmc_cpu.yaml
 one past_m2d_gpu_ctl $P method.use_rtl=false method.use_promoting=false &
 one past_m2d_gpu_rtl $P method.use_ctl=false method.use_promoting=false &
 one past_m2d_gpu_ctl_rtl $P method.use_promoting=false &
-one past_m2d_gpu_kmeans $P pseudo.method=kmeans pseudo.kmeans_k=702 &
+one past_m2d_gpu_kmeans $P pseudo.method=kmeans pseudo.kmeans_k=751 &
 one past_m2d_gpu_dbscan $P pseudo.method=dbscan pseudo.auto_eps=true &
 one msplr_m2d_gpu_da $M adapt.max_steps=1 pseudo.select=false pseudo.camera_norm=false &
 one msplr_m2d_gpu_pl $M pseudo.select=false pseudo.camera_norm=false &
 one msplr_m2d_gpu_sel $M pseudo.camera_norm=false &
-one msplr_m2d_gpu_kmeans $M pseudo.method=kmeans &
+one msplr_m2d_gpu_kmeans $M pseudo.method=kmeans pseudo.l2_after=false &
 wait
 echo "all done at $((SECONDS-START)) s"
 cd $R && tar -czf $OUT/ablations.tgz */metrics.jsonl */log.txt */config.yaml */wall.json */stdout.txt
