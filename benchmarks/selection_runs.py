@@ -148,6 +148,9 @@ RUNS: list[U.Run] = [
     _duke("duke_c34", "duke_c34", DUKE_CFG, []),
     _duke("duke_c34_loose", "duke_c34", DUKE_CFG, ["pseudo.auto_eps=false", "pseudo.eps=0.8"]),
     _duke("duke_c578", "duke_c578", DUKE_CFG, []),
+    U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
+    U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
+    U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),
     _duke("duke_c78", "duke_c78", DUKE_CFG, []),
     _duke(
         "duke_c25_kmeans",
@@ -155,8 +158,6 @@ RUNS: list[U.Run] = [
         DUKE_CFG,
         ["pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=300"],
     ),
-    U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
-    U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
     U.Run(
         "duke_c25_own",
         "adapt",
@@ -165,7 +166,6 @@ RUNS: list[U.Run] = [
         group="duke_c25",
     ),
     # the same with the kept portion's growth capped at 10 points a step
-    U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),
     U.Run(
         "duke_c25_own_cap",
         "adapt",
