@@ -151,6 +151,12 @@ RUNS: list[U.Run] = [
     U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
     U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
     U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),
+    U.Run("pku_own_seed1", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "seed=1"], group="pku"),
+    U.Run("pku_own_seed2", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "seed=2"], group="pku"),
+    # the own preset's schedule without patience: what a longer run would have reached
+    U.Run(
+        "pku_own_nopatience", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "adapt.patience=0"], group="pku"
+    ),
     _duke("duke_c78", "duke_c78", DUKE_CFG, []),
     _duke(
         "duke_c25_kmeans",
@@ -281,12 +287,45 @@ def own_table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def presets_check() -> str:
+    """Markdown: on every committed Market <-> Duke run record (``uda_runs``), the step the
+    benchmark presets' rule keeps without patience and with patience 2 (their new default),
+    and the mAP of each: patience changes a figure only where the two steps differ."""
+    lines = [
+        "| run | steps | agreement: step (mAP) | agreement + patience 2: step (mAP) |",
+        "|---|---|---|---|",
+    ]
+    same = total = 0
+    for folder in sorted((ROOT / "benchmarks" / "results" / "uda_runs").iterdir()):
+        path = folder / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        steps = _steps(recs)
+        if len(steps) < 2 or not any(r.get("kind") == "select" for r in recs):
+            continue
+        a, b = pick_step(recs, "agreement"), pick_step(recs, "agreement", 2)
+        total, same = total + 1, same + (a == b)
+        cell = [f"{s} ({100 * steps[s]['mAP']:.1f})" if s in steps else "-" for s in (a, b)]
+        lines.append(f"| {folder.name} | {max(steps)} | {cell[0]} | {cell[1]} |")
+    lines.append(f"| **same step** | | {same}/{total} | |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="run names containing this")
     ap.add_argument("--list", action="store_true", help="print the queue and exit")
     ap.add_argument("--table", action="store_true", help="print the rules x runs table and exit")
+    ap.add_argument(
+        "--presets-check",
+        action="store_true",
+        help="print the Market <-> Duke records' step with and without patience 2, and exit",
+    )
     args = ap.parse_args()
+    if args.presets_check:
+        print(presets_check())
+        return 0
     runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
     if args.table:
         print(rule_table([r.name for r in runs]))
