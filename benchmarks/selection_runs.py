@@ -157,6 +157,15 @@ RUNS: list[U.Run] = [
     U.Run(
         "pku_own_nopatience", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "adapt.patience=0"], group="pku"
     ),
+    # the other methods' own-cameras presets
+    U.Run(
+        "pku_own_cc",
+        "adapt",
+        "cluster_contrast/own_cameras_cpu.yaml",
+        [*OWN, *PKU_DATA],
+        group="pku",
+    ),
+    U.Run("pku_own_past", "adapt", "past/own_cameras_cpu.yaml", [*OWN, *PKU_DATA], group="pku"),
     _duke("duke_c78", "duke_c78", DUKE_CFG, []),
     _duke(
         "duke_c25_kmeans",
@@ -252,18 +261,22 @@ def rule_table(names: list[str]) -> str:
 
 def own_table(names: list[str]) -> str:
     """Markdown: per run of an own_cameras preset, the step it kept (its rule and patience,
-    as it ran) against the best step of every run on the same target (any schedule, any
-    rule: the oracle over all of them)."""
+    as it ran) against the best step of every run of the same method on the same target
+    (any schedule, any clustering: the oracle over all of them)."""
     by_name = {r.name: r for r in RUNS}
+
+    def method(run: U.Run) -> str:
+        return run.config.split("/")[0]
+
     lines = [
-        "| run | steps run | mAP by step | kept (step: mAP) | best step of any run on this "
-        "target (run, step: mAP) | kept - best |",
+        "| run | steps run | mAP by step | kept (step: mAP) | best step of any run of the "
+        "method on this target (run, step: mAP) | kept - best |",
         "|---|---|---|---|---|---|",
     ]
     for name in names:
         recs = _records(name)
         steps = _steps(recs)
-        if by_name[name].config != OWN_CFG or len(steps) < 2:
+        if not by_name[name].config.endswith("own_cameras_cpu.yaml") or len(steps) < 2:
             continue
         state = [r for r in recs if r.get("kind") == "step"]
         kept = state[-1].get("best_step")
@@ -271,7 +284,11 @@ def own_table(names: list[str]) -> str:
         best = max(
             (
                 (100 * r["mAP"], other, s)
-                for other in (n for n, r in by_name.items() if r.group == group)
+                for other in (
+                    n
+                    for n, r in by_name.items()
+                    if r.group == group and method(r) == method(by_name[name])
+                )
                 for s, r in _steps(_records(other)).items()
             ),
             default=None,
