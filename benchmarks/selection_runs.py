@@ -150,7 +150,7 @@ RUNS: list[U.Run] = [
     _duke("duke_c578", "duke_c578", DUKE_CFG, []),
     U.Run("pku_msplr_seed2", "adapt", PKU_CFG, [*COMMON, *PKU, "seed=2"], group="pku"),
     U.Run("pku_own", "adapt", OWN_CFG, [*OWN, *PKU_DATA], group="pku"),
-    U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),
+    U.Run("pku_own_cap", "adapt", OWN_CFG, [*OWN, *PKU_DATA, CAP], group="pku"),  # growth cap
     U.Run("pku_own_seed1", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "seed=1"], group="pku"),
     U.Run("pku_own_seed2", "adapt", OWN_CFG, [*OWN, *PKU_DATA, "seed=2"], group="pku"),
     # the own preset's schedule without patience: what a longer run would have reached
@@ -167,12 +167,6 @@ RUNS: list[U.Run] = [
     ),
     U.Run("pku_own_past", "adapt", "past/own_cameras_cpu.yaml", [*OWN, *PKU_DATA], group="pku"),
     _duke("duke_c78", "duke_c78", DUKE_CFG, []),
-    _duke(
-        "duke_c25_kmeans",
-        "duke_c25",
-        DUKE_CFG,
-        ["pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=300"],
-    ),
     U.Run(
         "duke_c25_own",
         "adapt",
@@ -180,7 +174,13 @@ RUNS: list[U.Run] = [
         [*OWN, "data.target=manifest", "data.target_root=runs/small_targets/duke_c25"],
         group="duke_c25",
     ),
-    # the same with the kept portion's growth capped at 10 points a step
+    _duke(
+        "duke_c25_kmeans",
+        "duke_c25",
+        DUKE_CFG,
+        ["pseudo.method=kmeans", "pseudo.l2_after=false", "pseudo.kmeans_k=300"],
+    ),
+    # the own preset with the kept portion's growth capped at 10 points a step
     U.Run(
         "duke_c25_own_cap",
         "adapt",
