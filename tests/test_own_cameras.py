@@ -52,3 +52,11 @@ def test_own_cameras_preset_keeps_the_holdout_pick(method, source_and_target):
         assert all(labels[p] == -1 for p in held)  # never trained on
     report = (run / "report.md").read_text()
     assert "retrieval on held-back step-1 clusters" in report
+
+
+def test_own_cameras_preset_without_a_target_folder_says_what_to_give(tmp_path, capsys):
+    """The preset names no target folder: the user must give one, and is told which key."""
+    args = ["adapt", "--config", "configs/msplr/own_cameras_cpu.yaml", f"output_dir={tmp_path}"]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "data.target_root is empty" in err and "manifest.csv" in err

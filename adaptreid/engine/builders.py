@@ -37,6 +37,11 @@ def load_dataset(cfg: Config, role: str) -> ReidDataset:
     name, root = getattr(d, role), getattr(d, f"{role}_root")
     if not name:
         raise ConfigError(f"data.{role} is empty: name a dataset (adaptreid data list)")
+    if name.lower() in ("manifest", "csv") and not str(root).strip():
+        raise ConfigError(
+            f"data.{role}_root is empty: give the folder that holds your manifest.csv, or the "
+            f".csv file itself (data.{role}_root=path/to/folder; README 'Bring your own dataset')"
+        )
     return open_dataset(
         name,
         root,
