@@ -38,6 +38,8 @@ from adaptreid.runtime.precision import cpu_model
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/adaptreid-heavy.lock"
 M2D, D2M = "market1501_to_dukemtmc_cpu.yaml", "dukemtmc_to_market1501_cpu.yaml"
+#: the source model in ../shared/checkpoints (see its README), so that a run need not train it
+SHARED_M = "../shared/checkpoints/source_market1501_mobilenet_cpu.pt"
 
 
 @dataclass
@@ -128,6 +130,24 @@ RUNS: list[Run] = [
             "adapt.init_checkpoint=runs/source_market1501_pcb_cpu/checkpoints/best.pt",
         ],
         "past_tries",
+    ),
+    # issue 29: PAST with the released code's per-part cosine reading of CTL / RTL (now the
+    # presets' default), from the shared BNNeck source model and then from a PCB source model
+    Run("past_m2d_pp", "adapt", f"past/{M2D}", [f"adapt.init_checkpoint={SHARED_M}"], "past29"),
+    Run(
+        "past_m2d_pp_pcbsrc",
+        "adapt",
+        f"past/{M2D}",
+        ["adapt.init_checkpoint=runs/source_market1501_pcb_cpu/checkpoints/best.pt"],
+        "past29",
+    ),
+    Run("source_dukemtmc_pcb_cpu", "train", "source/dukemtmc_pcb_cpu.yaml"),
+    Run(
+        "past_d2m_pp_pcbsrc",
+        "adapt",
+        f"past/{D2M}",
+        ["adapt.init_checkpoint=runs/source_dukemtmc_pcb_cpu/checkpoints/best.pt"],
+        "past29",
     ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
