@@ -293,6 +293,7 @@ def execute(run: Run, records: Path | None = None) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="run names containing this")
+    ap.add_argument("--name", action="append", default=[], help="the run of exactly this name")
     ap.add_argument("--list", action="store_true", help="print the queue and exit")
     ap.add_argument(
         "--save-records",
@@ -301,6 +302,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     runs = [r for r in RUNS if not args.only or any(s in r.name for s in args.only)]
+    if args.name:
+        runs = [r for r in runs if r.name in args.name]
     if args.save_records:
         for r in runs:
             if (ROOT / "runs" / r.name / "metrics.jsonl").is_file():
