@@ -231,3 +231,73 @@ def test_cache_key_follows_the_cpu_identity(monkeypatch):
         monkeypatch.setattr(P, "cpu_model", lambda info=info: P.cpu_identity(info))
         keys.append(probe_key(model, (16, 8), "cpu"))
     assert keys[0] != keys[1] and "family 25" in keys[0] and "avx512_bf16" in keys[1]
+
+
+class SequenceTimer:
+    """Per-variant step times taken in turn from lists (one entry per round)."""
+
+    def __init__(self, fp32: list[float], bf16: list[float]):
+        self.seq = {"none": list(fp32), "bf16": list(bf16)}
+        self.calls = 0
+
+    def __call__(self, variant):
+        self.calls += 1
+        return self.seq[variant["amp"]].pop(0)
+
+
+def test_a_clear_answer_stops_after_the_minimum_rounds(tmp_path):
+    timer = SequenceTimer([1.0] * 9, [0.5] * 9)
+    amp, _, reason = resolve_precision(
+        "auto",
+        Tiny(),
+        (16, 8),
+        "cpu",
+        probe=ProbeSettings(cache_dir=tmp_path, timer=timer, repeats=3, max_repeats=9),
+    )
+    assert amp == "bf16" and timer.calls == 6  # 3 rounds x 2 variants
+    assert "3 rounds" in reason
+    entry = next(iter(json.loads(cache_path(tmp_path).read_text()).values()))
+    assert entry["rounds"] == 3 and entry["ratio"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "bf16, want",
+    [
+        # rounds straddle the margin: more rounds, then the median ratio decides
+        ([0.90, 1.00, 0.92, 0.91, 0.99, 0.93, 0.90, 0.96, 0.91], "bf16"),  # median 0.92
+        ([0.90, 1.00, 0.97, 0.99, 0.96, 0.93, 1.02, 0.96, 0.91], "none"),  # median 0.96
+    ],
+)
+def test_rounds_that_straddle_the_margin_probe_longer(tmp_path, bf16, want):
+    timer = SequenceTimer([1.0] * 9, bf16)
+    amp, _, reason = resolve_precision(
+        "auto",
+        Tiny(),
+        (16, 8),
+        "cpu",
+        probe=ProbeSettings(cache_dir=tmp_path, timer=timer, repeats=3, max_repeats=9, margin=0.95),
+    )
+    assert amp == want and timer.calls == 18 and "9 rounds" in reason
+
+
+def test_one_answer_per_network_whatever_its_classifier_size(tmp_path):
+    """Two source models of one network (751 and 702 identities) share one cache entry, so
+    one machine gives them one answer; another network does not."""
+    from adaptreid.models.build import HeadSettings, build_model
+
+    market = build_model("small_cnn", num_classes=751, pretrained=None)
+    duke = build_model("small_cnn", num_classes=702, pretrained=None)
+    assert probe_key(market, (16, 8), "cpu") == probe_key(duke, (16, 8), "cpu")
+    first = FakeTimer(1.0, 0.5)
+    second = FakeTimer(0.5, 1.0)  # would answer the other way if it were asked
+    out1 = resolve_precision(
+        "auto", market, (16, 8), "cpu", probe=ProbeSettings(cache_dir=tmp_path, timer=first)
+    )
+    out2 = resolve_precision(
+        "auto", duke, (16, 8), "cpu", probe=ProbeSettings(cache_dir=tmp_path, timer=second)
+    )
+    assert out1[:2] == out2[:2] == ("bf16", True) and second.calls == []
+    other = build_model(
+        "small_cnn", num_classes=751, head=HeadSettings(embedding_dim=64), pretrained=None
+    )
+    assert probe_key(other, (16, 8), "cpu") != probe_key(market, (16, 8), "cpu")

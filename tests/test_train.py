@@ -12,6 +12,7 @@ from adaptreid.config import load_config
 from adaptreid.engine.supervised import train_source
 from adaptreid.errors import ConfigError
 from adaptreid.rundir.checkpoint import load_checkpoint, save_checkpoint
+from adaptreid.rundir.run import RunDir
 
 
 def _epochs(run_dir):
@@ -57,6 +58,11 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
         assert (run.path / name).is_file(), name
     full = load_checkpoint(run.last)
     assert full["epoch"] == 3 and load_checkpoint(run.best)["epoch"] in (2, 3)
+    # the precision the run used is recorded and named in the report
+    rec = [r for r in RunDir(run.path).read_metrics() if r.get("kind") == "precision"]
+    assert len(rec) == 1 and rec[0]["train"]["amp"] in ("none", "bf16")
+    report = (run.path / "report.md").read_text()
+    assert "- precision: training " in report and "- precision: extraction" in report
 
     # a second run killed after epoch 1 (simulated: train 1 epoch), then resumed to 3
     cfg2 = _cfg(tmp_path, "name=t2", "train.epochs=1")
@@ -75,13 +81,15 @@ def test_train_writes_run_folder_and_resume_matches(tmp_path):
         assert torch.allclose(v.float(), resumed["model"][k].float(), atol=1e-5), k
     records2 = _epochs(run2.path)
     assert [r["epoch"] for r in records2] == [1, 2, 3]
+    kinds = [r.get("kind") for r in RunDir(run2.path).read_metrics()]
+    assert kinds.count("precision") == 2  # one per invocation, both kept by the resume
     assert records2[-1]["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
 
     # a run folder whose checkpoint is in the old source-training format (version 1: no
     # record count) still resumes, to the same model
     run3 = train_source(_cfg(tmp_path, "name=t3", "train.epochs=1"), verbose=False)
     old = load_checkpoint(run3.last)
-    assert old["version"] == 2 and old["records"] == 1
+    assert old["version"] == 2 and old["records"] == 2  # the precision record, epoch 1
     del old["records"]
     save_checkpoint({**old, "version": 1}, run3.last)
     text = (run3.path / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 3\n")

@@ -154,24 +154,42 @@ def optimizer_from_cfg(
     return opt, sched
 
 
-def resolve_precision_cfg(
+def choose_precision(
     cfg: Config, model: ReidModel, device, *, mode: str = "train"
-) -> tuple[str, bool]:
-    """``(amp, channels_last)`` for this run's training (``mode="train"``) or feature
+) -> tuple[str, bool, str]:
+    """``(amp, channels_last, reason)`` for this run's training (``mode="train"``) or feature
     extraction and evaluation (``mode="extract"``): ``train.amp`` / ``train.channels_last``
     as given, or with ``train.amp: auto`` the faster of fp32 and bf16 + channels_last on this
-    machine for this model and input size (:func:`adaptreid.runtime.precision.resolve_precision`,
-    a short probe per mode, cached per machine); the choice is logged."""
+    machine for this network and input size (:func:`adaptreid.runtime.precision.
+    resolve_precision`, a probe per mode, cached per machine); ``reason`` is one line for the
+    log and the run's ``precision`` record (the report shows it)."""
     t = cfg.train
     if t.amp != "auto":
-        return t.amp, t.channels_last
+        return t.amp, t.channels_last, f"amp={t.amp}, channels_last={t.channels_last} (as set)"
     from ..runtime.precision import resolve_precision
 
     amp, channels_last, reason = resolve_precision(
         "auto", model, (cfg.data.height, cfg.data.width), device, mode=mode
     )
     log.info("precision (%s): %s", mode, reason)
-    return amp, channels_last
+    return amp, channels_last, reason
+
+
+def resolve_precision_cfg(
+    cfg: Config, model: ReidModel, device, *, mode: str = "train"
+) -> tuple[str, bool]:
+    """:func:`choose_precision` without the reason."""
+    return choose_precision(cfg, model, device, mode=mode)[:2]
+
+
+def precision_record(train: tuple[str, bool, str], extract: tuple[str, bool, str]) -> dict:
+    """The run's ``precision`` record (metrics.jsonl) from two :func:`choose_precision`
+    answers."""
+
+    def one(choice: tuple[str, bool, str]) -> dict:
+        return {"amp": choice[0], "channels_last": bool(choice[1]), "reason": choice[2]}
+
+    return {"kind": "precision", "train": one(train), "extract": one(extract)}
 
 
 def evaluate_cfg(

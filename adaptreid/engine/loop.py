@@ -49,12 +49,13 @@ from ..runtime import distributed as D
 from ..runtime.faults import crash_point
 from .builders import (
     bad_images_mode,
+    choose_precision,
     evaluate_on,
     finish_run,
     format_metrics,
     load_dataset,
     model_from_cfg,
-    resolve_precision_cfg,
+    precision_record,
     seed_everything,
 )
 from .context import LoopContext, LoopState, step_seed
@@ -185,10 +186,11 @@ class AdaptationLoop:
                 model = model_from_cfg(self.cfg, 0)
             model = self.method.initial_model(model)
         c = self.ctx
-        c.amp, c.channels_last = resolve_precision_cfg(self.cfg, model, self.device)
-        c.extract_amp, c.extract_channels_last = resolve_precision_cfg(
-            self.cfg, model, self.device, mode="extract"
-        )
+        train = choose_precision(self.cfg, model, self.device)
+        extract = choose_precision(self.cfg, model, self.device, mode="extract")
+        c.amp, c.channels_last = train[:2]
+        c.extract_amp, c.extract_channels_last = extract[:2]
+        self.run_dir.log_metrics(precision_record(train, extract))
         if self.resume and self.run_dir.has_checkpoint():
             return model
         metrics = self._evaluate(model)

@@ -245,6 +245,27 @@ def _backbone(run_dir: Path, cfg: dict[str, Any]) -> str:
     return str((cfg.get("model") or {}).get("backbone"))
 
 
+def _precision_lines(records: list[dict[str, Any]]) -> list[str]:
+    """What precision the run used (its last ``precision`` record: a resumed run may have
+    chosen again), for training and for extraction / evaluation, with the reason."""
+    found = [r for r in records if r.get("kind") == "precision"]
+    if not found:
+        return []
+    rec = found[-1]
+
+    def one(choice: Any) -> str:
+        if not isinstance(choice, dict):
+            return "-"
+        name = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(choice.get("amp"), "?")
+        layout = " + channels_last" if choice.get("channels_last") else ""
+        return f"{name}{layout} ({choice.get('reason', '')})"
+
+    return [
+        f"- precision: training {one(rec.get('train'))}",
+        f"- precision: extraction and evaluation {one(rec.get('extract'))}",
+    ]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` and its plots in ``run_dir``; returns the report's path."""
     run_dir = Path(run_dir)
@@ -269,6 +290,7 @@ def write_report(run_dir: str | Path) -> Path:
             f"- source: `{d.get('source') or '-'}`; target: `{d.get('target') or '-'}`",
             f"- input {d.get('height')}x{d.get('width')}, seed {cfg.get('seed')}",
         ]
+        lines += _precision_lines(records)
         if not is_source:
             lines.append(f"- best.pt (reported, exported): {RULE_NAMES.get(rule, rule)}")
             lines += _stop_lines(records)

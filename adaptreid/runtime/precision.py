@@ -133,14 +133,24 @@ def machine_id(device: torch.device | str) -> str:
     return f"{device.type}:{hw}|torch {torch.__version__}"
 
 
+#: ``arch`` entries left out of the cache key: the classifier's size follows the training set's
+#: identity count (751 on Market-1501, 702 on DukeMTMC-reID, a new count at every MSPLR step),
+#: not the network's shape, and its share of a step's time is a fraction of a percent; keying
+#: on it gave two source models of one network two separate probes and, on a machine where
+#: the two variants are close, two different answers (issue 27).
+_KEY_IGNORES = ("num_classes",)
+
+
 def model_id(model: torch.nn.Module) -> str:
     """The architecture, not the weights: ``model.arch`` where the model has one (adaptreid's
-    ``ReidModel``), else the class name and a hash of the parameter and buffer shapes."""
+    ``ReidModel``) without its classifier size (``_KEY_IGNORES``), else the class name and a
+    hash of the parameter and buffer shapes."""
     arch = getattr(model, "arch", None)
+    if isinstance(arch, Mapping) and arch:
+        shape = {k: v for k, v in arch.items() if k not in _KEY_IGNORES}
+        return f"{type(model).__name__}:{json.dumps(shape, sort_keys=True, default=str)}"
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     digest = hashlib.sha1(repr(shapes).encode()).hexdigest()[:12]
-    if isinstance(arch, Mapping) and arch:
-        return f"{type(model).__name__}:{json.dumps(dict(arch), sort_keys=True, default=str)}"
     return f"{type(model).__name__}:{digest}"
 
 
@@ -278,14 +288,33 @@ def _bf16_possible(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _probe(timer: Timer, repeats: int) -> dict[str, float]:
-    """Median seconds per step of fp32 and bf16 + channels_last, timed interleaved (the two
-    see the same machine load)."""
+def _probe(timer: Timer, repeats: int, max_repeats: int, margin: float) -> dict[str, Any]:
+    """Seconds per step of fp32 and bf16 + channels_last, timed in interleaved rounds (the two
+    see the same machine load), and the choice.
+
+    Each round gives one ratio ``bf16 / fp32``. After ``repeats`` rounds the probe stops when
+    every ratio lies on the same side of ``margin`` (a clear answer); otherwise it adds rounds,
+    up to ``max_repeats``, and decides by the median ratio. A machine where the two are close
+    thus gets a longer probe, not a coin flip from two steps."""
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for _ in range(repeats):
+    ratios: list[float] = []
+    while True:
         times["fp32"].append(float(timer(dict(_FP32))))
         times["bf16"].append(float(timer(dict(_BF16_CL))))
-    return {k: statistics.median(v) for k, v in times.items()}
+        ratios.append(times["bf16"][-1] / max(times["fp32"][-1], 1e-12))
+        n = len(ratios)
+        clear = all(r < margin for r in ratios) or all(r >= margin for r in ratios)
+        if (n >= repeats and clear) or n >= max(repeats, max_repeats):
+            break
+    ratio = statistics.median(ratios)
+    return {
+        "fp32": statistics.median(times["fp32"]),
+        "bf16": statistics.median(times["bf16"]),
+        "ratio": ratio,
+        "rounds": len(ratios),
+        "clear": clear,
+        "faster": ratio < margin,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,9 +335,13 @@ class ProbeSettings:
     steps: int = 2
     """Steps per variant in one round of the probe (after one warm-up step each)."""
     repeats: int = 3
-    """Rounds, interleaved between the variants; their medians are compared."""
+    """Rounds, interleaved between the variants, when every round agrees (see ``max_repeats``)."""
+    max_repeats: int = 9
+    """Rounds at most: where the rounds' ratios ``bf16 / fp32`` straddle ``margin``, the probe
+    goes on to this many and decides by their median."""
     margin: float = DEFAULT_MARGIN
-    """bf16 + channels_last is chosen when its median is below ``margin`` x fp32's."""
+    """bf16 + channels_last is chosen when the median ratio of its step time to fp32's is
+    below ``margin``."""
     timer: Timer | None = None
     """``timer(variant) -> seconds per step`` with ``variant = {"amp", "channels_last"}``
     (for tests; None: the real probe)."""
@@ -375,7 +408,7 @@ def _resolve_auto(
     """``amp: auto`` resolved on this process: from the cache, or probed (``batch``: the
     probe batch, ``probe.batch_size`` or the mode's default)."""
     cache_dir, use_cache, timer = probe.cache_dir, probe.use_cache, probe.timer
-    steps, repeats, margin = probe.steps, probe.repeats, probe.margin
+    steps, repeats, margin = probe.steps, max(1, int(probe.repeats)), float(probe.margin)
     if not _bf16_possible(device):
         return "none", False, f"auto: fp32 ({device.type} without bf16 support)"
     key = probe_key(model, input_size, device, mode=mode, batch_size=batch)
@@ -390,13 +423,16 @@ def _resolve_auto(
             )
     if timer is None:
         timer = _ProbeTimer(model, input_size, device, mode, batch, int(steps))
-    med = _probe(timer, max(1, int(repeats)))
-    faster = med["bf16"] < float(margin) * med["fp32"]
+    med = _probe(timer, repeats, int(probe.max_repeats), margin)
+    faster = bool(med["faster"])
     entry = {
         "amp": "bf16" if faster else "none",
-        "channels_last": bool(faster),
+        "channels_last": faster,
         "fp32_step_s": med["fp32"],
         "bf16_channels_last_step_s": med["bf16"],
+        "ratio": round(med["ratio"], 4),
+        "rounds": med["rounds"],
+        "margin": margin,
         "batch": batch,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -413,4 +449,12 @@ def _describe(entry: Mapping) -> str:
         return choice
     batch = entry.get("batch", 0) or 0
     rate = f"; {batch / f:.1f} vs {batch / b:.1f} img/s" if batch and f > 0 and b > 0 else ""
-    return f"{choice} (step fp32 {f * 1e3:.0f} ms, bf16+channels_last {b * 1e3:.0f} ms{rate})"
+    rounds = ""
+    if entry.get("rounds"):
+        rounds = (
+            f"; median ratio {entry.get('ratio', b / f):.2f} over {entry['rounds']} rounds, "
+            f"margin {entry.get('margin', DEFAULT_MARGIN):.2f}"
+        )
+    return (
+        f"{choice} (step fp32 {f * 1e3:.0f} ms, bf16+channels_last {b * 1e3:.0f} ms{rate}{rounds})"
+    )
