@@ -156,6 +156,11 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     metric: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
+    steps: Literal["every", "final"] = "every"
+    """Adaptation: evaluate on the target's query / gallery at step 0 and after every step
+    (``every``), or only ``best.pt`` at the end (``final``: a user without target test
+    labels has nothing to evaluate; saves an evaluation per step; ``adapt.select:
+    target_map`` needs ``every``)."""
     flip: bool = False
     rerank: bool = False
     k1: int = 20

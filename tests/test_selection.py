@@ -21,6 +21,7 @@ from adaptreid.config import AdaptConfig, load_config
 from adaptreid.engine import loop as loop_mod
 from adaptreid.engine.loop import adapt
 from adaptreid.engine.supervised import train_source
+from adaptreid.errors import ConfigError
 from adaptreid.evaluation.label_free import (
     choose_holdout,
     holdout_map,
@@ -420,3 +421,44 @@ def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
     assert seen[0] == 1.0 and len(seen) == len(labels) >= 3
     for prev, cap in zip(labels, seen[1:]):  # which eps it then takes: test_pseudo.py
         assert cap == pytest.approx(min(1.0, prev["portion_kept"] + 0.05), abs=1e-6)
+
+
+def _tiny_adapt_cfg(source, name, *extra):
+    tmp, ckpt, roots = source
+    return load_config(
+        "demo/msplr.yaml",
+        [
+            f"output_dir={tmp}",
+            f"name={name}",
+            *roots,
+            *DEMO_TINY_ADAPT,
+            f"adapt.init_checkpoint={ckpt}",
+            "adapt.max_steps=2",
+            "adapt.patience=0",
+            "adapt.epochs_per_step=1",
+            "train.freeze_epochs=0",
+            *extra,
+        ],
+        command="adapt",
+    )
+
+
+def test_eval_steps_final_evaluates_only_the_kept_model(source):
+    """eval.steps=final: no step is evaluated on the target's test split (a user without
+    labels has none), best.pt is, once, at the end; the oracle rule refuses it."""
+    run = adapt(
+        _tiny_adapt_cfg(source, "final_only", "eval.steps=final", "adapt.select=agreement"),
+        verbose=False,
+    )
+    recs = _records(run)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    assert not any("mAP" in r for r in steps)
+    assert all(r.get("time_evaluate_s", 0.0) == 0.0 for r in steps)
+    final = [r for r in recs if r["kind"] == "final"]
+    assert len(final) == 1 and 0.0 <= final[0]["mAP"] <= 1.0
+    with pytest.raises(ConfigError, match="eval.steps=every"):
+        adapt(
+            _tiny_adapt_cfg(source, "final_oracle", "eval.steps=final", "adapt.select=target_map"),
+            verbose=False,
+        )

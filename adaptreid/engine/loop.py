@@ -108,6 +108,11 @@ class AdaptationLoop:
             )
         if cfg.adapt.max_steps < 1:
             raise ConfigError(f"adapt.max_steps must be >= 1, got {cfg.adapt.max_steps}")
+        if cfg.adapt.select == "target_map" and cfg.eval.steps != "every":
+            raise ConfigError(
+                "adapt.select=target_map chooses by each step's target test mAP: it needs "
+                f"eval.steps=every, got eval.steps={cfg.eval.steps}"
+            )
         method_class(cfg.method.name).validate(cfg)  # before anything is written
         self.resume = resume
         _, _, self.device = D.init(cfg.device)
@@ -484,15 +489,17 @@ class AdaptationLoop:
         log.info(
             "step %d: %s (%s); time %s",
             s.step,
-            format_metrics(metrics) if metrics else "no query/gallery to evaluate",
+            format_metrics(metrics) if metrics else self._not_evaluated(),
             f"best.pt: step {s.best_step} by {self.rule}",
             ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items() if v >= 0.5),
         )
 
     # ------------------------------------------------------------------ helpers
     def _evaluate(self, model: ReidModel) -> dict[str, float] | None:
+        """The step's target test metrics (None without query / gallery, or with
+        ``eval.steps: final``: then only ``best.pt`` is evaluated, at the end)."""
         target = self.ctx.target
-        if not (target.query and target.gallery):
+        if not (target.query and target.gallery) or self.cfg.eval.steps == "final":
             return None
         t0 = time.perf_counter()
         out = evaluate_on(
@@ -508,6 +515,11 @@ class AdaptationLoop:
         )
         self._add_time("evaluate", time.perf_counter() - t0)
         return out
+
+    def _not_evaluated(self) -> str:
+        if self.cfg.eval.steps == "final":
+            return "not evaluated (eval.steps: final)"
+        return "no query/gallery to evaluate"
 
     def _add_time(self, part: str, seconds: float) -> None:
         self.state.seconds[part] = self.state.seconds.get(part, 0.0) + seconds
