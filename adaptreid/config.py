@@ -140,6 +140,11 @@ class TrainConfig:
     choice is logged), else fp32. Also used for feature extraction and evaluation."""
     channels_last: bool = False
     """channels_last memory layout (ignored with ``amp: auto``, which chooses it)."""
+    compile: Literal["never", "always", "auto"] = "never"
+    """``torch.compile`` the backbone (inductor), for training and for extraction: ``auto``
+    keeps it only where a probe on this machine measures it faster than eager (cached like
+    ``amp: auto``; :mod:`adaptreid.runtime.compile`). Not on/off: YAML reads those as
+    booleans."""
     freeze_epochs: int = 0
     """Train only the head for the first N epochs (MSPLR section 3.6.2 uses 20; see
     ``method.freeze`` for where they sit in the schedule)."""

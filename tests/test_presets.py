@@ -11,7 +11,8 @@ differences: the config defaults of ``adapt.select`` / ``adapt.holdout`` / ``ada
 ``method.triplet_reading: per_part_cosine`` (the released code's CTL / RTL, per part on
 normalised features with the cosine distance) in every PAST preset, and the new field
 ``model.allow_partial_weights`` at its default (false) in every preset. Issue 27 added
-fields at their defaults, checked to be the only differences: ``eval.steps`` (every)."""
+fields at their defaults, checked to be the only differences: ``eval.steps`` (every),
+``train.compile`` (never)."""
 
 from __future__ import annotations
 

@@ -182,14 +182,49 @@ def resolve_precision_cfg(
     return choose_precision(cfg, model, device, mode=mode)[:2]
 
 
-def precision_record(train: tuple[str, bool, str], extract: tuple[str, bool, str]) -> dict:
-    """The run's ``precision`` record (metrics.jsonl) from two :func:`choose_precision`
-    answers."""
+def choose_compile(
+    cfg: Config, model: ReidModel, device, precision: tuple[str, bool, str], *, mode: str
+) -> tuple[bool, str]:
+    """``(compile, reason)``: ``train.compile`` for this mode, probed in the mode's chosen
+    ``precision`` (a :func:`choose_precision` answer) with ``auto``
+    (:func:`adaptreid.runtime.compile.resolve_compile`); the choice is logged."""
+    if cfg.train.compile == "never":
+        return False, "compile=never (as set)"
+    from ..runtime.compile import resolve_compile
+    from ..runtime.precision import Precision
 
-    def one(choice: tuple[str, bool, str]) -> dict:
-        return {"amp": choice[0], "channels_last": bool(choice[1]), "reason": choice[2]}
+    out, reason = resolve_compile(
+        cfg.train.compile,
+        model,
+        (cfg.data.height, cfg.data.width),
+        device,
+        mode=mode,
+        precision=Precision(precision[0], bool(precision[1])),
+    )
+    log.info("compile (%s): %s", mode, reason)
+    return out, reason
 
-    return {"kind": "precision", "train": one(train), "extract": one(extract)}
+
+def run_precision(cfg: Config, model: ReidModel, device) -> dict[str, Any]:
+    """Precision and compilation of a run, both modes (:func:`choose_precision`,
+    :func:`choose_compile`), applied to ``model`` (its backbone compiled where chosen), as
+    the run's ``precision`` record (metrics.jsonl; the report shows it):
+    ``{"kind": "precision", "train": {amp, channels_last, reason, compile, compile_reason},
+    "extract": {...}}``."""
+    record: dict[str, Any] = {"kind": "precision"}
+    for mode in ("train", "extract"):
+        amp, channels_last, reason = choice = choose_precision(cfg, model, device, mode=mode)
+        compiled, why = choose_compile(cfg, model, device, choice, mode=mode)
+        record[mode] = {
+            "amp": amp,
+            "channels_last": bool(channels_last),
+            "reason": reason,
+            "compile": compiled,
+            "compile_reason": why,
+        }
+    if hasattr(model, "set_compiled"):
+        model.set_compiled(train=record["train"]["compile"], extract=record["extract"]["compile"])
+    return record
 
 
 def evaluate_cfg(

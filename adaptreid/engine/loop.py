@@ -49,13 +49,12 @@ from ..runtime import distributed as D
 from ..runtime.faults import crash_point
 from .builders import (
     bad_images_mode,
-    choose_precision,
     evaluate_on,
     finish_run,
     format_metrics,
     load_dataset,
     model_from_cfg,
-    precision_record,
+    run_precision,
     seed_everything,
 )
 from .context import LoopContext, LoopState, step_seed
@@ -191,11 +190,11 @@ class AdaptationLoop:
                 model = model_from_cfg(self.cfg, 0)
             model = self.method.initial_model(model)
         c = self.ctx
-        train = choose_precision(self.cfg, model, self.device)
-        extract = choose_precision(self.cfg, model, self.device, mode="extract")
-        c.amp, c.channels_last = train[:2]
-        c.extract_amp, c.extract_channels_last = extract[:2]
-        self.run_dir.log_metrics(precision_record(train, extract))
+        record = run_precision(self.cfg, model, self.device)
+        c.amp, c.channels_last = record["train"]["amp"], record["train"]["channels_last"]
+        c.extract_amp = record["extract"]["amp"]
+        c.extract_channels_last = record["extract"]["channels_last"]
+        self.run_dir.log_metrics(record)
         if self.resume and self.run_dir.has_checkpoint():
             return model
         metrics = self._evaluate(model)

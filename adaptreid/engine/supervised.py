@@ -23,14 +23,13 @@ from ..rundir.run import RunDir
 from ..runtime import distributed as D
 from .builders import (
     bad_images_mode,
-    choose_precision,
     evaluate_on,
     finish_run,
     format_metrics,
     load_dataset,
     model_from_cfg,
     optimizer_from_cfg,
-    precision_record,
+    run_precision,
     seed_everything,
     train_loader,
 )
@@ -52,10 +51,9 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     log.info("source %s: %d images, %d identities", source.name, len(train), num_classes)
 
     model = model_from_cfg(cfg, num_classes)
-    train_choice = choose_precision(cfg, model, device)
-    extract_choice = choose_precision(cfg, model, device, mode="extract")
-    amp, channels_last = train_choice[:2]
-    ev_amp, ev_cl = extract_choice[:2]
+    prec = run_precision(cfg, model, device)
+    amp, channels_last = prec["train"]["amp"], prec["train"]["channels_last"]
+    ev_amp, ev_cl = prec["extract"]["amp"], prec["extract"]["channels_last"]
     mode = bad_images_mode(cfg, "source")
     note_bad = run.note_bad  # data.bad_images: skip
 
@@ -93,7 +91,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         run.restore(state)
         best = float(state.get("best_map", -1.0))
         log.info("resumed %s at epoch %d", run.path, trainer.epoch)
-    run.log_metrics(precision_record(train_choice, extract_choice))  # after restore's cut
+    run.log_metrics(prec)  # after restore's cut
 
     has_test = bool(source.query and source.gallery)
     for epoch in range(trainer.epoch + 1, cfg.train.epochs + 1):

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -76,10 +77,38 @@ class ReidModel(nn.Module):
         return int(getattr(self.head, "num_parts", 1))
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None] | Tensor:
-        out = self.head(self.backbone(x))
+        out = self.head(self._body()(x))
         if self.training:
             return out
         return out["bn_feat" if self.neck_feat == "after" else "feat"]
+
+    # -- torch.compile of the backbone ------------------------------------------------------
+    def set_compiled(self, *, train: bool = False, extract: bool = False) -> None:
+        """Run the backbone through ``torch.compile`` (inductor) in training mode (``train``)
+        and / or eval mode (``extract``); the head stays eager, so that a new classifier
+        (MSPLR and PAST replace it at every step) never forces a recompilation. The compiled
+        module is built on first use and is not part of ``state_dict`` or of a copy. Chosen
+        per machine by :func:`adaptreid.runtime.compile.resolve_compile` (``train.compile``)."""
+        self.__dict__["_compile_modes"] = (bool(train), bool(extract))
+        self.__dict__.pop("_compiled_body", None)
+
+    @property
+    def compiled_modes(self) -> tuple[bool, bool]:
+        """``(train, extract)``: where the backbone runs compiled (:meth:`set_compiled`)."""
+        return self.__dict__.get("_compile_modes", (False, False))
+
+    def _body(self) -> nn.Module:
+        if not self.compiled_modes[0 if self.training else 1]:
+            return self.backbone
+        body = self.__dict__.get("_compiled_body")
+        if body is None:
+            body = self.__dict__["_compiled_body"] = torch.compile(self.backbone)
+        return body
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_compiled_body", None)  # rebuilt on first use (a copy compiles its own)
+        return state
 
     def reset_classifier(self, num_classes: int, weight: Tensor | None = None) -> None:
         """Replace the head's classifier (see :meth:`BNNeck.reset_classifier`)."""

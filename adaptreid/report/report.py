@@ -258,6 +258,11 @@ def _precision_lines(records: list[dict[str, Any]]) -> list[str]:
             return "-"
         name = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(choice.get("amp"), "?")
         layout = " + channels_last" if choice.get("channels_last") else ""
+        why = choice.get("compile_reason") or ""
+        if choice.get("compile"):
+            layout += f", backbone compiled ({why})"
+        elif why and not why.startswith("compile=never"):
+            layout += f", eager ({why})"
         return f"{name}{layout} ({choice.get('reason', '')})"
 
     return [

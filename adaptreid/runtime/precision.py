@@ -288,28 +288,36 @@ def _bf16_possible(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _probe(timer: Timer, repeats: int, max_repeats: int, margin: float) -> dict[str, Any]:
-    """Seconds per step of fp32 and bf16 + channels_last, timed in interleaved rounds (the two
-    see the same machine load), and the choice.
+def _probe(
+    timer: Timer,
+    repeats: int,
+    max_repeats: int,
+    margin: float,
+    variants: tuple[Variant, Variant] = (_FP32, _BF16_CL),
+) -> dict[str, Any]:
+    """Seconds per step of a base variant and a candidate (fp32 and bf16 + channels_last by
+    default), timed in interleaved rounds (the two see the same machine load), and the
+    choice.
 
-    Each round gives one ratio ``bf16 / fp32``. After ``repeats`` rounds the probe stops when
-    every ratio lies on the same side of ``margin`` (a clear answer); otherwise it adds rounds,
-    up to ``max_repeats``, and decides by the median ratio. A machine where the two are close
-    thus gets a longer probe, not a coin flip from two steps."""
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    Each round gives one ratio ``candidate / base``. After ``repeats`` rounds the probe stops
+    when every ratio lies on the same side of ``margin`` (a clear answer); otherwise it adds
+    rounds, up to ``max_repeats``, and decides by the median ratio. A machine where the two
+    are close thus gets a longer probe, not a coin flip from two steps."""
+    base, candidate = variants
+    times: dict[str, list[float]] = {"base": [], "candidate": []}
     ratios: list[float] = []
     while True:
-        times["fp32"].append(float(timer(dict(_FP32))))
-        times["bf16"].append(float(timer(dict(_BF16_CL))))
-        ratios.append(times["bf16"][-1] / max(times["fp32"][-1], 1e-12))
+        times["base"].append(float(timer(dict(base))))
+        times["candidate"].append(float(timer(dict(candidate))))
+        ratios.append(times["candidate"][-1] / max(times["base"][-1], 1e-12))
         n = len(ratios)
         clear = all(r < margin for r in ratios) or all(r >= margin for r in ratios)
         if (n >= repeats and clear) or n >= max(repeats, max_repeats):
             break
     ratio = statistics.median(ratios)
     return {
-        "fp32": statistics.median(times["fp32"]),
-        "bf16": statistics.median(times["bf16"]),
+        "base": statistics.median(times["base"]),
+        "candidate": statistics.median(times["candidate"]),
         "ratio": ratio,
         "rounds": len(ratios),
         "clear": clear,
@@ -428,8 +436,8 @@ def _resolve_auto(
     entry = {
         "amp": "bf16" if faster else "none",
         "channels_last": faster,
-        "fp32_step_s": med["fp32"],
-        "bf16_channels_last_step_s": med["bf16"],
+        "fp32_step_s": med["base"],
+        "bf16_channels_last_step_s": med["candidate"],
         "ratio": round(med["ratio"], 4),
         "rounds": med["rounds"],
         "margin": margin,
