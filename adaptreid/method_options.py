@@ -90,6 +90,14 @@ class ClusterContrastOptions(MethodOptions):
     """tau of the ClusterNCE loss."""
     momentum: float = 0.1
     """mu of the memory update m <- mu m + (1 - mu) f (the authors' 0.1)."""
+    memory: Literal["cluster", "camera_proxy"] = "cluster"
+    """One memory entry per cluster (cluster contrast), or per (cluster, camera) pair with
+    CAP's intra- and inter-camera losses (Wang et al., AAAI 2021;
+    :mod:`adaptreid.losses.camera_proxy`)."""
+    inter_weight: float = 0.5
+    """camera_proxy: lambda of ``L_intra + lambda L_inter`` (CAP's 0.5)."""
+    hard_negatives: int = 50
+    """camera_proxy: K, the hard negative proxies per image in ``L_inter`` (CAP's 50)."""
 
 
 for _options in (MSPLROptions, PASTOptions, ClusterContrastOptions):

@@ -66,6 +66,10 @@ PAST_LR10 = [
 ]
 
 
+#: CAP's camera-aware proxy memory (Wang et al., AAAI 2021) with its tau and momentum
+CAP = ["method.memory=camera_proxy", "method.temperature=0.07", "method.momentum=0.2"]
+
+
 def _seeds(prefix: str, config: str, group: str) -> list[Run]:
     return [Run(f"{prefix}_seed{s}", "adapt", config, [f"seed={s}"], group) for s in (1, 2)]
 
@@ -148,6 +152,45 @@ RUNS: list[Run] = [
         f"past/{D2M}",
         ["adapt.init_checkpoint=runs/source_dukemtmc_pcb_cpu/checkpoints/best.pt"],
         "past29",
+    ),
+    # issue 26: cluster contrast from the shared source model, today's preset, then each camera
+    # switch on its own (eq. 4 camera normalisation, >= 2-camera cluster selection, CAP's
+    # camera-aware proxy memory at CAP's tau 0.07 / momentum 0.2), then all three
+    Run(
+        "cc_m2d", "adapt", f"cluster_contrast/{M2D}", [f"adapt.init_checkpoint={SHARED_M}"], "cc26"
+    ),
+    Run(
+        "cc_m2d_cn",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [f"adapt.init_checkpoint={SHARED_M}", "pseudo.camera_norm=true"],
+        "cc26",
+    ),
+    Run(
+        "cc_m2d_sel",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [f"adapt.init_checkpoint={SHARED_M}", "pseudo.select=true"],
+        "cc26",
+    ),
+    Run(
+        "cc_m2d_cap",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [f"adapt.init_checkpoint={SHARED_M}", *CAP],
+        "cc26",
+    ),
+    Run(
+        "cc_m2d_cn_sel_cap",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [
+            f"adapt.init_checkpoint={SHARED_M}",
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+        ],
+        "cc26",
     ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke

@@ -26,7 +26,9 @@ CHOICE_KEYS = {
     "optim.name",
     "train.amp",
     "train.keep",
+    "train.compile",
     "eval.metric",
+    "eval.steps",
     "pseudo.method",
     "pseudo.distance",
     "pseudo.s_min_reading",
@@ -34,6 +36,7 @@ CHOICE_KEYS = {
     "msplr:method.freeze",
     "past:method.classifier_init",
     "past:method.triplet_reading",
+    "cluster_contrast:method.memory",
 }
 
 

@@ -12,7 +12,8 @@ differences: the config defaults of ``adapt.select`` / ``adapt.holdout`` / ``ada
 normalised features with the cosine distance) in every PAST preset, and the new field
 ``model.allow_partial_weights`` at its default (false) in every preset. Issue 27 added
 fields at their defaults, checked to be the only differences: ``eval.steps`` (every),
-``train.compile`` (never)."""
+``train.compile`` (never); issue 26: ``method.memory`` (cluster), ``method.inter_weight``
+(0.5) and ``method.hard_negatives`` (50) in the cluster contrast presets."""
 
 from __future__ import annotations
 

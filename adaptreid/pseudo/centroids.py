@@ -8,7 +8,7 @@ import torch
 
 from adaptreid.errors import TrainingError
 
-__all__ = ["cluster_means"]
+__all__ = ["camera_proxies", "cluster_means"]
 
 
 def cluster_means(features, labels) -> torch.Tensor:
@@ -26,3 +26,28 @@ def cluster_means(features, labels) -> torch.Tensor:
     sums = torch.zeros(num_classes, x.shape[1]).index_add_(0, lab, x)
     counts = torch.bincount(lab, minlength=num_classes).clamp_min(1).unsqueeze(1)
     return sums / counts
+
+
+def camera_proxies(labels, camids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera-aware proxies (CAP, Wang et al., AAAI 2021, "camera-aware proxies"): each
+    cluster split by camera, one proxy per (cluster, camera) pair that holds images.
+
+    Args:
+        labels: ``(N,)`` cluster labels, ``-1`` for outliers (they get no proxy).
+        camids: ``(N,)`` camera ids (any integers).
+
+    Returns:
+        ``proxy`` ``(N,)``: each image's proxy (``-1`` for outliers); ``proxy_cluster``
+        ``(P,)`` and ``proxy_camera`` ``(P,)``: each proxy's cluster and camera id. Proxies
+        are numbered by cluster, then camera id (ascending).
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    camids = np.asarray(camids).astype(np.int64).reshape(-1)
+    if labels.shape != camids.shape:
+        raise ValueError(f"{len(labels)} labels for {len(camids)} camera ids")
+    keep = labels >= 0
+    pairs = np.stack([labels[keep], camids[keep]], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)  # sorted by (cluster, cam)
+    proxy = np.full(len(labels), -1, dtype=np.int64)
+    proxy[keep] = inverse.reshape(-1)
+    return proxy, uniq[:, 0].copy(), uniq[:, 1].copy()
