@@ -110,3 +110,34 @@ def test_a_run_applies_and_records_its_choice():
     assert record["train"]["amp"] == "none" and "as set" in record["train"]["compile_reason"]
     off = run_precision(load_config(None, []), model, torch.device("cpu"))
     assert model.compiled_modes == (False, False) and off["train"]["compile"] is False
+
+
+def test_log_precision_appends_only_a_changed_choice(tmp_path):
+    """A resume that makes the run's last choice again adds no record; one that chose
+    otherwise (another machine, a cleared cache) is recorded, reasons aside."""
+    from adaptreid.engine.builders import log_precision
+    from adaptreid.rundir.run import RunDir
+
+    run = RunDir(tmp_path)
+
+    def rec(amp, compiled, reason="probe"):
+        mode = {"amp": amp, "channels_last": amp == "bf16", "reason": reason}
+        return {
+            "kind": "precision",
+            "train": {**mode, "compile": compiled},
+            "extract": {**mode, "compile": False},
+        }
+
+    assert log_precision(run, rec("bf16", False))
+    run.log_metrics({"kind": "epoch", "epoch": 1})
+    assert not log_precision(run, rec("bf16", False, reason="cached"))
+    assert log_precision(run, rec("none", False))
+    assert log_precision(run, rec("none", True))
+    assert not log_precision(run, rec("none", True))
+    kinds = [(r["kind"], r.get("train", {}).get("amp")) for r in run.read_metrics()]
+    assert kinds == [
+        ("precision", "bf16"),
+        ("epoch", None),
+        ("precision", "none"),
+        ("precision", "none"),
+    ]

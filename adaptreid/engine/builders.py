@@ -227,6 +227,26 @@ def run_precision(cfg: Config, model: ReidModel, device) -> dict[str, Any]:
     return record
 
 
+def log_precision(run_dir, record: dict[str, Any]) -> bool:
+    """Append the run's ``precision`` record (:func:`run_precision`) to ``run_dir``'s
+    metrics unless the run's last one made the same choices (amp, channels_last, compile in
+    both modes): a resume on the same machine adds nothing, so a killed and resumed run
+    keeps the records of an uninterrupted one; a resume that chose otherwise (another
+    machine, a cleared cache) is recorded where it happened. True where it was appended."""
+
+    def choices(r: dict[str, Any]) -> list:
+        return [
+            [r.get(m, {}).get(k) for k in ("amp", "channels_last", "compile")]
+            for m in ("train", "extract")
+        ]
+
+    earlier = [r for r in run_dir.read_metrics() if r.get("kind") == "precision"]
+    if earlier and choices(earlier[-1]) == choices(record):
+        return False
+    run_dir.log_metrics(record)
+    return True
+
+
 def evaluate_cfg(
     cfg: Config,
     model: ReidModel,

@@ -54,6 +54,7 @@ from .builders import (
     format_metrics,
     load_dataset,
     model_from_cfg,
+    log_precision,
     run_precision,
     seed_everything,
 )
@@ -194,7 +195,7 @@ class AdaptationLoop:
         c.amp, c.channels_last = record["train"]["amp"], record["train"]["channels_last"]
         c.extract_amp = record["extract"]["amp"]
         c.extract_channels_last = record["extract"]["channels_last"]
-        self.run_dir.log_metrics(record)
+        log_precision(self.run_dir, record)
         if self.resume and self.run_dir.has_checkpoint():
             return model
         metrics = self._evaluate(model)

@@ -29,6 +29,7 @@ from .builders import (
     load_dataset,
     model_from_cfg,
     optimizer_from_cfg,
+    log_precision,
     run_precision,
     seed_everything,
     train_loader,
@@ -91,7 +92,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         run.restore(state)
         best = float(state.get("best_map", -1.0))
         log.info("resumed %s at epoch %d", run.path, trainer.epoch)
-    run.log_metrics(prec)  # after restore's cut
+    log_precision(run, prec)  # after restore's cut
 
     has_test = bool(source.query and source.gallery)
     for epoch in range(trainer.epoch + 1, cfg.train.epochs + 1):
