@@ -53,8 +53,8 @@ from .builders import (
     finish_run,
     format_metrics,
     load_dataset,
-    model_from_cfg,
     log_precision,
+    model_from_cfg,
     run_precision,
     seed_everything,
 )
