@@ -192,6 +192,14 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # ... and all three Duke -> Market (the preset's Duke source: source_dukemtmc_mobilenet_cpu)
+    Run(
+        "cc_d2m_cn_sel_cap",
+        "adapt",
+        f"cluster_contrast/{D2M}",
+        ["pseudo.camera_norm=true", "pseudo.select=true", *CAP],
+        "cc26",
+    ),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(
