@@ -300,7 +300,8 @@ def claim(explicit: int | None = None) -> Iterator[ThreadShare]:
     entry = register()
     share = decide(explicit)
     previous = _apply(share.threads)
-    log.info("threads: %s", share.describe())
+    # said (INFO) where other processes cut the share; alone or fixed, nothing to tell
+    log.log(logging.INFO if share.live > 1 else logging.DEBUG, "threads: %s", share.describe())
     _active = _Claim(os.getpid(), explicit, entry, previous, share, time.monotonic())
     try:
         yield share
