@@ -10,7 +10,10 @@ fp32) on synthetic ``--height`` x ``--width`` batches, as ``train_throughput.py`
   (its threads spin between parallel regions);
 * ``passive``: the same threads, ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI now sets);
 * ``fair``: passive wait and the fair share of :mod:`adaptreid.runtime.threads` (the
-  process claims its share and re-checks it every step, as the trainer does).
+  process claims its share and re-checks it every step, as the trainer does);
+* ``fair-spin`` (not in the default set): the fair share with OpenMP's default wait policy,
+  to tell what each half of ``fair`` does (passive wait cost a single process 24% of its
+  throughput in the first run of this benchmark, on a 2-core AMD EPYC).
 
 "alone" is one process by itself; "side by side" starts two at once, the first running
 ``--tail`` seconds longer than the second: its rate while both run gives the slowdown (alone
@@ -37,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "shared_machine.json"
-VARIANTS = ("today", "passive", "fair")
+VARIANTS = ("today", "passive", "fair", "fair-spin")
+DEFAULT_VARIANTS = ("today", "passive", "fair")
 _CLEARED = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ADAPTREID_THREADS")
 
 
@@ -56,7 +60,8 @@ def worker(args: argparse.Namespace) -> None:
     from adaptreid.models import build_model
     from adaptreid.runtime import threads
 
-    share = threads.claim() if args.variant == "fair" else contextlib.nullcontext()
+    fair = args.variant.startswith("fair")
+    share = threads.claim() if fair else contextlib.nullcontext()
     with share:
         torch.manual_seed(0)
         ids = max(1, args.batch // 4)
@@ -94,7 +99,7 @@ def _env(variant: str, registry: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["ADAPTREID_THREADS_DIR"] = registry  # this benchmark's processes only
-    if variant != "today":
+    if variant in ("passive", "fair"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
 
@@ -183,7 +188,7 @@ def _machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     ap.add_argument("--seconds", type=float, default=60, help="timed seconds per process")
     ap.add_argument(
         "--tail", type=float, default=20, help="the first process's extra seconds, side by side"
@@ -225,7 +230,7 @@ def main() -> None:
         res = record["variants"][v] = measure(args, v)
         a, b = res["side_by_side_img_s"]
         print(
-            f"  {v:8s} alone {_fmt(res['alone_img_s'])} img/s; side by side {_fmt(a)} + "
+            f"  {v:9s} alone {_fmt(res['alone_img_s'])} img/s; side by side {_fmt(a)} + "
             f"{_fmt(b)} img/s (slowdown x{_fmt(res['slowdown'], '.2f')}); first after the "
             f"second ended {_fmt(res['first_after_second_ended_img_s'])} img/s; threads "
             f"{res['threads_alone']} alone, {res['threads_side_by_side']} side by side",
