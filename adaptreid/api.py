@@ -35,23 +35,30 @@ def load(
     checkpoint: str | Path,
     *,
     device: str = "auto",
-    amp: str = "none",
-    channels_last: bool = False,
+    amp: str = "auto",
+    channels_last: bool | None = None,
     batch_size: int = 64,
+    num_workers: int = 2,
     flip: bool = False,
 ) -> Embedder:
-    """The model of an adaptreid checkpoint, ready to embed images.
+    """The model of an adaptreid checkpoint, ready to embed images, with the extraction
+    settings of ``adaptreid evaluate`` and of a run.
 
     ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda:N``;
-    ``amp``: ``none`` (float32, as ``adaptreid evaluate`` by default), ``bf16``, ``fp16``
-    (CUDA) or ``auto`` (measured on this machine, as ``train.amp: auto`` does for
-    extraction); ``flip``: average with the mirrored image. A file that is not a model
-    checkpoint raises :class:`~adaptreid.errors.CheckpointError` naming it."""
+    ``amp``: ``auto`` (bf16 + channels_last where a probe measures it faster on this machine,
+    fp32 elsewhere; probed once per machine and model, as ``train.amp: auto`` does for
+    extraction), ``none`` (float32), ``bf16``, ``fp16`` (CUDA); ``channels_last``: None
+    (the probe's choice with ``auto``) or True / False to force it; ``num_workers``: loader
+    processes decoding image files (used for more than one batch of files; in-memory images
+    are transformed in this process); ``flip``: average with the mirrored image. A file
+    that is not a model checkpoint raises :class:`~adaptreid.errors.CheckpointError`
+    naming it."""
     return Embedder.from_checkpoint(
         checkpoint,
         device=device,
         amp=amp,
         channels_last=channels_last,
         batch_size=batch_size,
+        num_workers=num_workers,
         flip=flip,
     )

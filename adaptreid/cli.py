@@ -1,8 +1,14 @@
-"""The ``adaptreid`` command. Thin: parse the arguments, build the parts, call them."""
+"""The ``adaptreid`` command. Thin: parse the arguments, build the parts, call them.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set): OpenMP reads it once,
+when torch loads, so it must come before any ``import torch``, which is why nothing this
+module imports at its top imports torch (:mod:`adaptreid.runtime.threads` says why).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -11,6 +17,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AdaptReIDError
+from .runtime.threads import passive_wait
+
+passive_wait()
 
 log = logging.getLogger("adaptreid")
 
@@ -47,19 +56,19 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from .data.datasets import open_dataset
     from .engine.evaluator import evaluate_model
     from .models import build_model
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
+    from .runtime.precision import resolve_precision
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
     device = resolve_device(args.device)
     t_start = time.perf_counter()
     dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
+    dataset.require("query", "gallery", purpose="evaluation")  # before a precision probe
     height, width = args.height, args.width
     if args.checkpoint:
         model, info = model_from_checkpoint(args.checkpoint)
@@ -70,9 +79,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = build_model(args.backbone, last_stride=args.last_stride, pretrained=args.weights)
         source = f"{args.backbone} ({args.weights or 'random init'})"
     height, width = height or 256, width or 128
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model.to(device)
+    amp, channels_last, reason = resolve_precision(
+        args.amp, model, (height, width), device, channels_last=args.channels_last, mode="extract"
+    )
+    log.info("extraction precision: %s", reason)
     out = evaluate_model(
         model,
         dataset,
@@ -87,8 +98,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         k1=args.k1,
         k2=args.k2,
         lambda_value=args.lambda_value,
-        amp=args.amp,
-        channels_last=args.channels_last,
+        amp=amp,
+        channels_last=channels_last,
         verbose=not args.quiet,
     )
     wall = time.perf_counter() - t_start
@@ -110,6 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "rerank": args.rerank,
             "metric": args.metric,
             "flip": args.flip,
+            "amp": amp,
+            "channels_last": channels_last,
             **out.metrics(),
             "wall_time_s": round(wall, 2),
         }
@@ -187,6 +200,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .engine.pseudo_step import StepFeatures
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
+    from .runtime.precision import Precision, resolve_precision
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
@@ -196,10 +210,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         model, info = model_from_checkpoint(args.checkpoint)
         height = info.get("height", cfg.data.height)
         width = info.get("width", cfg.data.width)
+        model.to(device)
+        amp, channels_last, reason = resolve_precision(
+            args.amp,
+            model,
+            (height, width),
+            device,
+            channels_last=args.channels_last,
+            mode="extract",
+        )
+        log.info("extraction precision: %s", reason)
         tf = build_transforms(height, width, train=False)
         loader = build_test_loader(dataset.train, tf, args.batch_size, args.num_workers)
         feats = extract_features(
-            model.to(device), loader, device=device, normalize=False, verbose=not args.quiet
+            model,
+            loader,
+            device=device,
+            normalize=False,
+            precision=Precision(amp, channels_last),
+            verbose=not args.quiet,
         )
         if args.features:
             _save_features(args.features, args.checkpoint, dataset, feats)
@@ -334,6 +363,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .retrieval.commands import add_commands, add_extraction_args
+
     p = argparse.ArgumentParser(
         prog="adaptreid",
         description="Unsupervised domain adaptation for person re-identification.",
@@ -372,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = dsub.add_parser("list", help="registered dataset names")
     lst.set_defaults(func=cmd_data_list)
     data.set_defaults(func=lambda a: (data.print_help(), 0)[1])
+    for p_data in (info, chk, lst, data):  # file reading, no torch: no share of the threads
+        p_data.set_defaults(shares_cores=False)
 
     ev = sub.add_parser("evaluate", help="CMC / mAP / mINP of a model on a query/gallery split")
     ev.add_argument("--dataset", required=True)
@@ -398,11 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k2", type=int, default=6)
     ev.add_argument("--lambda-value", type=float, default=0.3)
     ev.add_argument("--batch-size", type=int, default=128)
-    ev.add_argument("--num-workers", type=int, default=2)
-    ev.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    ev.add_argument("--channels-last", action="store_true")
+    add_extraction_args(ev)
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ev.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: $ADAPTREID_THREADS, else a fair share of the cores "
+        "among the adaptreid processes on this machine)",
+    )
     ev.add_argument("--out", help="folder to write metrics.json into")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.add_argument(
@@ -459,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--config", help="preset whose pseudo.* settings to use")
     cl.add_argument("--batch-size", type=int, default=128)
-    cl.add_argument("--num-workers", type=int, default=2)
+    add_extraction_args(cl)
     cl.add_argument("--device", default="auto")
     cl.add_argument("--out", help="folder to write eps_sweep.json into")
     cl.add_argument("-q", "--quiet", action="store_true")
@@ -491,12 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="(re)write report.md and plots of a run folder")
     rp.add_argument("run_dir")
-    rp.set_defaults(func=cmd_report)
-
-    from .retrieval.commands import add_commands
+    rp.set_defaults(func=cmd_report, shares_cores=False)
 
     add_commands(sub)  # embed, search
     return p
+
+
+def _thread_share(args: argparse.Namespace):
+    """A command that computes with torch runs its share of the machine's cores among the
+    adaptreid processes there (:func:`adaptreid.runtime.threads.claim`); ``data`` and
+    ``report`` only read files and take none."""
+    if not getattr(args, "shares_cores", True):
+        return contextlib.nullcontext()
+    from .runtime.threads import claim
+
+    return claim(getattr(args, "threads", 0) or None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with _thread_share(args):
+            return int(args.func(args) or 0)
     except AdaptReIDError as e:
         print(f"adaptreid: error: {e}", file=sys.stderr)
         return 2

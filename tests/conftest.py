@@ -19,6 +19,23 @@ from adaptreid.cli import main
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _thread_registry(tmp_path_factory):
+    """Keep the suite out of the machine's registry of live adaptreid processes
+    (``adaptreid.runtime.threads``): the commands the tests run in this process and in child
+    processes register in a folder of their own, so neither they nor an adaptreid run beside
+    the suite count each other. One intra-op thread per process, as the tests set with
+    ``torch.set_num_threads(1)`` (``test_threads.py`` unsets it where it tests the share),
+    unless the developer's environment says otherwise."""
+    from adaptreid.runtime import threads
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(threads.DIR_ENV, str(tmp_path_factory.mktemp("thread-registry")))
+        if not os.environ.get(threads.ENV):
+            mp.setenv(threads.ENV, "1")
+        yield
+
+
 def require_shared(relpath: str) -> Path:
     """``SHARED / relpath``, or skip the test when it is absent."""
     path = SHARED / relpath

@@ -52,7 +52,7 @@ def test_boxmot_onnx_backend_gives_our_features(exported, monkeypatch):
     frame_bgr = np.ascontiguousarray(np.concatenate(crops, axis=1)[:, :, ::-1])  # as cv2 reads
     boxes = np.array([[32 * i, 0, 32 * (i + 1), 64] for i in range(len(crops))], np.float32)
     theirs = backend.get_features(boxes, frame_bgr)  # crop, normalise, run, L2-normalise
-    ours = adaptreid.load(ckpt, device="cpu").embed(crops)
+    ours = adaptreid.load(ckpt, device="cpu", amp="none").embed(crops)  # fp32, as the file
     assert theirs.shape == ours.shape == (5, 128)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
 
@@ -70,5 +70,5 @@ def test_exported_interface_as_the_readme_states(exported):
     x = np.stack([(c / 255.0 - mean) / std for c in crops]).transpose(0, 3, 1, 2)
     feats = sess.run(None, {"images": x.astype(np.float32)})[0]
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)  # the README's last step
-    ours = adaptreid.load(ckpt, device="cpu").embed(crops)
+    ours = adaptreid.load(ckpt, device="cpu", amp="none").embed(crops)  # fp32, as the file
     np.testing.assert_allclose(feats, ours, atol=1e-5)

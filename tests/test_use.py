@@ -58,7 +58,8 @@ def test_embed_equals_the_extraction_of_evaluate(setup, capsys):
     )
     for split, ref in (("query", ev.query), ("gallery", ev.gallery)):
         out = tmp / f"{split}.npz"
-        assert _embed(ckpt, out, "--dataset", "market1501", "--root", root, "--split", split) == 0
+        argv = ["--dataset", "market1501", "--root", root, "--split", split, "--amp", "none"]
+        assert _embed(ckpt, out, *argv) == 0  # evaluate_model's fp32: the same numbers
         fs = load_features(out)
         assert fs.features.dtype == np.float32
         np.testing.assert_array_equal(fs.features, ref.feats.numpy())

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import TrainingError
+from ..runtime import threads
 from ..runtime.device import autocast
 from ..runtime.precision import Precision
 
@@ -82,6 +83,7 @@ def extract_features(
     seen = 0
     try:
         for batch in tqdm(loader, desc=desc, disable=not verbose, leave=False, unit="batch"):
+            threads.refresh()  # this process's share of the cores, re-checked every few s
             dropped += [(int(i), str(p), str(r)) for i, p, r in batch.get("bad", ())]
             n = len(batch["img"])
             if "index" in batch:

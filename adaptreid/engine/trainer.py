@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..errors import TrainingError
 from ..runtime import distributed as D
+from ..runtime import threads
 from ..runtime.device import autocast
 from ..runtime.faults import crash_point
 
@@ -193,6 +194,7 @@ class Trainer:
         for it, batch in enumerate(self.loader):
             if it >= total_iters:
                 break
+            threads.refresh()  # this process's share of the cores, re-checked every few s
             if batch.get("bad") and self.on_bad_images is not None:
                 self.on_bad_images(batch["bad"])
             x = batch["img"].to(self.device, non_blocking=True)

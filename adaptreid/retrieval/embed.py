@@ -93,15 +93,17 @@ def as_pil(item: Any, i: int = 0) -> Image.Image:
 @dataclass(frozen=True)
 class EmbedSettings:
     """How an :class:`Embedder` extracts: ``device`` (``auto``, ``cpu``, ``cuda:0`` or a
-    :class:`torch.device`), ``amp`` (``none``, ``bf16``, ``fp16`` or ``auto``: probed once),
-    ``channels_last``, ``batch_size``, ``num_workers`` and ``flip`` (add the features of the
-    mirrored image)."""
+    :class:`torch.device`), ``amp`` (``auto``: bf16 + channels_last where a probe finds it
+    faster on this machine, cached, as a run's extraction does; ``none``, ``bf16``,
+    ``fp16``), ``channels_last`` (None: the probe's choice with ``auto``, off otherwise;
+    True / False forces it), ``batch_size``, ``num_workers`` (loader processes decoding image
+    files) and ``flip`` (add the features of the mirrored image)."""
 
     device: str | torch.device = "auto"
-    amp: str = "none"
-    channels_last: bool = False
+    amp: str = "auto"
+    channels_last: bool | None = None
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = 2
     flip: bool = False
 
 
@@ -124,10 +126,15 @@ class Embedder:
         self.checkpoint = checkpoint
         self.height = int(info.get("height") or 256)
         self.width = int(info.get("width") or 128)
-        if amp == "auto":
-            amp, channels_last, reason = resolve_precision(
-                "auto", self.model, (self.height, self.width), self.device, mode="extract"
-            )
+        amp, channels_last, reason = resolve_precision(
+            amp,
+            self.model,
+            (self.height, self.width),
+            self.device,
+            channels_last=channels_last,
+            mode="extract",
+        )
+        if st.amp == "auto":
             log.info("extraction precision: %s", reason)
         self.amp, self.channels_last = amp, channels_last
         self.batch_size, self.num_workers, self.flip = st.batch_size, st.num_workers, st.flip
@@ -205,9 +212,16 @@ class Embedder:
             batch_size=self.batch_size,
             shuffle=False,
             collate_fn=collate_skip_bad,
-            num_workers=self.num_workers,
+            num_workers=self._workers_for(items),
         )
         return self._extract(loader, desc="embed", verbose=verbose).feats.numpy()
+
+    def _workers_for(self, items: Sequence[Any]) -> int:
+        """Loader processes for :meth:`embed`: ``num_workers`` to decode image files of more
+        than one batch, none otherwise. Starting worker processes costs more than it saves
+        for images already in memory (a tracker's crops, every frame) or a single batch."""
+        files = all(isinstance(x, str | os.PathLike) for x in items)
+        return self.num_workers if files and len(items) > self.batch_size else 0
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -124,12 +124,17 @@ def cpu_model() -> str:
 
 def machine_id(device: torch.device | str) -> str:
     """What the probe's answer depends on besides the model: the CPU (:func:`cpu_identity`)
-    and core count (or the GPU's name), and the torch version."""
+    and core count (or the GPU's name), and the torch version.
+
+    Not the process's intra-op thread count: that follows how many adaptreid processes share
+    the machine at the moment (:mod:`adaptreid.runtime.threads`), and keying on it gave one
+    machine two answers for one model, one when a second process happened to run beside
+    the probe and one when it did not. The machine's core count stands for it."""
     device = torch.device(device)
     if device.type == "cuda":
         hw = torch.cuda.get_device_name(device)
     else:
-        hw = f"{cpu_model()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+        hw = f"{cpu_model()} x{os.cpu_count()}"
     return f"{device.type}:{hw}|torch {torch.__version__}"
 
 
@@ -361,7 +366,7 @@ def resolve_precision(
     input_size,
     device,
     *,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     mode: Mode = "train",
     probe: ProbeSettings | None = None,
 ) -> tuple[str, bool, str]:
@@ -373,7 +378,9 @@ def resolve_precision(
         model: the network (only copied for the probe; its weights and mode are untouched).
         input_size: ``(height, width)`` of the input images.
         device: where the model runs.
-        channels_last: the layout that goes with an explicit ``amp`` (``auto`` chooses it).
+        channels_last: the layout: None (the default) leaves it to the probe with ``auto``
+            and means the default layout with an explicit ``amp``; True / False forces it
+            either way (``auto`` then chooses the precision only).
         mode: ``train`` (forward + backward + optimiser step) or ``extract`` (no-grad
             forward); each has its own cache entry.
         probe: the probe's batch, cache folder, cache use, steps, repeats, margin and timer
@@ -406,8 +413,13 @@ def resolve_precision(
         if D.is_main():
             res = _resolve_auto(model, input_size, device, mode, batch, probe)
         amp_r, cl_r, reason = D.broadcast_object(res)
-        return amp_r, cl_r, reason + (" (rank 0's choice)" if not D.is_main() else "")
-    return _resolve_auto(model, input_size, device, mode, batch, probe)
+        reason += " (rank 0's choice)" if not D.is_main() else ""
+    else:
+        amp_r, cl_r, reason = _resolve_auto(model, input_size, device, mode, batch, probe)
+    if channels_last is not None and bool(channels_last) != cl_r:
+        cl_r = bool(channels_last)
+        reason += f"; channels_last={cl_r} (as set)"
+    return amp_r, cl_r, reason
 
 
 def _resolve_auto(
