@@ -52,8 +52,10 @@ from .builders import (
     evaluate_on,
     finish_run,
     format_metrics,
+    image_cache_dir,
     load_dataset,
     model_from_cfg,
+    remove_run_image_cache,
     run_precision,
     seed_everything,
 )
@@ -128,6 +130,7 @@ class AdaptationLoop:
             self.verbose,
             true_pids=ground_truth(target.train),
             bad_images=bad_images_mode(cfg, "target"),
+            image_cache_dir=image_cache_dir(cfg, self.run_dir.path),
         )
         self.method: AdaptationMethod = method_class(cfg.method.name)(cfg, self.ctx)
         self.rule = cfg.adapt.select
@@ -161,6 +164,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
+            image_cache_dir=self.ctx.image_cache_dir,
             on_bad=lambda bad: self.run_dir.note_bad(bad, "final evaluation"),
         )
         if len(self.run_dir.bad_log):
@@ -170,6 +174,7 @@ class AdaptationLoop:
                 self.run_dir.path / "bad_images.json",
             )
         D.barrier()
+        remove_run_image_cache(self.cfg, self.run_dir.path)
         return self.run_dir
 
     def _start(self) -> ReidModel:
@@ -510,6 +515,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
+            image_cache_dir=self.ctx.image_cache_dir,
             on_bad=lambda bad: self.run_dir.note_bad(bad, f"step {self.state.step} evaluation"),
         )
         self._add_time("evaluate", time.perf_counter() - t0)
