@@ -277,3 +277,31 @@ def test_a_run_gives_the_same_records_with_and_without_the_cache(tmp_path):
     assert _records(tmp_path / "shared_run" / "runs" / "src") == ref
     assert not (tmp_path / "disk" / "runs" / "src" / "image_cache").exists()
     assert (tmp_path / "shared" / "images_32x16.v1.u8").is_file()
+
+
+def test_a_full_disk_leaves_the_images_decoded(tmp_path, monkeypatch, caplog):
+    """No room for the rows (posix_fallocate fails): the loader decodes, as without a cache,
+    with a warning; nothing is ever written past the end of the file."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    samples = _images(tmp_path / "img", n=4)
+    cache = ImageCache(tmp_path / "cache", H, W)
+    with caplog.at_level("WARNING", logger="adaptreid"):
+        out = _test_tensors(samples, cache)
+    assert torch.equal(out, _test_tensors(samples))
+    assert "no room for 4 more rows" in caplog.text
+    assert (cache.hits, cache.misses) == (0, 4)
+    assert os.path.getsize(cache.data_path) == 0 and cache.keys_path.read_bytes() == b""
+
+
+def test_a_folder_that_cannot_be_written_leaves_the_images_decoded(tmp_path, caplog):
+    samples = _images(tmp_path / "img", n=3)
+    (tmp_path / "file").write_text("not a folder")
+    cache = ImageCache(tmp_path / "file" / "cache", H, W)
+    with caplog.at_level("WARNING", logger="adaptreid"):
+        assert torch.equal(_test_tensors(samples, cache), _test_tensors(samples))
+    assert "cannot be used" in caplog.text and cache.misses == 3

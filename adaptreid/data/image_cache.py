@@ -110,7 +110,6 @@ class ImageCache:
         self._offset = 0
         self._mm: np.memmap | None = None
         self._pid = -1
-        self._writable = True
 
     # ------------------------------------------------------------------ pickling (workers)
     def __getstate__(self) -> dict:
@@ -142,8 +141,20 @@ class ImageCache:
     def register(self, paths: Sequence[str | os.PathLike[str]]) -> CacheRows:
         """The rows of ``paths``, appending those not in the cache yet (under a file lock,
         safe with other processes and runs). A path that is not a readable file gets row -1;
-        so do new ones when the disk cannot hold their rows (a warning says so)."""
+        so do new ones when the disk cannot hold their rows, and all when the folder cannot
+        be written (a warning says so)."""
         keys = [file_key(p) for p in paths]
+        try:
+            self._append(keys)
+        except OSError as e:
+            log.warning("image cache %s cannot be used (%s): images are decoded", self.folder, e)
+            self._rows = {}
+        rows = np.array([self._rows.get(k, -1) if k else -1 for k in keys], dtype=np.int64)
+        seeds = np.array([zlib.crc32(k.encode()) if k else 0 for k in keys], dtype=np.uint32)
+        return CacheRows(rows, seeds)
+
+    def _append(self, keys: list[str | None]) -> None:
+        """Read the key file and append the keys it lacks, under its lock."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.keys_path, "a+b") as f:
             if fcntl is not None:
@@ -152,7 +163,8 @@ class ImageCache:
                 self._read_keys(f)
                 known = self._lines
                 new = [k for k in dict.fromkeys(k for k in keys if k) if k not in self._rows]
-                if new and self._allocate(known + len(new)):
+                # (also restores the rows of a data file deleted under a kept key file)
+                if self._allocate(known + len(new)) and new:
                     f.seek(0, os.SEEK_END)
                     f.write(b"".join(json.dumps(k).encode() + b"\n" for k in new))
                     f.flush()
@@ -160,9 +172,6 @@ class ImageCache:
             finally:
                 if fcntl is not None:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        rows = np.array([self._rows.get(k, -1) if k else -1 for k in keys], dtype=np.int64)
-        seeds = np.array([zlib.crc32(k.encode()) if k else 0 for k in keys], dtype=np.uint32)
-        return CacheRows(rows, seeds)
 
     def _read_keys(self, f) -> None:
         """Read the lines appended since the last read; a last line without its newline (a
@@ -224,12 +233,9 @@ class ImageCache:
                 return None
             shape = (n, self.row_bytes)
             try:
-                self._mm = np.memmap(
-                    self.data_path, np.uint8, "r+" if self._writable else "r", 0, shape
-                )
-            except PermissionError:
-                self._writable = False
-                self._mm = np.memmap(self.data_path, np.uint8, "r", 0, shape)
+                self._mm = np.memmap(self.data_path, np.uint8, "r+", 0, shape)
+            except OSError:
+                return None
             self._pid = os.getpid()
         return self._mm
 
@@ -252,7 +258,7 @@ class ImageCache:
         """Write ``pixels`` (H x W x 3 uint8) to ``row``: flag cleared, pixels, checksum,
         flag set (see the module docstring)."""
         mm = self._map(row)
-        if mm is None or not self._writable:
+        if mm is None:
             return
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
         if pixels.shape != (self.height, self.width, 3):
