@@ -41,3 +41,6 @@ __getattr__
 # the Python API's Embedder.embed (adaptreid.load(...).embed(images)), used by users, the
 # README's example (tests/test_readme.py) and tests/test_use.py
 _.embed
+# ImageCache's per-process counters of decoded images, read by tests/test_image_cache.py and
+# benchmarks/image_cache.py
+_.misses

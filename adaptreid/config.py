@@ -70,6 +70,15 @@ class DataConfig:
     empty, not an image): stop with an error naming the file, or drop it once, count it, log
     it and list it in the run report. ``auto``: skip for the unlabelled target of ``adapt``
     (a long run should not die on one bad file of 100k), error for a labelled source."""
+    image_cache: Literal["disk", "none"] = "disk"
+    """disk | none. ``disk``: each image is decoded once per run and kept at the input size
+    (after the resize, before flip, augmentation and normalisation) in a memory-mapped file,
+    which feature extraction, evaluation and training read from then on (the same tensors as
+    decoding). ``none``: every pass decodes the image files."""
+    image_cache_dir: str = ""
+    """Folder of the image cache; empty: ``image_cache/`` in the run folder, removed when the
+    run finishes (kept by a run that stops early, for ``--resume``). A folder of your own is
+    kept, and runs that name the same folder share it (keyed by file and input size)."""
     source_options: dict[str, Any] = field(default_factory=dict)
     """Extra arguments of the source dataset's factory, e.g. ``{preset: tiny}`` for
     ``synthetic-source`` (see ``adaptreid data list`` / the dataset's docstring)."""

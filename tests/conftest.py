@@ -175,7 +175,7 @@ COMMON = [
 ]
 
 
-def train_tiny_source(tmp_path):
+def train_tiny_source(tmp_path, *extra):
     src = write_identity_market(tmp_path / "src", ids=tuple(range(1, 9)))
     args = [
         "train",
@@ -189,6 +189,7 @@ def train_tiny_source(tmp_path):
         "train.epochs=2",
         "model.backbone=resnet18",
         *COMMON,
+        *extra,
     ]
     assert main(args) == 0
     return tmp_path / "runs" / "src" / "checkpoints" / "best.pt"

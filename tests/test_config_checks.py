@@ -21,6 +21,7 @@ from adaptreid.registry import METHOD_OPTIONS
 #: every config field with a fixed set of values (method options: ``<method>:method.<key>``)
 CHOICE_KEYS = {
     "data.bad_images",
+    "data.image_cache",
     "model.pooling",
     "model.neck_feat",
     "optim.name",

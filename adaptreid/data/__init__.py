@@ -11,6 +11,7 @@ from .datasets import (
     dataset_info,
     relabel,
 )
+from .image_cache import ImageCache
 from .images import ImageDataset, ImageReadError, read_image
 from .loaders import PKSampling, build_test_loader, build_train_loader, collate_skip_bad
 from .manifest import load_manifest
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BadImageLog",
+    "ImageCache",
     "ImageDataset",
     "ImageReadError",
     "MissingSplit",

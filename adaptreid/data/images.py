@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -117,6 +117,20 @@ def image_problem(path: str | os.PathLike[str]) -> str | None:
 BAD_IMAGE_MODES = ("error", "skip")
 
 
+class CachedImages(Protocol):
+    """What :class:`ImageDataset` needs of an image cache
+    (:class:`~adaptreid.data.image_cache.ImageCache`, which imports this module)."""
+
+    def check_transform(self, transform: Any) -> None:
+        """Raise ``ValueError`` unless ``transform`` begins with the cache's resize."""
+
+    def register(self, paths: Sequence[str]) -> Any:
+        """The rows of ``paths`` (a :class:`~adaptreid.data.image_cache.CacheRows`)."""
+
+    def load(self, path: str, row: int, seed: int) -> Image.Image:
+        """The image of ``path`` resized, from ``row`` or decoded."""
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Images of a list of :class:`Sample`, through ``transform``.
 
@@ -134,6 +148,12 @@ class ImageDataset(torch.utils.data.Dataset):
       drops such items from the batch and lists them in ``batch["bad"]``.
 
     An error raised by ``transform`` itself is never skipped (it is a bug, not bad data).
+
+    ``image_cache`` (an :class:`~adaptreid.data.image_cache.ImageCache`): images come from
+    it, decoded and resized once, then go through ``transform`` whole. ``transform`` must
+    begin with the cache's :class:`~adaptreid.data.transforms.Resize` (as
+    :func:`~adaptreid.data.transforms.build_transforms`' do), which the cached image then
+    passes unchanged: the items are exactly those without the cache.
     """
 
     def __init__(
@@ -142,12 +162,25 @@ class ImageDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         *,
         bad_images: str = "error",
+        image_cache: CachedImages | None = None,
     ) -> None:
         if bad_images not in BAD_IMAGE_MODES:
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         self.samples = list(samples)
         self.transform = transform
         self.bad_images = bad_images
+        self.image_cache = image_cache
+        self._cache_rows = None
+        if image_cache is not None:
+            image_cache.check_transform(transform)
+            self._cache_rows = image_cache.register([s.path for s in self.samples])
+
+    def _read(self, index: int) -> Image.Image:
+        path = self.samples[index].path
+        if self.image_cache is None or self._cache_rows is None:
+            return read_image(path)
+        rows = self._cache_rows
+        return self.image_cache.load(path, int(rows.rows[index]), int(rows.seeds[index]))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -155,7 +188,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
-            img = read_image(sample.path)
+            img = self._read(index)
         except ImageReadError as e:
             if self.bad_images == "error":
                 raise
@@ -172,7 +205,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return {"img": img, "pid": int(sample.pid), "camid": int(sample.camid), "index": index}
 
     def __repr__(self) -> str:
+        cache = f", image_cache={self.image_cache!r}" if self.image_cache is not None else ""
         return (
             f"ImageDataset({len(self)} samples, transform={self.transform!r}, "
-            f"bad_images={self.bad_images!r})"
+            f"bad_images={self.bad_images!r}{cache})"
         )

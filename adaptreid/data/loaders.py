@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..errors import DatasetError
 from .datasets import Sample
+from .image_cache import ImageCache
 from .images import ImageDataset
 from .sampler import PKSampler
 
@@ -165,10 +166,13 @@ def build_train_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     bad_images: str = "error",
+    image_cache: ImageCache | None = None,
 ) -> TrainLoader:
     """A loader of ``P x K`` batches over ``samples`` (``drop_last``: every batch drawn is
     full; with ``bad_images="skip"`` it may come out short by its unreadable images, see the
-    module docstring), drawn as ``sampling`` says.
+    module docstring), drawn as ``sampling`` says. ``image_cache``: images decoded and
+    resized once (:class:`~adaptreid.data.image_cache.ImageCache`); the random augmentation
+    after the resize runs at every draw, so batches are those without the cache.
 
     ``loader.sampler`` is the :class:`PKSampler`; call ``loader.sampler.set_epoch(e)`` before
     each epoch. ``sampling.unlabelled_ok`` leaves pid -1 samples out instead of raising. An empty
@@ -188,7 +192,7 @@ def build_train_loader(
         unlabelled_ok=sm.unlabelled_ok,
     )
     return TrainLoader(
-        ImageDataset(samples, transform, bad_images=bad_images),
+        ImageDataset(samples, transform, bad_images=bad_images, image_cache=image_cache),
         batch_size=sampler.batch_size,
         sampler=sampler,
         drop_last=True,
@@ -214,15 +218,18 @@ def build_test_loader(
     *,
     pin_memory: bool = False,
     bad_images: str = "error",
+    image_cache: ImageCache | None = None,
 ) -> DataLoader:
     """A loader over ``samples`` in their order (no shuffling, last batch may be short; with
     ``bad_images="skip"`` unreadable images are left out of their batch and listed in
     ``batch["bad"]``). A split that the dataset lacks (see
-    :class:`~adaptreid.data.datasets.MissingSplit`) raises :class:`DatasetError` naming it."""
+    :class:`~adaptreid.data.datasets.MissingSplit`) raises :class:`DatasetError` naming it.
+    ``image_cache``: images decoded and resized once, the same tensors
+    (:class:`~adaptreid.data.image_cache.ImageCache`)."""
     if not samples and getattr(samples, "reason", None):
         raise _empty_split_error(samples, "no images to load")
     return DataLoader(
-        ImageDataset(samples, transform, bad_images=bad_images),
+        ImageDataset(samples, transform, bad_images=bad_images, image_cache=image_cache),
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,

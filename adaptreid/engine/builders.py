@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 
 from ..config import Config
 from ..data.datasets import ReidDataset, Sample, open_dataset
+from ..data.image_cache import ImageCache
 from ..data.loaders import PKSampling, build_train_loader
 from ..data.transforms import Augmentation, build_transforms
 from ..errors import CheckpointError, ConfigError
@@ -83,9 +86,46 @@ def bad_images_mode(cfg: Config, role: str) -> str:
     return mode
 
 
-def train_loader(cfg: Config, samples: Sequence[Sample], *, bad_images: str = "error"):
+#: the image cache's folder in a run folder when ``data.image_cache_dir`` is empty
+RUN_IMAGE_CACHE = "image_cache"
+
+
+def image_cache_dir(cfg: Config, run_path: str | Path) -> str:
+    """The folder of a run's image cache: ``data.image_cache_dir``, or ``image_cache/`` in
+    the run folder when it is empty; ``""`` (no cache) with ``data.image_cache: none``."""
+    d = cfg.data
+    if d.image_cache == "none":
+        return ""
+    return (
+        str(Path(d.image_cache_dir).expanduser())
+        if d.image_cache_dir
+        else str(Path(run_path) / RUN_IMAGE_CACHE)
+    )
+
+
+def open_image_cache(folder: str, height: int, width: int) -> ImageCache | None:
+    """The :class:`ImageCache` of ``folder`` at ``height x width`` (None for ``""``)."""
+    return ImageCache(folder, height, width) if folder else None
+
+
+def remove_run_image_cache(cfg: Config, run_path: str | Path) -> None:
+    """At the end of a run (rank 0, after the last barrier): remove the run folder's own
+    image cache (``data.image_cache_dir`` empty). A folder the user named is kept."""
+    if cfg.data.image_cache == "disk" and not cfg.data.image_cache_dir and D.is_main():
+        shutil.rmtree(Path(run_path) / RUN_IMAGE_CACHE, ignore_errors=True)
+
+
+def train_loader(
+    cfg: Config,
+    samples: Sequence[Sample],
+    *,
+    bad_images: str = "error",
+    image_cache: ImageCache | None = None,
+):
     """A P x K loader over ``samples`` (pids already in [0, C)) with the configured
-    augmentation; ``bad_images="skip"`` drops unreadable images from their batch."""
+    augmentation; ``bad_images="skip"`` drops unreadable images from their batch;
+    ``image_cache``: images decoded and resized once (the augmentation still runs at every
+    draw)."""
     d = cfg.data
     tf = train_transform(cfg)
     p = identities_per_batch(cfg, len({s.pid for s in samples if s.pid >= 0}))
@@ -95,6 +135,7 @@ def train_loader(cfg: Config, samples: Sequence[Sample], *, bad_images: str = "e
         PKSampling(p, d.num_instances, seed=cfg.seed, rank=D.rank(), world_size=D.world_size()),
         num_workers=d.num_workers,
         bad_images=bad_images,
+        image_cache=image_cache,
     )
 
 
@@ -260,7 +301,8 @@ def evaluate_cfg(
     """:func:`~adaptreid.engine.evaluator.evaluate_model` (every setting explicit) with the
     run's settings (:meth:`EvalSettings.from_config`: input size, loader, ``eval.*``) and
     ``changes`` of them: ``amp`` / ``channels_last`` (the run's resolved ones; by default
-    ``train.*``'s, probed), ``bad_images``. With ``bad_images="skip"`` unreadable query /
+    ``train.*``'s, probed), ``bad_images``, ``image_cache_dir`` (the run's,
+    :func:`image_cache_dir`; by default none). With ``bad_images="skip"`` unreadable query /
     gallery images are left out and handed to ``on_bad`` as ``(index, path, reason)``
     items."""
     if changes.get("amp") is None:

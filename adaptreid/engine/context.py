@@ -16,12 +16,13 @@ import torch
 
 from ..config import Config
 from ..data.datasets import ReidDataset, Sample
+from ..data.image_cache import ImageCache
 from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..models import ReidModel
 from ..rundir.run import RunDir
 from ..runtime.precision import Precision
-from .builders import train_loader
+from .builders import open_image_cache, train_loader
 from .extract import Features, extract_features
 
 log = logging.getLogger("adaptreid")
@@ -114,6 +115,9 @@ class LoopContext:
     state: LoopState = field(default_factory=LoopState)
     bad_images: str = "skip"
     """``data.bad_images`` resolved for the target (``auto``: skip)."""
+    image_cache_dir: str = ""
+    """The run's image cache folder (:func:`~adaptreid.engine.builders.image_cache_dir`);
+    ``""``: none, every pass decodes."""
 
     @property
     def step(self) -> int:
@@ -124,10 +128,17 @@ class LoopContext:
         """The seed of this step's samplers and draws (``cfg.seed * 1000 + step``)."""
         return step_seed(self.cfg.seed, self.state.step)
 
+    def image_cache(self) -> ImageCache | None:
+        """The run's image cache at the input size (None with ``data.image_cache: none``):
+        for a method that builds its own loader."""
+        return open_image_cache(self.image_cache_dir, self.cfg.data.height, self.cfg.data.width)
+
     def train_loader(self, samples: list[Sample]):
         """A P x K loader over ``samples`` with ``cfg.data``'s augmentation (unreadable images
-        dropped from their batch in skip mode)."""
-        return train_loader(self.cfg, samples, bad_images=self.bad_images)
+        dropped from their batch in skip mode; images from the run's image cache)."""
+        return train_loader(
+            self.cfg, samples, bad_images=self.bad_images, image_cache=self.image_cache()
+        )
 
     def extract(self, model: ReidModel, *, normalize: bool, desc: str = "") -> Features:
         """Features of the target training images, in dataset order (test-time transform),
@@ -140,6 +151,7 @@ class LoopContext:
             d.test_batch_size,
             d.num_workers,
             bad_images=self.bad_images,
+            image_cache=self.image_cache(),
         )
         feats = extract_features(
             model.to(self.device),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import UNKNOWN_CAMERA, ReidDataset
+from ..data.image_cache import ImageCache
 from ..data.loaders import build_test_loader
 from ..data.transforms import build_transforms
 from ..errors import DatasetError
@@ -89,6 +90,9 @@ class EvalSettings:
     channels_last: bool = False
     bad_images: str = "error"
     """``"error"`` (an unreadable image raises, naming it) or ``"skip"`` (left out, reported)."""
+    image_cache_dir: str = ""
+    """Folder of the image cache (:class:`~adaptreid.data.image_cache.ImageCache`: images
+    decoded and resized once, the same features); ``""``: every evaluation decodes."""
 
     @classmethod
     def from_config(cls, cfg: Any, **changes: Any) -> EvalSettings:
@@ -142,7 +146,10 @@ def evaluate_model(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     kw = dict(device=device, flip=flip, precision=Precision(amp, channels_last), verbose=verbose)
-    lkw = dict(batch_size=batch_size, num_workers=num_workers, bad_images=bad_images)
+    cache = ImageCache(st.image_cache_dir, height, width) if st.image_cache_dir else None
+    lkw = dict(
+        batch_size=batch_size, num_workers=num_workers, bad_images=bad_images, image_cache=cache
+    )
     q = extract_features(model, build_test_loader(dataset.query, tf, **lkw), desc="query", **kw)
     g = extract_features(model, build_test_loader(dataset.gallery, tf, **lkw), desc="gallery", **kw)
     seconds["extract"] = time.perf_counter() - t0

@@ -52,9 +52,11 @@ from .builders import (
     evaluate_on,
     finish_run,
     format_metrics,
+    image_cache_dir,
     load_dataset,
     log_precision,
     model_from_cfg,
+    remove_run_image_cache,
     run_precision,
     seed_everything,
 )
@@ -129,6 +131,7 @@ class AdaptationLoop:
             self.verbose,
             true_pids=ground_truth(target.train),
             bad_images=bad_images_mode(cfg, "target"),
+            image_cache_dir=image_cache_dir(cfg, self.run_dir.path),
         )
         self.method: AdaptationMethod = method_class(cfg.method.name)(cfg, self.ctx)
         self.rule = cfg.adapt.select
@@ -162,6 +165,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
+            image_cache_dir=self.ctx.image_cache_dir,
             on_bad=lambda bad: self.run_dir.note_bad(bad, "final evaluation"),
         )
         if len(self.run_dir.bad_log):
@@ -171,6 +175,7 @@ class AdaptationLoop:
                 self.run_dir.path / "bad_images.json",
             )
         D.barrier()
+        remove_run_image_cache(self.cfg, self.run_dir.path)
         return self.run_dir
 
     def _start(self) -> ReidModel:
@@ -511,6 +516,7 @@ class AdaptationLoop:
             amp=self.ctx.extract_amp,
             channels_last=self.ctx.extract_channels_last,
             bad_images=self.ctx.bad_images,
+            image_cache_dir=self.ctx.image_cache_dir,
             on_bad=lambda bad: self.run_dir.note_bad(bad, f"step {self.state.step} evaluation"),
         )
         self._add_time("evaluate", time.perf_counter() - t0)

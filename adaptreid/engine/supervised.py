@@ -26,10 +26,13 @@ from .builders import (
     evaluate_on,
     finish_run,
     format_metrics,
+    image_cache_dir,
     load_dataset,
     log_precision,
     model_from_cfg,
+    open_image_cache,
     optimizer_from_cfg,
+    remove_run_image_cache,
     run_precision,
     seed_everything,
     train_loader,
@@ -57,6 +60,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     ev_amp, ev_cl = prec["extract"]["amp"], prec["extract"]["channels_last"]
     mode = bad_images_mode(cfg, "source")
     note_bad = run.note_bad  # data.bad_images: skip
+    cache_dir = image_cache_dir(cfg, run.path)
 
     criterion = build_reid_loss(cfg.loss, num_classes, model.feat_dim).to(device)
     optimizer, scheduler = optimizer_from_cfg(cfg, model)
@@ -64,7 +68,12 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
     stage = Stage(
         criterion,
         optimizer,
-        train_loader(cfg, train, bad_images=mode),
+        train_loader(
+            cfg,
+            train,
+            bad_images=mode,
+            image_cache=open_image_cache(cache_dir, cfg.data.height, cfg.data.width),
+        ),
         epochs=cfg.train.epochs,
         scheduler=scheduler,
         extra_optimizers=[center_opt] if center_opt else [],
@@ -84,7 +93,13 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         device=device,
         on_bad_images=lambda items: note_bad(items, f"training epoch {trainer.epoch + 1}"),
     )
-    precision = {"amp": ev_amp, "channels_last": ev_cl, "bad_images": mode}  # evaluation
+    # evaluation
+    precision = {
+        "amp": ev_amp,
+        "channels_last": ev_cl,
+        "bad_images": mode,
+        "image_cache_dir": cache_dir,
+    }
     best = -1.0
     if resume and run.has_checkpoint():
         state = run.load_last()
@@ -147,6 +162,7 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
             amp=ev_amp,
             channels_last=ev_cl,
             bad_images=bad_images_mode(cfg, "target"),
+            image_cache_dir=cache_dir,
             on_bad=lambda items: note_bad(items, "direct-transfer evaluation"),
         )
         run.log_metrics(
@@ -164,4 +180,5 @@ def train_source(cfg: Config, *, resume: bool = False, verbose: bool = True) -> 
         **precision,
     )
     D.barrier()
+    remove_run_image_cache(cfg, run.path)
     return run

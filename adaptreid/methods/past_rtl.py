@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.datasets import Sample
+from ..data.image_cache import ImageCache
 from ..data.images import ImageDataset
 from ..data.loaders import collate_skip_bad, seed_worker
 from ..data.sampler import PKSampler
@@ -125,12 +126,14 @@ def ranking_triplet_loader(
     eta: int = 20,
     seed: int = 0,
     bad_images: str = "error",
+    image_cache: ImageCache | None = None,
 ) -> DataLoader:
     """A P x K loader over the pseudo-labelled target images (``labels >= 0``; ``pid`` =
     label), with ``cfg.data``'s augmentation. With ``ranked`` each batch also holds one RTL
     positive and negative per anchor, from the whole of ``train`` (``pid`` -1 for outliers),
     and the entries ``rtl_role`` / ``rtl_rank``. ``bad_images="skip"``: an unreadable image
-    drops its triplet from the batch (:func:`collate_triplets`)."""
+    drops its triplet from the batch (:func:`collate_triplets`). ``image_cache``: images
+    decoded and resized once (the augmentation still runs at every draw)."""
     d = cfg.data
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(train):
@@ -147,7 +150,7 @@ def ranking_triplet_loader(
         unlabelled_ok=True,
     )
     return DataLoader(
-        _KeyedImages(samples, train_transform(cfg), bad_images=bad_images),
+        _KeyedImages(samples, train_transform(cfg), bad_images=bad_images, image_cache=image_cache),
         batch_sampler=RankingTripletBatchSampler(pk, ranked, eta, seed=seed),
         collate_fn=collate_triplets,
         num_workers=d.num_workers,
@@ -170,4 +173,5 @@ def step_loader(ctx, labels: np.ndarray, *, ranked: np.ndarray | None = None, et
         eta=eta,
         seed=ctx.seed,
         bad_images=ctx.bad_images,
+        image_cache=ctx.image_cache(),
     )
