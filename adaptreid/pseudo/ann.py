@@ -165,8 +165,9 @@ def _coarse(x: torch.Tensor, xn: torch.Tensor, cen: torch.Tensor, nprobe: int):
     return probes, pdist, far_idx
 
 
-def _search(xs, cen, probes, pdist, kc: int, faiss, verbose: bool) -> np.ndarray:
-    """faiss IVF-Flat candidates: (N, kc) indices, -1 where fewer were found."""
+def _search(xs, cen, probes, pdist, kc: int, faiss, verbose: bool):
+    """faiss IVF-Flat candidates: (N, kc) indices, -1 where fewer were found; and the order
+    of the rows by list."""
     n, d = xs.shape
     nlist, nprobe = cen.shape[0], probes.shape[1]
     quantizer = faiss.IndexFlatL2(d)
@@ -190,28 +191,35 @@ def _search(xs, cen, probes, pdist, kc: int, faiss, verbose: bool) -> np.ndarray
         )
         cand[rows] = ids
     del index, quantizer
-    return cand
+    return cand, order
 
 
-def _exact_on_candidates(x, xn, cand: np.ndarray, k: int):
+def _exact_on_candidates(x, xn, cand: np.ndarray, k: int, order: np.ndarray):
     """(N, k) packed keys of the k nearest candidates by the exact path's distance, and the
-    rows with fewer than k candidates."""
-    n = x.shape[0]
+    rows with fewer than k candidates. Rows are taken in ``order`` (list order: consecutive
+    rows share candidates, which stay in cache); the candidates' rows are gathered into one
+    reused buffer (fresh block-sized temporaries cost more than the products)."""
+    n, d = x.shape
+    kc = cand.shape[1]
     keys = torch.empty((n, k), dtype=torch.int64)
     short = []
+    buf = torch.empty((_EXACT_ROWS * kc, d), dtype=torch.float32)
     for s in range(0, n, _EXACT_ROWS):
-        e = min(n, s + _EXACT_ROWS)
-        c = torch.from_numpy(cand[s:e])
+        rows = torch.from_numpy(order[s : s + _EXACT_ROWS])
+        m = len(rows)
+        c = torch.from_numpy(cand[order[s : s + _EXACT_ROWS]])
         valid = c >= 0
         cc = c.clamp(min=0)
-        dot = torch.bmm(x[cc], x[s:e].unsqueeze(2)).squeeze(2)
-        d = (xn[s:e].unsqueeze(1) + xn[cc]) - 2.0 * dot  # symmetric in (a, b)
-        d.clamp_(min=0.0)
-        d[cc == torch.arange(s, e).unsqueeze(1)] = 0.0  # d(p, p) = 0, as the exact path
-        key = _encode(d, cc)
+        xc = buf[: m * kc]
+        torch.index_select(x, 0, cc.reshape(-1), out=xc)
+        dot = torch.bmm(xc.view(m, kc, d), x[rows].unsqueeze(2)).squeeze(2)
+        dist = (xn[rows].unsqueeze(1) + xn[cc]) - 2.0 * dot  # symmetric in (a, b)
+        dist.clamp_(min=0.0)
+        dist[cc == rows.unsqueeze(1)] = 0.0  # d(p, p) = 0, as the exact path
+        key = _encode(dist, cc)
         key[~valid] = _SENTINEL
-        keys[s:e] = torch.sort(key, dim=1).values[:, :k]
-        short.append(torch.nonzero(valid.sum(1) < k).squeeze(1) + s)
+        keys[rows] = torch.sort(key, dim=1).values[:, :k]
+        short.append(rows[valid.sum(1) < k])
     return keys, torch.cat(short) if short else torch.zeros(0, dtype=torch.int64)
 
 
@@ -285,13 +293,13 @@ def approximate_knn(
     sec["coarse"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cand = _search(xs, cen, probes, pdist, min(n, k + CANDIDATE_MARGIN), faiss, verbose)
+    cand, order = _search(xs, cen, probes, pdist, min(n, k + CANDIDATE_MARGIN), faiss, verbose)
     del probes, pdist
     sec["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    keys, short = _exact_on_candidates(x, xn, cand, k)
-    del cand
+    keys, short = _exact_on_candidates(x, xn, cand, k, order)
+    del cand, order
     if len(short):
         keys[short] = _exact_rows(x, xn, short, k)
     sec["exact_distances"] = time.perf_counter() - t
