@@ -220,12 +220,12 @@ def test_auto_without_faiss_warns_and_is_exact(no_faiss):
 def test_auto_below_the_threshold_is_exact_without_asking_for_faiss(no_faiss, recwarn):
     st, mode = ann.resolve_neighbors(NeighborSettings(mode="auto", auto_min_n=1000), 999)
     assert mode == "exact" and not recwarn.list
-    assert ann.resolve_neighbors(None, 10**7)[0].mode == "auto"
+    assert ann.resolve_neighbors(None, 10**7) == (NeighborSettings(), "exact")
 
 
 def test_auto_switches_at_auto_min_n():
     pytest.importorskip("faiss")
-    st = NeighborSettings(auto_min_n=500)
+    st = NeighborSettings(mode="auto", auto_min_n=500)
     assert ann.resolve_neighbors(st, 499)[1] == "exact"
     assert ann.resolve_neighbors(st, 500)[1] == "approximate"
     assert ann.resolve_neighbors("exact", 10**7)[1] == "exact"
@@ -251,4 +251,4 @@ def test_config_key_is_validated_and_reaches_the_settings():
     cfg = load_config(overrides=["pseudo.neighbors=approximate", "pseudo.neighbors_nprobe=16"])
     st = PseudoSettings.from_config(cfg.pseudo, seed=3)
     assert st.neighbors == NeighborSettings(mode="approximate", nprobe=16, seed=3)
-    assert PseudoSettings.from_config(load_config().pseudo).neighbors.mode == "auto"
+    assert PseudoSettings.from_config(load_config().pseudo).neighbors.mode == "exact"

@@ -88,7 +88,7 @@ def resolve_neighbors(
 ) -> tuple[NeighborSettings, Literal["exact", "approximate"]]:
     """``(settings, "exact" | "approximate")``: how N = ``n`` samples are searched.
 
-    ``settings``: a :class:`NeighborSettings`, a mode name, or None (the defaults: ``auto``).
+    ``settings``: a :class:`NeighborSettings`, a mode name, or None (the defaults: exact).
     ``approximate`` without faiss is an error; ``auto`` above ``auto_min_n`` without faiss
     warns and falls back to ``exact``.
     """

@@ -348,21 +348,26 @@ def _neighbour_keys(
     return neighbours(x, None, k, block_size, backend, verbose, sharded=sharded)
 
 
-def _encoding_and_table(
-    features, k1, k2, num_neighbors, block_size, backend, verbose, distributed, neighbors
-):
+def _encoding_and_table(features, k1, k2, num_neighbors, neighbors, **search):
     """V (eq. 7-8, 11) and the first ``num_neighbors`` columns of the euclidean ranking it
-    was built on (one neighbour search for both: the larger k, then slices)."""
+    was built on (one neighbour search for both: the larger k, then slices). ``search``:
+    ``block_size``, ``backend``, ``verbose``, ``distributed`` of the exact search."""
     k1, k2 = check_k(k1, k2)
-    block_size = positive_int(block_size, "block_size")
+    block_size = positive_int(search.get("block_size", DEFAULT_BLOCK_SIZE), "block_size")
     num_neighbors = int(num_neighbors)
     if num_neighbors < 0:
         raise ValueError(f"num_neighbors must be >= 0, got {num_neighbors!r}")
-    backend = check_backend(backend)
+    backend = check_backend(search.get("backend", "auto"))
     x = as_features(features, "features")
     need = max(k1 + 1, k2)  # N(p, k1) has k1 + 1 entries (p included); eq. 11 reads k2
     keys, rowmax = _neighbour_keys(
-        x, max(need, num_neighbors), neighbors, block_size, backend, verbose, distributed
+        x,
+        max(need, num_neighbors),
+        neighbors,
+        block_size,
+        backend,
+        search.get("verbose", False),
+        search.get("distributed"),
     )
     # V from exactly the columns it needs: a wider table would look more pair distances up
     # instead of recomputing them (same values up to float rounding, but not bit for bit)
@@ -390,7 +395,15 @@ def k_reciprocal_encoding(
     and ``neighbors``: as in :func:`jaccard_distance`.
     """
     v, _ = _encoding_and_table(
-        features, k1, k2, 0, block_size, backend, verbose, distributed, neighbors
+        features,
+        k1,
+        k2,
+        0,
+        neighbors,
+        block_size=block_size,
+        backend=backend,
+        verbose=verbose,
+        distributed=distributed,
     )
     return v
 
@@ -401,11 +414,9 @@ def jaccard_with_neighbors(
     k2: int = 6,
     *,
     num_neighbors: int,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    backend: Backend = "auto",
+    neighbors: NeighborSettings | str | None = None,
     verbose: bool = False,
     distributed: bool | None = None,
-    neighbors: NeighborSettings | str | None = None,
 ) -> tuple[sp.csr_matrix, np.ndarray | None]:
     """:func:`jaccard_distance` and the euclidean neighbour table its encoding was built on.
 
@@ -420,10 +431,12 @@ def jaccard_with_neighbors(
         ``(N, num_neighbors)`` int64 array whose row p lists the samples nearest to p by
         squared euclidean distance, ordered by (distance, index), p itself included (first,
         unless an exact duplicate has a smaller index); None when ``num_neighbors`` is 0.
-        With approximate ``neighbors`` the table is the approximate one.
+        With approximate ``neighbors`` the table is the approximate one. ``neighbors``,
+        ``verbose``, ``distributed``: as in :func:`jaccard_distance` (the exact search with
+        its default blocks and backend).
     """
     v, table = _encoding_and_table(
-        features, k1, k2, num_neighbors, block_size, backend, verbose, distributed, neighbors
+        features, k1, k2, num_neighbors, neighbors, verbose=verbose, distributed=distributed
     )
     return _jaccard_square(v, verbose), table
 
@@ -465,9 +478,9 @@ def jaccard_distance(
         neighbors: how the k1 + 1 nearest neighbours N(p, k1) and the row maxima are found
             (:class:`~adaptreid.pseudo.settings.NeighborSettings` or its mode): ``"exact"``,
             ``"approximate"`` (faiss IVF-Flat candidates with exact distances,
-            :mod:`adaptreid.pseudo.ann`; needs faiss) or ``"auto"`` (None, the default:
-            approximate from ``NeighborSettings.auto_min_n`` samples up when faiss is
-            installed, exact otherwise).
+            :mod:`adaptreid.pseudo.ann`; needs faiss) or ``"auto"`` (approximate from
+            ``NeighborSettings.auto_min_n`` samples up when faiss is installed, exact
+            otherwise). None: the default, exact.
 
     Returns:
         (N, N) ``scipy.sparse.csr_matrix``, float32, sorted indices. Stored: every pair whose

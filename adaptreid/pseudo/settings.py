@@ -133,8 +133,9 @@ class NeighborSettings:
       ``exact`` (with a warning above ``auto_min_n``).
     """
 
-    mode: NeighborMode = "auto"
-    """exact | approximate | auto."""
+    mode: NeighborMode = "exact"
+    """exact | approximate | auto (default exact: the approximate search's recall depends on
+    the features, BENCHMARKS.md "Approximate neighbours")."""
     auto_min_n: int = APPROX_MIN_N
     """``auto`` searches approximately from this many images up."""
     nlist: int = 0
