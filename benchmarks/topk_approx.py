@@ -9,7 +9,8 @@ process (so that its peak RSS is its own):
   HDBSCAN (min_cluster_size 10) on the Jaccard distance and PAST's ranking table
   (``ranked_neighbors(jac, 2 eta, neighbors=table)``, eta = 20) from the same pass;
 * ``approximate``: the same with ``neighbors=NeighborSettings(mode="approximate", ...)``
-  (faiss IVF-Flat candidates, exact distances on them; ``--nlist`` / ``--nprobe``).
+  (faiss IVF-Flat candidates, exact distances on them; ``--nlist`` / ``--nprobe``;
+  ``--codes fp16``: half-precision lists, half the memory).
 
 Compared: top-k recall of the neighbour table (k = k1 + 1, the encoding's columns, and
 2 eta + 1, the ranking's; the row itself included), the k-th distance ratio, the row maxima
@@ -85,7 +86,9 @@ def worker(args) -> dict:
     if args.worker == "exact":
         neighbors = NeighborSettings(mode="exact")
     else:
-        neighbors = NeighborSettings(mode="approximate", nlist=args.nlist, nprobe=args.nprobe)
+        neighbors = NeighborSettings(
+            mode="approximate", nlist=args.nlist, nprobe=args.nprobe, codes=args.codes
+        )
     infos, rowmax = [], []
     real_knn, real_neighbours = kr.approximate_knn, kr.neighbours
 
@@ -256,7 +259,7 @@ def _run(path: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", path, "--n", str(args.n)]
     cmd += ["--nlist", str(args.nlist), "--nprobe", str(args.nprobe)]
     cmd += ["--keep", str(args.keep), "--sample-rows", str(args.sample_rows)]
-    cmd += ["--rank", str(args.rank)]
+    cmd += ["--rank", str(args.rank), "--codes", args.codes]
     cmd += ["--verbose"] * args.verbose
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
@@ -279,6 +282,7 @@ def main(argv=None) -> None:
         default=0,
         help="identity centres in a random subspace of this dimension (0: all d, the default)",
     )
+    ap.add_argument("--codes", choices=["flat", "fp16"], default="flat", help="IVF storage")
     ap.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact path")
     ap.add_argument("--reuse-exact", action="store_true", help="the exact arrays of --keep")
     ap.add_argument("--sample-rows", type=int, default=0, help="recall on sampled rows")
@@ -319,6 +323,7 @@ def main(argv=None) -> None:
     st = entry["approximate"]["approximate"]
     key = f"{args.n}_nlist{st['nlist']}_nprobe{st['nprobe']}"
     key += (f"_rank{args.rank}" if args.rank else "") + ("" if args.exact else "_noexact")
+    key += "_fp16" if args.codes == "fp16" else ""
     results["runs"][key] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

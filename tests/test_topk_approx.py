@@ -61,13 +61,17 @@ def recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [1, 7, 21])
-def test_exhaustive_probes_give_the_exact_neighbours(k):
+@pytest.mark.parametrize("k,codes", [(1, "flat"), (7, "flat"), (21, "flat"), (21, "fp16")])
+def test_exhaustive_probes_give_the_exact_neighbours(k, codes):
+    """nprobe = nlist: every row is a candidate; the k + 8 faiss ranks first (by exact
+    float32 distances, or half-precision ones with fp16 codes) are re-ordered by the exact
+    path's formula, so the neighbours are the exact path's (on these unit rows no two
+    distances are within float rounding of each other at the k-th place)."""
     pytest.importorskip("faiss")
     x, _ = _clustered()
     xt = torch.from_numpy(x)
     exact_keys, exact_max = _knn_torch(xt, None, k, 128, False)
-    st = NeighborSettings(mode="approximate", nlist=12, nprobe=12)
+    st = NeighborSettings(mode="approximate", nlist=12, nprobe=12, codes=codes)
     keys, rowmax, info = ann.approximate_knn(xt, k, st)
     assert info["nlist"] == info["nprobe"] == 12
     ed, ei = decode_keys(exact_keys)
@@ -238,6 +242,8 @@ def test_neighbor_settings_are_validated():
         NeighborSettings(nprobe=-1)
     with pytest.raises(ConfigError, match="auto_min_n must be a positive integer"):
         NeighborSettings(auto_min_n=0)
+    with pytest.raises(ConfigError, match="Did you mean 'fp16'"):
+        NeighborSettings(codes="fp61")
     with pytest.raises(TypeError, match="neighbors must be"):
         ann.resolve_neighbors(3, 10)
     st = NeighborSettings()

@@ -39,6 +39,12 @@ How it stays O(N k) in memory and close to the matrix-product floor in time:
   ``distributed=False`` computes everything in the calling process (e.g. on rank 0 alone).
   :func:`topk_neighbors` shards only with ``distributed=True`` (it also serves rank-0-only
   helpers). Re-ranking (:func:`k_reciprocal_rerank`) is not sharded;
+* ``neighbors="approximate"`` (:mod:`adaptreid.pseudo.ann`) replaces the exact top-k by faiss
+  IVF-Flat candidates whose distances are recomputed exactly, and the row maxima by lower
+  bounds over a set of far rows: O(N^1.5 d) instead of O(N^2 d), at a recall that depends on
+  the features; the rest is unchanged. :func:`jaccard_with_neighbors` also returns the
+  neighbour table of the same search (PAST's ranking table reads it instead of searching
+  again);
 * k-reciprocal sets, the expansion test, the query expansion and the Jaccard sums are sparse
   matrix operations on the N x k neighbour table; the Jaccard sums ``sum min(.,.)`` are
   computed like the reference's inverted index, vectorised: one (p, g, min) triple per shared

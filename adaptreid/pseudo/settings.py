@@ -41,6 +41,7 @@ HdbscanImpl = Literal["sparse", "dense"]
 KMeansImpl = Literal["torch", "sklearn"]
 NeighborMode = Literal["exact", "approximate", "auto"]
 NEIGHBOR_MODES: tuple[str, ...] = ("exact", "approximate", "auto")
+IvfCodes = Literal["flat", "fp16"]
 
 #: HDBSCAN's min_cluster_size in the authors' released PAST code (the ``hdbscan`` default).
 RELEASED_CODE_MIN_CLUSTER_SIZE = 5
@@ -143,6 +144,11 @@ class NeighborSettings:
     nprobe: int = 0
     """Lists searched per image; 0: :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches
     everything: the exact neighbours, by a slower road."""
+    codes: IvfCodes = "flat"
+    """How the IVF lists store the features: ``flat`` (float32, IVF-Flat: 4 N d bytes, the
+    distances faiss ranks by are exact) | ``fp16`` (half precision, IVF-SQfp16: half the
+    memory; the candidates' distances are recomputed exactly from the float32 features
+    either way, so only which candidates come back can differ)."""
     train_per_list: int = 32
     """k-means training sample: this many images per list (at most N)."""
     niter: int = 10
@@ -152,6 +158,7 @@ class NeighborSettings:
 
     def __post_init__(self) -> None:
         _check_choice("pseudo.neighbors", NEIGHBOR_MODES, self.mode)
+        _check_choice("NeighborSettings.codes", ("flat", "fp16"), self.codes)
         for name in ("nlist", "nprobe"):
             _positive("NeighborSettings", name, getattr(self, name), zero=True)
         for name in ("auto_min_n", "train_per_list", "niter"):
