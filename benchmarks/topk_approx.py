@@ -87,7 +87,12 @@ def worker(args) -> dict:
         neighbors = NeighborSettings(mode="exact")
     else:
         neighbors = NeighborSettings(
-            mode="approximate", nlist=args.nlist, nprobe=args.nprobe, codes=args.codes
+            mode="approximate",
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            codes=args.codes,
+            train_per_list=args.train_per_list,
+            niter=args.niter,
         )
     infos, rowmax = [], []
     real_knn, real_neighbours = kr.approximate_knn, kr.neighbours
@@ -260,6 +265,7 @@ def _run(path: str, args) -> dict:
     cmd += ["--nlist", str(args.nlist), "--nprobe", str(args.nprobe)]
     cmd += ["--keep", str(args.keep), "--sample-rows", str(args.sample_rows)]
     cmd += ["--rank", str(args.rank), "--codes", args.codes]
+    cmd += ["--train-per-list", str(args.train_per_list), "--niter", str(args.niter)]
     cmd += ["--verbose"] * args.verbose
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
@@ -282,6 +288,8 @@ def main(argv=None) -> None:
         default=0,
         help="identity centres in a random subspace of this dimension (0: all d, the default)",
     )
+    ap.add_argument("--train-per-list", type=int, default=32, help="k-means sample per list")
+    ap.add_argument("--niter", type=int, default=10, help="k-means iterations")
     ap.add_argument("--codes", choices=["flat", "fp16"], default="flat", help="IVF storage")
     ap.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact path")
     ap.add_argument("--reuse-exact", action="store_true", help="the exact arrays of --keep")
@@ -324,6 +332,7 @@ def main(argv=None) -> None:
     key = f"{args.n}_nlist{st['nlist']}_nprobe{st['nprobe']}"
     key += (f"_rank{args.rank}" if args.rank else "") + ("" if args.exact else "_noexact")
     key += "_fp16" if args.codes == "fp16" else ""
+    key += f"_train{args.train_per_list}x{args.niter}"
     results["runs"][key] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -247,7 +247,7 @@ def test_neighbor_settings_are_validated():
     with pytest.raises(TypeError, match="neighbors must be"):
         ann.resolve_neighbors(3, 10)
     st = NeighborSettings()
-    assert st.lists(200_000) == round(4 * 200_000**0.5) and st.lists(100) == 3
+    assert st.lists(200_000) == round(16 * 200_000**0.5) and st.lists(100) == 12
     assert st.probes(4) == 4 and NeighborSettings(nprobe=2).probes(10) == 2
 
 

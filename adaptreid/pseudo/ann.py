@@ -136,6 +136,7 @@ def _train_lists(xs: np.ndarray, nlist: int, st: NeighborSettings, faiss) -> np.
         nlist,
         niter=st.niter,
         seed=st.seed,
+        spherical=True,  # unit centroids: no small-norm "hub" list that every row is near
         max_points_per_centroid=m,  # we sampled already: faiss must not subsample again
         min_points_per_centroid=1,  # and must not warn about a small sample
         verbose=False,

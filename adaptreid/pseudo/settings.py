@@ -62,8 +62,11 @@ DEFAULT_MAX_PAIRS = 100_000_000
 #: when faiss is installed). Measured on 2048-d features, 2 cores (BENCHMARKS.md, "Approximate
 #: neighbours"): PLACEHOLDER
 APPROX_MIN_N = 50_000
-#: IVF lists per sqrt(N) (faiss's rule of thumb is 4 to 16 sqrt(N)).
-NLIST_PER_SQRT_N = 4
+#: IVF lists per sqrt(N) (faiss's rule of thumb is 4 to 16 sqrt(N); the high end, measured:
+#: see :class:`NeighborSettings`).
+NLIST_PER_SQRT_N = 16
+#: Fewest images per IVF list on average (caps nlist at small N).
+MIN_PER_LIST = 8
 #: Inverted lists probed per query by default (see :class:`NeighborSettings`).
 DEFAULT_NPROBE = 8
 
@@ -140,7 +143,7 @@ class NeighborSettings:
     auto_min_n: int = APPROX_MIN_N
     """``auto`` searches approximately from this many images up."""
     nlist: int = 0
-    """IVF lists; 0: ``round(4 sqrt(N))`` (capped at N / 32)."""
+    """IVF lists; 0: ``round(16 sqrt(N))`` (capped at N / 8)."""
     nprobe: int = 0
     """Lists searched per image; 0: :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches
     everything: the exact neighbours, by a slower road."""
@@ -174,7 +177,7 @@ class NeighborSettings:
         """The number of IVF lists for ``n`` images."""
         if self.nlist:
             return max(1, min(self.nlist, n))
-        return max(1, min(round(NLIST_PER_SQRT_N * n**0.5), n // 32))
+        return max(1, min(round(NLIST_PER_SQRT_N * n**0.5), n // MIN_PER_LIST))
 
     def probes(self, nlist: int) -> int:
         """Lists searched per image (at most ``nlist``)."""
