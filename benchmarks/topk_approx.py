@@ -288,7 +288,7 @@ def main(argv=None) -> None:
         default=0,
         help="identity centres in a random subspace of this dimension (0: all d, the default)",
     )
-    ap.add_argument("--train-per-list", type=int, default=32, help="k-means sample per list")
+    ap.add_argument("--train-per-list", type=int, default=8, help="k-means sample per list")
     ap.add_argument("--niter", type=int, default=10, help="k-means iterations")
     ap.add_argument("--codes", choices=["flat", "fp16"], default="flat", help="IVF storage")
     ap.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact path")

@@ -7,11 +7,16 @@ normalisation before the Gaussian kernel of eq. 7). The exact path
 (:mod:`adaptreid.pseudo.topk`) computes all N^2 / 2 distances: O(N^2 d), 480 s at
 N = 200,000 on 2 cores and about 3 hours at N = 1,000,000. This path:
 
-1. **lists**: k-means (faiss, ``niter`` iterations, seeded) of a sample of
-   ``train_per_list * nlist`` rows into ``nlist`` centroids, ``nlist = round(4 sqrt(N))``
-   (faiss's rule of thumb, 4 to 16 sqrt(N); the low end because every sample is also a
-   query here: the cost of one blocked pass of N x nlist distances grows with nlist, the
-   cost of a query with N / nlist);
+1. **lists**: spherical k-means (faiss, ``niter`` iterations, seeded) of a sample of
+   ``train_per_list * nlist`` rows into ``nlist`` unit centroids, ``nlist = round(16
+   sqrt(N))`` (faiss's rule of thumb is 4 to 16 sqrt(N)). Measured on the 2048-d synthetic
+   re-ID features of ``benchmarks/topk_approx.py`` (BENCHMARKS.md, "Approximate
+   neighbours"): with 4 sqrt(N) lists each list mixes several identities, k-means splits
+   them by camera and leaves a few huge lists near every row, so identity neighbours land
+   in other lists and the search scanned more than the exact path computes (20,000 rows:
+   recall 0.56 at nprobe 8, slower than exact); lists about the size of an identity
+   (16 sqrt(N): 9 rows at N = 20,000, 28 at 200,000) hold it together. Unit centroids (the
+   cosine) remove the small-norm "hub" lists that plain k-means grows;
 2. **coarse pass** (torch, blocked matrix products): each row's ``nprobe`` nearest centroids
    (its list is the first) and, per centroid, the row farthest from it;
 3. **search**: faiss ``IndexIVFFlat`` filled with those lists (``add_core``) and searched
@@ -21,7 +26,8 @@ N = 200,000 on 2 cores and about 3 hours at N = 1,000,000. This path:
    ``||a||^2 + ||b||^2 - 2 a.b`` (clamped at 0, ``d(p, p) = 0``), ordered by (distance,
    index) like the exact path, the first k kept. A row with fewer than k candidates (tiny
    lists) gets its exact top-k;
-5. **row maxima**: the largest distance from each row to the far rows of step 2 (a lower
+5. **row maxima**: the largest distance from each row to the far rows of step 2 (at most
+   2048, those farthest from their centroid first; a lower
    bound of the true maximum, exact for the row it names: the farthest row from p lies,
    typically, among the farthest from p's centroid and its neighbours').
 
@@ -61,7 +67,9 @@ CANDIDATE_MARGIN = 8
 _COARSE_ROWS = 8192  # rows per block of the N x nlist coarse pass
 _SEARCH_ROWS = 16384  # queries per faiss call
 _EXACT_ROWS = 256  # rows per batch of candidate distances (256 x (k + 8) x d floats)
-_FALLBACK_ROWS = 64  # rows per block of a full exact row (rows short of candidates)
+_FALLBACK_ROWS = 64
+#: Rows whose distances bound each row's maximum (an N x this product).
+MAX_FAR_ROWS = 2048  # rows per block of a full exact row (rows short of candidates)
 
 
 def require_faiss(what: str = "pseudo.neighbors='approximate'"):
@@ -165,7 +173,16 @@ def _coarse(x: torch.Tensor, xn: torch.Tensor, cen: torch.Tensor, nprobe: int):
         better = mv > far_val
         far_val = torch.where(better, mv, far_val)
         far_idx = torch.where(better, mi + s, far_idx)
-    return probes, pdist, far_idx
+    return probes, pdist, far_idx, far_val
+
+
+def _far_rows(far_idx: torch.Tensor, far_val: torch.Tensor) -> torch.Tensor:
+    """The distinct far rows, at most :data:`MAX_FAR_ROWS`: those farthest from their
+    centroid first (the most extreme rows)."""
+    order = torch.argsort(far_val, descending=True, stable=True)
+    rows = far_idx[order]
+    _, first = np.unique(rows.numpy(), return_index=True)
+    return rows[torch.from_numpy(np.sort(first))[:MAX_FAR_ROWS]]
 
 
 def _search(xs, cen, probes, pdist, kc: int, codes: str, faiss, verbose: bool):
@@ -298,7 +315,7 @@ def approximate_knn(
     sec["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    probes, pdist, far = _coarse(x, xn, torch.from_numpy(cen), nprobe)
+    probes, pdist, far, far_val = _coarse(x, xn, torch.from_numpy(cen), nprobe)
     sec["coarse"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -315,7 +332,7 @@ def approximate_knn(
     sec["exact_distances"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    far = torch.unique(far)
+    far = _far_rows(far, far_val)
     rowmax = _row_max(x, xn, far)
     kth = (keys[:, -1] >> 32).to(torch.int32).view(torch.float32)
     rowmax = torch.maximum(rowmax, kth)  # never below a distance the row has

@@ -152,7 +152,7 @@ class NeighborSettings:
     distances faiss ranks by are exact) | ``fp16`` (half precision, IVF-SQfp16: half the
     memory; the candidates' distances are recomputed exactly from the float32 features
     either way, so only which candidates come back can differ)."""
-    train_per_list: int = 32
+    train_per_list: int = 8
     """k-means training sample: this many images per list (at most N)."""
     niter: int = 10
     """k-means iterations of the IVF training."""
