@@ -224,6 +224,17 @@ class PseudoConfig:
     scikit-learn's ``min_samples = S_min + 1``."""
     k1: int = 20
     k2: int = 6
+    neighbors: Literal["exact", "approximate", "auto"] = "exact"
+    """How the Jaccard distance finds each image's k1 + 1 nearest neighbours (Zhong et al.
+    2017, N(p, k1)): ``exact`` (blocked products over all pairs, O(N^2 d)) | ``approximate``
+    (faiss IVF-Flat candidates, exact distances on them; needs the optional faiss:
+    ``pip install 'adaptreid[faiss]'``) | ``auto`` (approximate from
+    ``adaptreid.pseudo.settings.APPROX_MIN_N`` images up when faiss is installed, else
+    exact). The default is exact: how close the approximate neighbours come depends on the
+    features (BENCHMARKS.md, "Approximate neighbours")."""
+    neighbors_nprobe: int = 0
+    """``approximate``: IVF lists searched per image (0: the default,
+    ``adaptreid.pseudo.settings.DEFAULT_NPROBE``); more is slower and closer to exact."""
     select: bool = True
     """Cluster selection (MSPLR section 3.4); the two rules below can be switched singly."""
     min_size: int = 4

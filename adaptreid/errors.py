@@ -20,3 +20,8 @@ class CheckpointError(AdaptReIDError, ValueError):
 
 class TrainingError(AdaptReIDError, RuntimeError):
     """Training cannot go on (non-finite loss or features, no pseudo-label cluster, ...)."""
+
+
+class MissingDependencyError(AdaptReIDError, ImportError):
+    """An optional dependency that a chosen setting needs is not installed (the message says
+    how to install it, and which setting needs nothing else)."""

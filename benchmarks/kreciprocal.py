@@ -58,12 +58,22 @@ CHECK_ROWS = 256  # rows of the output compared between sparse and dense
 # --------------------------------------------------------------------------------------------
 
 
-def synthetic_reid(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192):
+def synthetic_reid(n, d=2048, seed=0, per_identity=17, n_cameras=6, chunk=8192, rank=None):
     """``(x, pid, cam)``: (n, d) float32 L2-normalised features (identity centre + camera
-    offset + noise) and the identities and cameras drawn for them."""
+    offset + noise) and the identities and cameras drawn for them.
+
+    The identity centres are independent random directions of all d dimensions (default):
+    with more identities than dimensions, no identity is nearer to a given one than any
+    other. ``rank``: the centres are drawn in a random ``rank``-dimensional subspace instead
+    (lower intrinsic dimension: identities have nearer and farther ones, as people who look
+    alike), the cameras and the noise as before."""
     rng = np.random.default_rng(seed)
     n_ids = max(1, n // per_identity)
-    centres = rng.standard_normal((n_ids, d), dtype=np.float32)
+    if rank is None:
+        centres = rng.standard_normal((n_ids, d), dtype=np.float32)
+    else:
+        basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T.astype(np.float32)
+        centres = rng.standard_normal((n_ids, rank), dtype=np.float32) @ basis
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     cams = rng.standard_normal((n_cameras, d), dtype=np.float32)
     cams *= 0.5 / np.linalg.norm(cams, axis=1, keepdims=True)

@@ -33,6 +33,7 @@ CHOICE_KEYS = {
     "pseudo.method",
     "pseudo.distance",
     "pseudo.s_min_reading",
+    "pseudo.neighbors",
     "adapt.select",
     "msplr:method.freeze",
     "past:method.classifier_init",

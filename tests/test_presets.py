@@ -14,7 +14,9 @@ normalised features with the cosine distance) in every PAST preset, and the new 
 fields at their defaults, checked to be the only differences: ``eval.steps`` (every),
 ``train.compile`` (never); issue 26: ``method.memory`` (cluster), ``method.inter_weight``
 (0.5) and ``method.hard_negatives`` (50) in the cluster contrast presets; issue 27 (image
-cache): ``data.image_cache`` (disk) and ``data.image_cache_dir`` ("") in every preset."""
+cache): ``data.image_cache`` (disk) and ``data.image_cache_dir`` ("") in every preset; issue 27
+("A million images"): ``pseudo.neighbors`` (exact) and ``pseudo.neighbors_nprobe`` (0) in every
+preset, checked to be the only difference."""
 
 from __future__ import annotations
 

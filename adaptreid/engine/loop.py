@@ -281,8 +281,9 @@ class AdaptationLoop:
             step=step,
             true_pids=self.ctx.true_pids,
             max_portion=self._max_portion(),
+            ranking=self.method.ranking_width(),
         )
-        if D.world_size() > 1 and self.method.uses_jaccard():
+        if D.world_size() > 1 and self.method.uses_jaccard() and sf.shards_jaccard():
             sf.jaccard(distributed=True)  # every rank computes its share of the top-k
         out = None
         if D.is_main():

@@ -131,6 +131,13 @@ class AdaptationMethod:
         p = self.cfg.pseudo
         return p.distance == "jaccard" and p.method != "kmeans"
 
+    def ranking_width(self) -> int:
+        """The ranks of PAST's ranking table (eq. 2) :meth:`pseudo_labels` will ask
+        :meth:`StepFeatures.ranked` for (``2 eta``; 0, the default: none). The step's Jaccard
+        pass then keeps that many euclidean neighbours too, so the table needs no search of
+        its own."""
+        return 0
+
     def on_labels(self, model: ReidModel, labels: np.ndarray, extra: dict) -> ReidModel:
         """After new pseudo-labels, on every rank (e.g. a new classifier). Default: as is."""
         return model

@@ -35,7 +35,6 @@ from ..errors import ConfigError
 from ..losses.past_loss import RankingTripletAugmented
 from ..losses.reid_loss import build_reid_loss
 from ..method_options import MSPLROptions
-from ..pseudo.ranking import ranked_neighbors
 from .past_rtl import step_loader
 
 FROZEN, FINETUNE = "frozen", "finetune"
@@ -62,15 +61,16 @@ class MSPLR(AdaptationMethod):
     def uses_jaccard(self) -> bool:
         return super().uses_jaccard() or self.cfg.loss.rtl_weight > 0
 
+    def ranking_width(self) -> int:
+        return 2 * self.opt.rtl_eta if self.cfg.loss.rtl_weight > 0 else 0
+
     def pseudo_labels(self, feats):
         """Eq. 4, DBSCAN / k-means, cluster selection (:meth:`StepFeatures.cluster`); with RTL
         mixed in, also the ranking score table of PAST eq. 2 from the same Jaccard distance."""
         result = feats.cluster()
         extra = {}
         if self.cfg.loss.rtl_weight > 0:
-            table = ranked_neighbors(
-                feats.jaccard(), 2 * self.opt.rtl_eta, features=feats.prepared()
-            )
+            table = feats.ranked(2 * self.opt.rtl_eta)
             extra["ranked"] = table.astype(np.int32)
         return result, extra
 

@@ -70,7 +70,6 @@ from ..losses.past_loss import TRIPLET_READINGS, ConservativeLoss, promoting_los
 from ..method_options import PASTOptions
 from ..models import BACKBONES, HEADS, HeadSettings, ReidModel, build_model
 from ..pseudo.centroids import cluster_means
-from ..pseudo.ranking import ranked_neighbors
 from .past_rtl import step_loader
 
 log = logging.getLogger("adaptreid")
@@ -172,6 +171,9 @@ class PAST(AdaptationMethod):
     def uses_jaccard(self) -> bool:
         return super().uses_jaccard() or self.opt.use_rtl  # D_R comes from it
 
+    def ranking_width(self) -> int:
+        return 2 * self.opt.eta if self.opt.use_rtl else 0
+
     # ------------------------------------------------------------------ Algorithm 1
     def pseudo_labels(self, feats):
         """Lines 3-5: HDBSCAN (``pseudo.*``) on the Jaccard distance (eq. 1; D_R of eq. 2 only
@@ -180,7 +182,7 @@ class PAST(AdaptationMethod):
         result = feats.cluster()
         extra = {}
         if self.opt.use_rtl:
-            ranked = ranked_neighbors(feats.jaccard(), 2 * self.opt.eta, features=feats.prepared())
+            ranked = feats.ranked(2 * self.opt.eta)
             extra["ranked"] = ranked.astype(np.int32)
             if result.quality is not None:  # analysis only
                 result.quality.update(_ranking_quality(ranked, self.opt.eta, feats.true_pids))

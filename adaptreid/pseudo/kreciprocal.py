@@ -39,6 +39,12 @@ How it stays O(N k) in memory and close to the matrix-product floor in time:
   ``distributed=False`` computes everything in the calling process (e.g. on rank 0 alone).
   :func:`topk_neighbors` shards only with ``distributed=True`` (it also serves rank-0-only
   helpers). Re-ranking (:func:`k_reciprocal_rerank`) is not sharded;
+* ``neighbors="approximate"`` (:mod:`adaptreid.pseudo.ann`) replaces the exact top-k by faiss
+  IVF-Flat candidates whose distances are recomputed exactly, and the row maxima by lower
+  bounds over a set of far rows: O(N^1.5 d) instead of O(N^2 d), at a recall that depends on
+  the features; the rest is unchanged. :func:`jaccard_with_neighbors` also returns the
+  neighbour table of the same search (PAST's ranking table reads it instead of searching
+  again);
 * k-reciprocal sets, the expansion test, the query expansion and the Jaccard sums are sparse
   matrix operations on the N x k neighbour table; the Jaccard sums ``sum min(.,.)`` are
   computed like the reference's inverted index, vectorised: one (p, g, min) triple per shared
@@ -66,6 +72,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .ann import approximate_knn, resolve_neighbors
+from .settings import NeighborSettings
 from .topk import (
     DEFAULT_BLOCK_SIZE,
     Backend,
@@ -81,6 +89,7 @@ from .topk import (
 
 __all__ = [
     "jaccard_distance",
+    "jaccard_with_neighbors",
     "k_reciprocal_encoding",
     "k_reciprocal_rerank",
     "sort_rows_by_distance",
@@ -325,6 +334,54 @@ def _jaccard_from_sums(s: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _neighbour_keys(
+    x: torch.Tensor,
+    k: int,
+    neighbors: NeighborSettings | str | None,
+    block_size: int,
+    backend: str,
+    verbose: bool,
+    distributed: bool | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k nearest rows (packed keys) and row maxima: exact (blocked, sharded under
+    torch.distributed as ``distributed`` says) or approximate (:mod:`.ann`, in this process),
+    as ``neighbors`` resolves for N."""
+    st, mode = resolve_neighbors(neighbors, x.shape[0])
+    if mode == "approximate":
+        keys, rowmax, _ = approximate_knn(x, k, st, verbose=verbose)
+        return keys, rowmax
+    sharded = use_sharding(distributed, backend)
+    return neighbours(x, None, k, block_size, backend, verbose, sharded=sharded)
+
+
+def _encoding_and_table(features, k1, k2, num_neighbors, neighbors, **search):
+    """V (eq. 7-8, 11) and the first ``num_neighbors`` columns of the euclidean ranking it
+    was built on (one neighbour search for both: the larger k, then slices). ``search``:
+    ``block_size``, ``backend``, ``verbose``, ``distributed`` of the exact search."""
+    k1, k2 = check_k(k1, k2)
+    block_size = positive_int(search.get("block_size", DEFAULT_BLOCK_SIZE), "block_size")
+    num_neighbors = int(num_neighbors)
+    if num_neighbors < 0:
+        raise ValueError(f"num_neighbors must be >= 0, got {num_neighbors!r}")
+    backend = check_backend(search.get("backend", "auto"))
+    x = as_features(features, "features")
+    need = max(k1 + 1, k2)  # N(p, k1) has k1 + 1 entries (p included); eq. 11 reads k2
+    keys, rowmax = _neighbour_keys(
+        x,
+        max(need, num_neighbors),
+        neighbors,
+        block_size,
+        backend,
+        search.get("verbose", False),
+        search.get("distributed"),
+    )
+    # V from exactly the columns it needs: a wider table would look more pair distances up
+    # instead of recomputing them (same values up to float rounding, but not bit for bit)
+    v = _encoding(x, keys[:, :need], rowmax, k1, k2)
+    table = decode_keys(keys[:, :num_neighbors])[1] if num_neighbors else None
+    return v, table
+
+
 def k_reciprocal_encoding(
     features,
     k1: int = 20,
@@ -334,23 +391,60 @@ def k_reciprocal_encoding(
     backend: Backend = "auto",
     verbose: bool = False,
     distributed: bool | None = None,
+    neighbors: NeighborSettings | str | None = None,
 ) -> sp.csr_matrix:
     """The k-reciprocal feature V of every sample (Zhong et al. 2017, eq. 7-8 and 11).
 
     Returns an N x N CSR matrix (float64) whose row p holds the Gaussian weights of the
     expanded k-reciprocal set R*(p, k1), locally query-expanded over k2 neighbours (k2 = 1: no
-    expansion). Rows sum to 1 (except rows with an empty set, which are 0). ``distributed``:
-    as in :func:`jaccard_distance` (a collective under torch.distributed by default).
+    expansion). Rows sum to 1 (except rows with an empty set, which are 0). ``distributed``
+    and ``neighbors``: as in :func:`jaccard_distance`.
     """
-    k1, k2 = check_k(k1, k2)
-    block_size = positive_int(block_size, "block_size")
-    backend = check_backend(backend)
-    x = as_features(features, "features")
-    sharded = use_sharding(distributed, backend)
-    keys, rowmax = neighbours(
-        x, None, max(k1 + 1, k2), block_size, backend, verbose, sharded=sharded
+    v, _ = _encoding_and_table(
+        features,
+        k1,
+        k2,
+        0,
+        neighbors,
+        block_size=block_size,
+        backend=backend,
+        verbose=verbose,
+        distributed=distributed,
     )
-    return _encoding(x, keys, rowmax, k1, k2)
+    return v
+
+
+def jaccard_with_neighbors(
+    features,
+    k1: int = 20,
+    k2: int = 6,
+    *,
+    num_neighbors: int,
+    neighbors: NeighborSettings | str | None = None,
+    verbose: bool = False,
+    distributed: bool | None = None,
+) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """:func:`jaccard_distance` and the euclidean neighbour table its encoding was built on.
+
+    One neighbour search serves both: it keeps ``max(k1 + 1, k2, num_neighbors)`` neighbours
+    per row, the encoding reads its first ``max(k1 + 1, k2)`` columns (the Jaccard distance is
+    the same as :func:`jaccard_distance`'s), the table is the first ``num_neighbors``. PAST's
+    ranking table (:func:`adaptreid.pseudo.ranking.ranked_neighbors`, ``2 eta + 1`` columns)
+    takes it instead of a second search over all the features.
+
+    Returns:
+        ``(jaccard, table)``: the CSR of :func:`jaccard_distance`, and an
+        ``(N, num_neighbors)`` int64 array whose row p lists the samples nearest to p by
+        squared euclidean distance, ordered by (distance, index), p itself included (first,
+        unless an exact duplicate has a smaller index); None when ``num_neighbors`` is 0.
+        With approximate ``neighbors`` the table is the approximate one. ``neighbors``,
+        ``verbose``, ``distributed``: as in :func:`jaccard_distance` (the exact search with
+        its default blocks and backend).
+    """
+    v, table = _encoding_and_table(
+        features, k1, k2, num_neighbors, neighbors, verbose=verbose, distributed=distributed
+    )
+    return _jaccard_square(v, verbose), table
 
 
 def jaccard_distance(
@@ -362,19 +456,21 @@ def jaccard_distance(
     backend: Backend = "auto",
     verbose: bool = False,
     distributed: bool | None = None,
+    neighbors: NeighborSettings | str | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance among N features, as a sparse matrix (Zhong et al. 2017).
 
     The Jaccard distance of eq. 10 with V of eq. 7-8 and 11, every feature being both probe
-    and gallery (the square case: PAST eq. 1, DBSCAN pseudo-labels). Equal to the
-    dense reference algorithm (see the module docstring for the conventions).
+    and gallery (the square case: PAST eq. 1, DBSCAN pseudo-labels). With exact neighbours,
+    equal to the dense reference algorithm (see the module docstring for the conventions).
 
     Args:
         features: (N, d) features (not normalised here: L2-normalise them first if wanted).
         k1: size of the k-reciprocal neighbourhood (paper default 20).
         k2: local query expansion size (paper default 6; 1 disables it).
         block_size: rows per distance block (peak memory ~ 30 block_size^2 bytes + O(N k)).
-        backend: "auto"/"torch" (exact) or "faiss" (kNN by faiss, see ``topk_neighbors``).
+        backend: "auto"/"torch" (exact) or "faiss" (kNN by faiss, see ``topk_neighbors``), for
+            exact neighbours.
         verbose: show progress bars.
         distributed: shard the exact top-k (the O(N^2 d) part) across torch.distributed
             ranks: each rank computes every world-size-th block of the distance matrix and the
@@ -383,7 +479,14 @@ def jaccard_distance(
             matrix. ``None`` (default): shard when torch.distributed is initialised with world
             size > 1, and then **every rank must call this function**, with the same
             features and arguments (it is a collective, like ``all_reduce``; a call on rank 0
-            alone waits forever). ``False``: compute it all in this process.
+            alone waits forever). ``False``: compute it all in this process. Approximate
+            neighbours are never sharded (each calling process computes them).
+        neighbors: how the k1 + 1 nearest neighbours N(p, k1) and the row maxima are found
+            (:class:`~adaptreid.pseudo.settings.NeighborSettings` or its mode): ``"exact"``,
+            ``"approximate"`` (faiss IVF-Flat candidates with exact distances,
+            :mod:`adaptreid.pseudo.ann`; needs faiss) or ``"auto"`` (approximate from
+            ``NeighborSettings.auto_min_n`` samples up when faiss is installed, exact
+            otherwise). None: the default, exact.
 
     Returns:
         (N, N) ``scipy.sparse.csr_matrix``, float32, sorted indices. Stored: every pair whose
@@ -401,6 +504,7 @@ def jaccard_distance(
         backend=backend,
         verbose=verbose,
         distributed=distributed,
+        neighbors=neighbors,
     )
     return _jaccard_square(v, verbose)
 

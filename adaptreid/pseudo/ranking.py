@@ -17,12 +17,15 @@ Conventions:
   encodings overlap (``d_J < 1``); every other sample is at distance exactly 1, tied. When a
   row has fewer than ``num`` stored neighbours (an isolated image; on Market-1501 with
   k1 = 20 a row stores about 150 on average, so this is rare at ``num = 2 eta = 40``), the
-  missing ranks are filled, if ``features`` are given, by the samples closest in the
-  *original* euclidean distance among those not yet listed (the order k-reciprocal
-  re-ranking itself falls back to: its final distance is ``(1 - lambda) d_J + lambda d``),
-  and otherwise marked ``-1`` (unavailable; :func:`adaptreid.losses.sample_rtl_pairs` refuses
-  them). A stored entry equal to 1.0 (float rounding of a tiny overlap) is treated like a
-  missing one, so that all samples at distance 1 are ordered the same way.
+  missing ranks are filled by the samples closest in the *original* euclidean distance
+  among those not yet listed (the order k-reciprocal re-ranking itself falls back to: its
+  final distance is ``(1 - lambda) d_J + lambda d``), read from ``neighbors`` (the
+  euclidean neighbour table of the Jaccard distance's own neighbour search,
+  :func:`adaptreid.pseudo.kreciprocal.jaccard_with_neighbors`: no second search) or
+  searched among ``features``, and otherwise marked ``-1`` (unavailable;
+  :func:`adaptreid.losses.sample_rtl_pairs` refuses them). A stored entry equal to 1.0
+  (float rounding of a tiny overlap) is treated like a missing one, so that all samples at
+  distance 1 are ordered the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from adaptreid.errors import ConfigError
 __all__ = ["ranked_neighbors"]
 
 
-def ranked_neighbors(jaccard, num: int, *, features=None) -> np.ndarray:
+def ranked_neighbors(jaccard, num: int, *, features=None, neighbors=None) -> np.ndarray:
     """The first ``num`` columns of the ranking score matrix D_R (PAST eq. 2), as indices.
 
     Args:
@@ -43,8 +46,14 @@ def ranked_neighbors(jaccard, num: int, *, features=None) -> np.ndarray:
             1 (:func:`adaptreid.pseudo.kreciprocal.jaccard_distance`), or a dense array.
         num: ranks to return (``2 * eta`` for RTL).
         features: optional ``(N, D)`` features (those the Jaccard distance was computed
-            from) to fill ranks past the stored entries by euclidean distance; without them
-            such ranks are ``-1``.
+            from) to fill ranks past the stored entries by euclidean distance (an exact
+            search of those rows' ``num + 1`` nearest samples among all); without them or
+            ``neighbors`` such ranks are ``-1``.
+        neighbors: optional ``(N, >= num + 1)`` table of each sample's nearest samples by
+            euclidean distance, the sample itself included, as
+            :func:`~adaptreid.pseudo.kreciprocal.jaccard_with_neighbors` returns it with
+            ``num_neighbors = num + 1``: fills those ranks without a search (``features``
+            is then not read). The same table as the search's, so the same ranks.
 
     Returns:
         ``(N, num)`` int64: ``out[i, r - 1]`` is the sample at rank ``r`` of row ``i`` (rank
@@ -81,24 +90,38 @@ def ranked_neighbors(jaccard, num: int, *, features=None) -> np.ndarray:
     out = np.full((n, num), -1, dtype=np.int64)
     out[rows[take], pos[take]] = cols[take]
 
+    if neighbors is not None:
+        neighbors = np.asarray(neighbors)
+        if neighbors.ndim != 2 or neighbors.shape[0] != n or neighbors.shape[1] < num + 1:
+            raise ValueError(
+                f"neighbors must be an (N, >= num + 1) = ({n}, >= {num + 1}) table (the row "
+                f"itself included), got shape {neighbors.shape}: compute it with "
+                f"num_neighbors={num + 1}"
+            )
     short = np.flatnonzero(counts < num)
-    if len(short) and features is not None:
-        _fill_by_euclidean(out, short, np.minimum(counts[short], num), features)
+    if len(short) and (features is not None or neighbors is not None):
+        _fill_by_euclidean(out, short, np.minimum(counts[short], num), features, neighbors)
     return out
 
 
-def _fill_by_euclidean(out: np.ndarray, rows: np.ndarray, filled: np.ndarray, features) -> None:
+def _fill_by_euclidean(
+    out: np.ndarray, rows: np.ndarray, filled: np.ndarray, features, table=None
+) -> None:
     """Complete rows ``rows`` of ``out`` (first ``filled`` entries valid) with the nearest
-    samples by euclidean distance that are neither listed yet nor the row itself."""
+    samples by euclidean distance that are neither listed yet nor the row itself: from
+    ``table`` (N x >= num + 1) when given, else searched among ``features``."""
     from adaptreid.pseudo.topk import topk_neighbors
 
     num = out.shape[1]
     n = out.shape[0]
-    if len(features) != n:
-        raise ValueError(f"{len(features)} features for a {n} x {n} distance")
-    x = np.asarray(features, dtype=np.float32) if not hasattr(features, "detach") else features
     # the num + 1 nearest (self included) always hold num - filled samples not listed yet
-    _, nbr = topk_neighbors(x[rows], min(num + 1, n), y=x)
+    if table is not None:
+        nbr = table[rows, : num + 1]
+    else:
+        if len(features) != n:
+            raise ValueError(f"{len(features)} features for a {n} x {n} distance")
+        x = np.asarray(features, dtype=np.float32) if not hasattr(features, "detach") else features
+        _, nbr = topk_neighbors(x[rows], min(num + 1, n), y=x)
     for r, (i, f) in enumerate(zip(rows.tolist(), filled.tolist())):
         listed = set(out[i, :f].tolist())
         listed.add(i)

@@ -3,9 +3,12 @@ to clustering (instead of loose keyword arguments, each layer with its own defau
 
 * :class:`ClusterSettings`: what :func:`adaptreid.pseudo.clustering.cluster` needs (the
   algorithm and its parameters, the implementation choices);
+* :class:`NeighborSettings`: how the k nearest neighbours of the k-reciprocal encoding are
+  found (exact blocked products, or faiss IVF-Flat candidates with exact distances);
 * :class:`PseudoSettings`: the whole MSPLR pipeline of
   :func:`adaptreid.pseudo.labels.make_pseudo_labels` (eq. 4 normalisation, the distance,
-  clustering, cluster selection of section 3.4), holding a :class:`ClusterSettings`.
+  clustering, cluster selection of section 3.4), holding a :class:`ClusterSettings` and a
+  :class:`NeighborSettings`.
 
 :meth:`PseudoSettings.from_config` reads ``pseudo.*`` (a
 :class:`~adaptreid.config.PseudoConfig`) once; :meth:`PseudoSettings.replace` gives a changed
@@ -19,11 +22,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..config_files import _check_choice
 from ..errors import ConfigError
 
 __all__ = [
+    "APPROX_MIN_N",
+    "NEIGHBOR_MODES",
     "RELEASED_CODE_MIN_CLUSTER_SIZE",
     "ClusterSettings",
+    "NeighborSettings",
     "PseudoSettings",
     "hdbscan_sizes",
 ]
@@ -32,6 +39,9 @@ Method = Literal["dbscan", "kmeans", "hdbscan"]
 Metric = Literal["euclidean", "cosine"]
 HdbscanImpl = Literal["sparse", "dense"]
 KMeansImpl = Literal["torch", "sklearn"]
+NeighborMode = Literal["exact", "approximate", "auto"]
+NEIGHBOR_MODES: tuple[str, ...] = ("exact", "approximate", "auto")
+IvfCodes = Literal["flat", "fp16"]
 
 #: HDBSCAN's min_cluster_size in the authors' released PAST code (the ``hdbscan`` default).
 RELEASED_CODE_MIN_CLUSTER_SIZE = 5
@@ -46,6 +56,26 @@ HDBSCAN_DENSE_LIMIT = 20_000
 #: too large (every image a neighbour of thousands), and a clear error beats running out of
 #: memory.
 DEFAULT_MAX_PAIRS = 100_000_000
+
+
+#: ``neighbors="auto"`` switches to the approximate search from this many images up (and
+#: when faiss is installed). Measured on 2048-d features, 2 cores (BENCHMARKS.md, "Approximate
+#: neighbours"): PLACEHOLDER
+APPROX_MIN_N = 50_000
+#: IVF lists per sqrt(N) (faiss's rule of thumb is 4 to 16 sqrt(N); the high end, measured:
+#: see :class:`NeighborSettings`).
+NLIST_PER_SQRT_N = 16
+#: Fewest images per IVF list on average (caps nlist at small N).
+MIN_PER_LIST = 8
+#: Inverted lists probed per query by default (see :class:`NeighborSettings`).
+DEFAULT_NPROBE = 8
+
+
+def _positive(owner: str, name: str, value: Any, *, zero: bool = False) -> None:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if not is_int or value < (0 if zero else 1):
+        what = "a non-negative integer (0: the default rule)" if zero else "a positive integer"
+        raise ConfigError(f"{owner}.{name} must be {what}, got {value!r}")
 
 
 def _replace(obj: Any, changes: dict[str, Any]) -> Any:
@@ -92,6 +122,72 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class NeighborSettings:
+    """How the k nearest neighbours behind the k-reciprocal encoding (Zhong et al., CVPR 2017,
+    section 3: N(p, k), eq. 4-6) are found: :mod:`adaptreid.pseudo.ann`.
+
+    * ``exact``: blocked matrix products over all pairs (:mod:`adaptreid.pseudo.topk`),
+      O(N^2 d) time: 480 s of a 200,000-image step on 2 cores, 3 hours at 1,000,000;
+    * ``approximate``: faiss IVF-Flat candidates (``nlist`` inverted lists from a k-means of
+      a sample, ``nprobe`` lists searched per image), whose distances are then recomputed
+      exactly, by the same formula as the exact path; the row maxima of eq. 7's
+      normalisation from a set of far points. Needs the optional faiss
+      (``pip install 'adaptreid[faiss]'``);
+    * ``auto``: ``approximate`` from ``auto_min_n`` images up when faiss is installed, else
+      ``exact`` (with a warning above ``auto_min_n``).
+    """
+
+    mode: NeighborMode = "exact"
+    """exact | approximate | auto (default exact: the approximate search's recall depends on
+    the features, BENCHMARKS.md "Approximate neighbours")."""
+    auto_min_n: int = APPROX_MIN_N
+    """``auto`` searches approximately from this many images up."""
+    nlist: int = 0
+    """IVF lists; 0: ``round(16 sqrt(N))`` (capped at N / 8)."""
+    nprobe: int = 0
+    """Lists searched per image; 0: :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches
+    everything: the exact neighbours, by a slower road."""
+    codes: IvfCodes = "flat"
+    """How the IVF lists store the features: ``flat`` (float32, IVF-Flat: 4 N d bytes, the
+    distances faiss ranks by are exact) | ``fp16`` (half precision, IVF-SQfp16: half the
+    memory; the candidates' distances are recomputed exactly from the float32 features
+    either way, so only which candidates come back can differ)."""
+    train_per_list: int = 8
+    """k-means training sample: this many images per list (at most N)."""
+    niter: int = 10
+    """k-means iterations of the IVF training."""
+    seed: int = 0
+    """k-means sample and initialisation."""
+
+    def __post_init__(self) -> None:
+        _check_choice("pseudo.neighbors", NEIGHBOR_MODES, self.mode)
+        _check_choice("NeighborSettings.codes", ("flat", "fp16"), self.codes)
+        for name in ("nlist", "nprobe"):
+            _positive("NeighborSettings", name, getattr(self, name), zero=True)
+        for name in ("auto_min_n", "train_per_list", "niter"):
+            _positive("NeighborSettings", name, getattr(self, name))
+
+    def approximate(self, n: int) -> bool:
+        """Whether N = ``n`` images are searched approximately (``auto``: from
+        ``auto_min_n`` up; whether faiss is installed is :mod:`adaptreid.pseudo.ann`'s
+        business)."""
+        return self.mode == "approximate" or (self.mode == "auto" and n >= self.auto_min_n)
+
+    def lists(self, n: int) -> int:
+        """The number of IVF lists for ``n`` images."""
+        if self.nlist:
+            return max(1, min(self.nlist, n))
+        return max(1, min(round(NLIST_PER_SQRT_N * n**0.5), n // MIN_PER_LIST))
+
+    def probes(self, nlist: int) -> int:
+        """Lists searched per image (at most ``nlist``)."""
+        return min(self.nprobe or DEFAULT_NPROBE, nlist)
+
+    def replace(self, **changes: Any) -> NeighborSettings:
+        return _replace(self, changes)
+
+
+@dataclass(frozen=True)
 class PseudoSettings:
     """Everything that decides the pseudo-labels of one step, resolved (MSPLR sections
     3.3-3.5, PAST eq. 1-2). A selection rule is off when its threshold is 1."""
@@ -114,6 +210,8 @@ class PseudoSettings:
     """The label-free sweep considers only the eps that keep at most this portion of the
     images (set per step from ``pseudo.max_kept_growth``; 1: no cap)."""
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    neighbors: NeighborSettings = field(default_factory=NeighborSettings)
+    """How the Jaccard distance's k nearest neighbours are found (``pseudo.neighbors``)."""
 
     @classmethod
     def from_config(cls, p: Any, seed: int = 0, *, cameras_known: bool = True) -> PseudoSettings:
@@ -139,6 +237,7 @@ class PseudoSettings:
                 min_cluster_size=min_cluster_size,
                 seed=seed,
             ),
+            neighbors=NeighborSettings(mode=p.neighbors, nprobe=p.neighbors_nprobe, seed=seed),
         )
 
     def replace(self, **changes: Any) -> PseudoSettings:
