@@ -192,6 +192,9 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # MSPLR's preset from the same shared source: the equal-wall-time pair for the cc26 runs on
+    # one machine (and issue 27's CPU reading: fp32 where amp auto picks it, original images)
+    Run("msplr_m2d", "adapt", f"msplr/{M2D}", [f"adapt.init_checkpoint={SHARED_M}"], "cc26"),
     # ... and all three Duke -> Market (the preset's Duke source: source_dukemtmc_mobilenet_cpu)
     Run(
         "cc_d2m_cn_sel_cap",
