@@ -55,7 +55,9 @@ def camera_proxies(labels, camids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return proxy, uniq[:, 0].copy(), uniq[:, 1].copy()
 
 
-def initial_memory(features, labels, camids=None) -> dict[str, np.ndarray]:
+def initial_memory(
+    features, labels, camids=None, *, normalize: bool = False
+) -> dict[str, np.ndarray]:
     """A contrastive memory's initial entries, as arrays (float32 / int64) a method keeps
     with its pseudo-labels.
 
@@ -63,8 +65,11 @@ def initial_memory(features, labels, camids=None) -> dict[str, np.ndarray]:
     ``features`` labelled ``c`` (cluster contrast's memory). With ``camids``: one row per
     camera-aware proxy (:func:`camera_proxies`), ``{"memory": (P, D), "proxy_cluster": (P,),
     "proxy_camera": (P,)}``, row ``j`` the L2-normalised mean of proxy ``j``'s features (CAP).
-    Labels -1 get no entry. The features are used as given (L2-normalise them first for the
-    means of unit features)."""
+    Labels -1 get no entry. ``normalize``: L2-normalise each feature row first, so that the
+    entries are the normalised means of unit features, as the contrastive losses compare unit
+    features (for raw step features, MSPLR's; cluster contrast's are unit already)."""
+    if normalize:
+        features = F.normalize(torch.as_tensor(features).float(), dim=1)
     if camids is None:
         memory = F.normalize(cluster_means(features, labels), dim=1)
         return {"memory": memory.numpy().astype(np.float32)}
