@@ -3,7 +3,8 @@
 is eq. 5 plus ``w`` times the memory loss computed by hand from its definition; the memory
 starts from the per-(cluster, camera) normalised means of the step's unit features, moves by
 ``normalise(mu m + (1 - mu) f)`` after a step, is in the criterion's state, is there in both
-stages; a tiny run records the term; a typo or a value out of range is refused."""
+stages; a tiny run records the term; a typo or a value out of range is refused; the two
+memory presets are their MSPLR CPU pair plus the memory, nothing else."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from conftest import adapt_args
 
-from adaptreid.config import load_config
+from adaptreid.config import load_config, to_dict
 from adaptreid.data.datasets import Sample
 from adaptreid.engine.loop import adapt
 from adaptreid.errors import ConfigError
@@ -283,3 +284,16 @@ def test_memory_settings_it_would_not_read_are_refused(overrides, key):
         load_config("msplr/base.yaml", overrides, command="adapt")
     with pytest.raises(ConfigError, match=key):
         MSPLR.validate(load_config("msplr/base.yaml", overrides))
+
+
+# ------------------------------------------------------------------------------ presets
+@pytest.mark.parametrize("pair", ["market1501_to_dukemtmc", "dukemtmc_to_market1501"])
+def test_memory_presets_are_the_cpu_pair_plus_the_memory_only(pair):
+    """They restate their pair (presets inherit two levels at most): no drift allowed."""
+    mem = to_dict(load_config(f"msplr/{pair}_memory_cpu.yaml", command="adapt"))
+    cpu = to_dict(load_config(f"msplr/{pair}_cpu.yaml", command="adapt"))
+    assert mem.pop("name") == f"msplr_{pair}_memory_cpu"
+    assert cpu.pop("name") == f"msplr_{pair}_cpu"
+    method = {"memory": "camera_proxy", "memory_weight": 1.0, "temperature": 0.07}
+    assert mem.pop("method") == {**cpu.pop("method"), **method, "momentum": 0.2}
+    assert mem == cpu
