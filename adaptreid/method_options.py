@@ -39,6 +39,22 @@ class MSPLROptions(MethodOptions):
     inside_schedule (the frozen epochs are the first of the schedule)."""
     rtl_eta: int = 20
     """With ``loss.rtl_weight > 0``: PAST's eta (RTL positives from ranks 1..eta)."""
+    memory: Literal["none", "cluster", "camera_proxy"] = "none"
+    """A memory contrastive term added to eq. 5 on the same pseudo-labels and batches,
+    ``L = L_tri + L_ID + 0.005 L_c + w L_memory`` (issue 26): none (MSPLR as published) |
+    cluster (cluster contrast's ClusterNCE, one entry per cluster) | camera_proxy (CAP's
+    intra- and inter-camera losses, one entry per (cluster, camera) pair; Wang et al., AAAI
+    2021). Same meanings as cluster contrast's ``method.memory`` and the options below."""
+    memory_weight: float = 1.0
+    """w, the memory term's weight (read only with a memory)."""
+    temperature: float = 0.05
+    """tau of the memory loss (CAP's 0.07 in the memory presets)."""
+    momentum: float = 0.2
+    """mu of the memory update m <- mu m + (1 - mu) f (CAP's 0.2)."""
+    inter_weight: float = 0.5
+    """camera_proxy: lambda of ``L_intra + lambda L_inter`` (CAP's 0.5)."""
+    hard_negatives: int = 50
+    """camera_proxy: K, the hard negative proxies per image in ``L_inter`` (CAP's 50)."""
 
 
 @dataclass

@@ -203,6 +203,16 @@ RUNS: list[Run] = [
         ["pseudo.camera_norm=true", "pseudo.select=true", *CAP],
         "cc26",
     ),
+    # issue 26, the best recipe adaptreid can make: MSPLR (labels and eq. 5 losses) + CAP's
+    # camera-aware proxy memory term, from the shared source model M -> D as the cc26 runs
+    Run(
+        "best_m2d_memory",
+        "adapt",
+        "msplr/market1501_to_dukemtmc_memory_cpu.yaml",
+        [f"adapt.init_checkpoint={SHARED_M}"],
+        "best26",
+    ),
+    Run("best_d2m_memory", "adapt", "msplr/dukemtmc_to_market1501_memory_cpu.yaml", [], "best26"),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(

@@ -15,7 +15,7 @@ from adaptreid.runtime import distributed as D
 
 seen = {"memory": [], "batch": [], "local_batch": []}
 _update = CC.ClusterMemoryLoss.update
-_gather = CC.D.all_gather_cat
+_gather = D.all_gather_cat  # the module the memory losses gather with
 
 
 def _recording_gather(t):
@@ -32,7 +32,7 @@ def _recording_update(self, outputs, batch):
 
 
 CC.ClusterMemoryLoss.update = _recording_update
-CC.D.all_gather_cat = _recording_gather
+D.all_gather_cat = _recording_gather
 
 
 def main(out: str, overrides: list[str]) -> None:

@@ -36,6 +36,7 @@ CHOICE_KEYS = {
     "pseudo.neighbors",
     "adapt.select",
     "msplr:method.freeze",
+    "msplr:method.memory",
     "past:method.classifier_init",
     "past:method.triplet_reading",
     "cluster_contrast:method.memory",

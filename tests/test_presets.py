@@ -16,7 +16,11 @@ fields at their defaults, checked to be the only differences: ``eval.steps`` (ev
 (0.5) and ``method.hard_negatives`` (50) in the cluster contrast presets; issue 27 (image
 cache): ``data.image_cache`` (disk) and ``data.image_cache_dir`` ("") in every preset; issue 27
 ("A million images"): ``pseudo.neighbors`` (exact) and ``pseudo.neighbors_nprobe`` (0) in every
-preset, checked to be the only difference."""
+preset, checked to be the only difference; issue 26 (best recipe): MSPLR's
+``method.memory`` (none), ``memory_weight`` (1.0), ``temperature`` (0.05), ``momentum``
+(0.2), ``inter_weight`` (0.5) and ``hard_negatives`` (50) in every preset whose method is
+MSPLR (the method default, so the source presets too), checked to be the only difference,
+and the two new ``msplr/*_memory_cpu.yaml`` presets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses of the methods (MSPLR, PAST; cluster contrast keeps its ClusterNCE in its method file).
+"""Losses of the methods (MSPLR, PAST, cluster contrast).
 
 * :class:`TripletLoss` / :func:`batch_hard_triplet`: batch-hard triplet (Hermans et al. 2017),
   MSPLR eq. 5 ``L_tri`` and PAST eq. 3 (CTL); hinge or soft margin.
@@ -9,6 +9,9 @@
   logits ``(B, p, C)`` the sum of the parts' losses (:func:`parts_cross_entropy`).
 * :class:`RankingTripletLoss` / :func:`sample_rtl_pairs` / :func:`conservative_loss`:
   PAST's ranking-based triplet loss (eq. 4) and conservative-stage loss (eq. 5).
+* :mod:`adaptreid.losses.memory`: contrastive losses against a momentum-updated memory
+  (cluster contrast's ClusterNCE, CAP's camera-aware proxies) and :class:`~adaptreid.losses.
+  memory.MemoryAugmented` (a criterion plus a memory term: MSPLR's ``method.memory``).
 """
 
 from .center import CenterLoss, CenterOptimizer, rescale_center_grad

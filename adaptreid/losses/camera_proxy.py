@@ -23,8 +23,9 @@ with ``s_ik = B[k]^T f_i / tau``:
 
 * ``L = L_intra + lambda L_inter`` (CAP: lambda 0.5, tau 0.07, K 50, memory momentum 0.2).
 
-The memory itself (its initialisation from proxy means and momentum update) lives with the
-method that owns it (:mod:`adaptreid.methods.cluster_contrast`).
+The memory itself (its momentum update) is :class:`adaptreid.losses.memory.
+CameraProxyMemoryLoss`; its initial entries, the proxies' normalised mean features, come from
+:func:`adaptreid.pseudo.centroids.initial_memory`.
 """
 
 from __future__ import annotations

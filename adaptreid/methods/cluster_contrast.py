@@ -14,7 +14,9 @@ One step (an "epoch" of the paper: re-clustering before each)::
 Under DDP every rank gathers the batch features and labels of all ranks (rank order) and
 applies the same updates, so the memory stays identical on every rank. The memory is part of
 the criterion's state (``state_dict``), so it is checkpointed after every epoch and a resumed
-run continues with the memory it had.
+run continues with the memory it had. The memory losses live in :mod:`adaptreid.losses.memory`
+(MSPLR's ``method.memory`` uses them too), their initial entries come from
+:func:`adaptreid.pseudo.centroids.initial_memory`.
 
 With ``method.memory: camera_proxy`` the memory holds one entry per (cluster, camera) pair, a
 camera-aware proxy, and the loss is CAP's (Wang et al., "Camera-aware Proxies for
@@ -35,126 +37,21 @@ k2 = 6, eps = 0.6 (0.7 on DukeMTMC-reID), tau = 0.05, mu = 0.1, 16 identities x 
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from ..data.datasets import pseudo_samples
 from ..engine.builders import optimizer_from_cfg
 from ..engine.method import AdaptationMethod, Stage, TrainHooks, register_method
 from ..engine.optim import multistep_factor
-from ..errors import ConfigError
-from ..losses.camera_proxy import camera_proxy_losses
+from ..losses.memory import (
+    CameraProxyMemoryLoss,
+    ClusterMemoryLoss,
+    build_memory_loss,
+    check_memory_options,
+)
 from ..method_options import ClusterContrastOptions
-from ..pseudo.centroids import camera_proxies, cluster_means
-from ..runtime import distributed as D
+from ..pseudo.centroids import initial_memory
 
-
-class ClusterMemoryLoss(nn.Module):
-    """ClusterNCE against a cluster memory (a buffer, checkpointed with the criterion).
-
-    ``criterion(outputs, batch)`` uses ``outputs["bn_feat"]`` and ``batch["pid"]`` (the
-    pseudo-labels); :meth:`update` is the after-step hook (momentum update, synchronised
-    across ranks)."""
-
-    def __init__(self, memory: torch.Tensor, *, temperature: float, momentum: float) -> None:
-        super().__init__()
-        self.register_buffer("memory", F.normalize(memory.float(), dim=1))
-        self.temperature = float(temperature)
-        self.momentum = float(momentum)
-
-    def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        f = F.normalize(outputs["bn_feat"], dim=1)
-        logits = f @ self.memory.T / self.temperature
-        labels = batch["pid"].to(logits.device)
-        loss = F.cross_entropy(logits, labels)
-        acc = float((logits.argmax(1) == labels).float().mean())
-        return loss, {"nce": float(loss.detach()), "acc": acc}
-
-    @torch.no_grad()
-    def update(self, outputs: dict, batch: dict) -> None:
-        """``m_y <- normalise(mu m_y + (1 - mu) f)`` for every image of the batch, in batch
-        order, with the batches of all ranks gathered first (rank order)."""
-        f = F.normalize(outputs["bn_feat"].detach().float(), dim=1)
-        y = batch["pid"].to(f.device)
-        f, y = D.all_gather_cat(f), D.all_gather_cat(y)
-        for feat, label in zip(f, y.tolist()):
-            m = self.momentum * self.memory[label] + (1.0 - self.momentum) * feat
-            self.memory[label] = m / m.norm().clamp_min(1e-12)
-
-
-class CameraProxyMemoryLoss(nn.Module):
-    """CAP's losses (:func:`~adaptreid.losses.camera_proxy.camera_proxy_losses`) against a
-    memory of camera-aware proxies (buffers, checkpointed with the criterion).
-
-    ``criterion(outputs, batch)`` uses ``outputs["bn_feat"]``, ``batch["pid"]`` (the cluster)
-    and ``batch["camid"]``, whose pair names the image's proxy; :meth:`update` is the
-    after-step hook (momentum update of each image's proxy, synchronised across ranks)."""
-
-    def __init__(
-        self,
-        memory: torch.Tensor,
-        proxy_cluster: torch.Tensor,
-        proxy_camera: torch.Tensor,
-        *,
-        temperature: float,
-        momentum: float,
-        inter_weight: float,
-        hard_negatives: int,
-    ) -> None:
-        super().__init__()
-        self.register_buffer("memory", F.normalize(memory.float(), dim=1))
-        self.register_buffer("proxy_cluster", proxy_cluster.long())
-        self.register_buffer("proxy_camera", proxy_camera.long())
-        cameras = torch.unique(self.proxy_camera)  # sorted
-        table = torch.full((int(self.proxy_cluster.max()) + 1, len(cameras)), -1)
-        cam_index = torch.searchsorted(cameras, self.proxy_camera)
-        table[self.proxy_cluster, cam_index] = torch.arange(len(self.proxy_cluster))
-        self.register_buffer("cameras", cameras)
-        self.register_buffer("table", table)
-        self.temperature, self.momentum = float(temperature), float(momentum)
-        self.inter_weight, self.hard_negatives = float(inter_weight), int(hard_negatives)
-
-    def proxy_of(self, labels: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
-        """Each image's proxy from its cluster and camera (an unknown pair is an error)."""
-        labels, camids = labels.long(), camids.long()
-        col = torch.searchsorted(self.cameras, camids).clamp_max(len(self.cameras) - 1)
-        ok = (self.cameras[col] == camids) & (labels >= 0) & (labels < len(self.table))
-        proxy = torch.where(ok, self.table[labels.clamp(0, len(self.table) - 1), col], -1)
-        if bool((proxy < 0).any()):
-            i = int((proxy < 0).nonzero()[0])
-            raise ValueError(
-                f"no camera-aware proxy for cluster {int(labels[i])}, camera {int(camids[i])}"
-            )
-        return proxy
-
-    def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
-        f = F.normalize(outputs["bn_feat"], dim=1)
-        logits = f @ self.memory.T / self.temperature
-        proxy = self.proxy_of(batch["pid"].to(f.device), batch["camid"].to(f.device))
-        l_intra, l_inter = camera_proxy_losses(
-            logits,
-            proxy,
-            self.proxy_cluster,
-            self.proxy_camera,
-            hard_negatives=self.hard_negatives,
-        )
-        loss = l_intra + self.inter_weight * l_inter
-        acc = float((logits.argmax(1) == proxy).float().mean())
-        parts = {"intra": float(l_intra.detach()), "inter": float(l_inter.detach())}
-        return loss, {**parts, "acc": acc}
-
-    @torch.no_grad()
-    def update(self, outputs: dict, batch: dict) -> None:
-        """``B[j] <- normalise(mu B[j] + (1 - mu) f)`` for every image of the batch and its
-        proxy ``j``, in batch order, the batches of all ranks gathered first (rank order)."""
-        f = F.normalize(outputs["bn_feat"].detach().float(), dim=1)
-        proxy = self.proxy_of(batch["pid"].to(f.device), batch["camid"].to(f.device))
-        f, proxy = D.all_gather_cat(f), D.all_gather_cat(proxy)
-        for feat, j in zip(f, proxy.tolist()):
-            m = self.momentum * self.memory[j] + (1.0 - self.momentum) * feat
-            self.memory[j] = m / m.norm().clamp_min(1e-12)
+#: the memory losses are re-exported under their former home (tests, scripts)
+__all__ = ["CameraProxyMemoryLoss", "ClusterContrast", "ClusterMemoryLoss"]
 
 
 @register_method
@@ -172,29 +69,15 @@ class ClusterContrast(AdaptationMethod):
 
     @classmethod
     def validate(cls, cfg) -> None:
-        if not cfg.method.temperature > 0:
-            raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
-        if not 0 <= cfg.method.momentum < 1:
-            raise ConfigError(f"method.momentum must be in [0, 1), got {cfg.method.momentum}")
-        if cfg.method.inter_weight < 0:
-            raise ConfigError(f"method.inter_weight must be >= 0, got {cfg.method.inter_weight}")
-        if cfg.method.hard_negatives < 0:
-            raise ConfigError(
-                f"method.hard_negatives must be >= 0, got {cfg.method.hard_negatives}"
-            )
+        check_memory_options(cfg.method)
 
     def pseudo_labels(self, feats):
         """DBSCAN (``pseudo.*``, the Jaccard distance in the presets) and the memory's
         initial rows: the normalised means of these features per cluster, or per
         camera-aware proxy (``method.memory: camera_proxy``)."""
         result = feats.cluster()
-        if self.opt.memory == "camera_proxy":
-            proxy, proxy_cluster, proxy_camera = camera_proxies(result.labels, feats.camids)
-            memory = F.normalize(cluster_means(feats.features, proxy), dim=1)
-            extra = {"proxy_cluster": proxy_cluster, "proxy_camera": proxy_camera}
-            return result, {"memory": memory.numpy().astype(np.float32), **extra}
-        memory = F.normalize(cluster_means(feats.features, result.labels), dim=1)
-        return result, {"memory": memory.numpy().astype(np.float32)}
+        camids = feats.camids if self.opt.memory == "camera_proxy" else None
+        return result, initial_memory(feats.features, result.labels, camids)
 
     def on_labels(self, model, labels, extra):
         model.reset_classifier(0)  # the memory is the classifier
@@ -202,21 +85,7 @@ class ClusterContrast(AdaptationMethod):
 
     def build_stage(self, stage, model, labels, extra):
         cfg, ctx = self.cfg, self.ctx
-        memory = torch.from_numpy(np.asarray(extra["memory"]))
-        if self.opt.memory == "camera_proxy":
-            criterion = CameraProxyMemoryLoss(
-                memory,
-                torch.as_tensor(np.asarray(extra["proxy_cluster"])),
-                torch.as_tensor(np.asarray(extra["proxy_camera"])),
-                temperature=self.opt.temperature,
-                momentum=self.opt.momentum,
-                inter_weight=self.opt.inter_weight,
-                hard_negatives=self.opt.hard_negatives,
-            ).to(ctx.device)
-        else:
-            criterion = ClusterMemoryLoss(
-                memory, temperature=self.opt.temperature, momentum=self.opt.momentum
-            ).to(ctx.device)
+        criterion = build_memory_loss(extra, self.opt).to(ctx.device)
         lr = cfg.optim.lr * multistep_factor(ctx.step, cfg.optim.milestones, cfg.optim.gamma)
         optimizer, _ = optimizer_from_cfg(cfg, model, lr=lr, schedule=False)
         loader = ctx.train_loader(pseudo_samples(ctx.target.train, labels))

@@ -1,14 +1,16 @@
-"""Cluster means of features: PAST's classifier initialisation (eq. 7) and a cluster
-memory's initial entries (cluster contrast)."""
+"""Cluster means of features: PAST's classifier initialisation (eq. 7) and a contrastive
+memory's initial entries (cluster contrast; MSPLR with ``method.memory``), per cluster or per
+camera-aware proxy (CAP)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from adaptreid.errors import TrainingError
 
-__all__ = ["camera_proxies", "cluster_means"]
+__all__ = ["camera_proxies", "cluster_means", "initial_memory"]
 
 
 def cluster_means(features, labels) -> torch.Tensor:
@@ -51,3 +53,30 @@ def camera_proxies(labels, camids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     proxy = np.full(len(labels), -1, dtype=np.int64)
     proxy[keep] = inverse.reshape(-1)
     return proxy, uniq[:, 0].copy(), uniq[:, 1].copy()
+
+
+def initial_memory(
+    features, labels, camids=None, *, normalize: bool = False
+) -> dict[str, np.ndarray]:
+    """A contrastive memory's initial entries, as arrays (float32 / int64) a method keeps
+    with its pseudo-labels.
+
+    Without ``camids``: ``{"memory": (C, D)}``, row ``c`` the L2-normalised mean of the
+    ``features`` labelled ``c`` (cluster contrast's memory). With ``camids``: one row per
+    camera-aware proxy (:func:`camera_proxies`), ``{"memory": (P, D), "proxy_cluster": (P,),
+    "proxy_camera": (P,)}``, row ``j`` the L2-normalised mean of proxy ``j``'s features (CAP).
+    Labels -1 get no entry. ``normalize``: L2-normalise each feature row first, so that the
+    entries are the normalised means of unit features, as the contrastive losses compare unit
+    features (for raw step features, MSPLR's; cluster contrast's are unit already)."""
+    if normalize:
+        features = F.normalize(torch.as_tensor(features).float(), dim=1)
+    if camids is None:
+        memory = F.normalize(cluster_means(features, labels), dim=1)
+        return {"memory": memory.numpy().astype(np.float32)}
+    proxy, proxy_cluster, proxy_camera = camera_proxies(labels, camids)
+    memory = F.normalize(cluster_means(features, proxy), dim=1)
+    return {
+        "memory": memory.numpy().astype(np.float32),
+        "proxy_cluster": proxy_cluster,
+        "proxy_camera": proxy_camera,
+    }
