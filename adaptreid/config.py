@@ -230,8 +230,9 @@ class PseudoConfig:
     (faiss IVF-Flat candidates, exact distances on them; needs the optional faiss:
     ``pip install 'adaptreid[faiss]'``) | ``auto`` (approximate from
     ``adaptreid.pseudo.settings.APPROX_MIN_N`` images up when faiss is installed, else
-    exact). The default is exact: how close the approximate neighbours come depends on the
-    features (BENCHMARKS.md, "Approximate neighbours")."""
+    exact). The default is exact: on 2 cores the approximate path was slower wherever it was
+    measured, and how close its neighbours come depends on the features (BENCHMARKS.md,
+    "Approximate neighbours")."""
     neighbors_nprobe: int = 0
     """``approximate``: IVF lists searched per image (0: the default,
     ``adaptreid.pseudo.settings.DEFAULT_NPROBE``); more is slower and closer to exact."""
