@@ -1,8 +1,7 @@
 """The ``adaptreid`` command. Thin: parse the arguments, build the parts, call them.
 
-Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set): OpenMP reads it once,
-when torch loads, so it must come before any ``import torch``, which is why nothing this
-module imports at its top imports torch (:mod:`adaptreid.runtime.threads` says why).
+Nothing this module imports at its top imports torch, so ``--help`` and argument errors come
+back at once.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AdaptReIDError
-from .runtime.threads import passive_wait
-
-passive_wait()
 
 log = logging.getLogger("adaptreid")
 

@@ -8,12 +8,11 @@ fp32) on synthetic ``--height`` x ``--width`` batches, as ``train_throughput.py`
 
 * ``today``: torch's default, one intra-op thread per core, OpenMP's default wait policy
   (its threads spin between parallel regions);
-* ``passive``: the same threads, ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI now sets);
+* ``passive``: the same threads, ``OMP_WAIT_POLICY=PASSIVE``;
 * ``fair``: passive wait and the fair share of :mod:`adaptreid.runtime.threads` (the
   process claims its share and re-checks it every step, as the trainer does);
-* ``fair-spin`` (not in the default set): the fair share with OpenMP's default wait policy,
-  to tell what each half of ``fair`` does (passive wait cost a single process 24% of its
-  throughput in the first run of this benchmark, on a 2-core AMD EPYC).
+* ``fair-spin``: the fair share with OpenMP's default wait policy: what adaptreid does (the
+  passive wait cost a process alone 24-30% in this benchmark, so the CLI no longer sets it).
 
 "alone" is one process by itself; "side by side" starts two at once, the first running
 ``--tail`` seconds longer than the second: its rate while both run gives the slowdown (alone
@@ -41,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "shared_machine.json"
 VARIANTS = ("today", "passive", "fair", "fair-spin")
-DEFAULT_VARIANTS = ("today", "passive", "fair")
+DEFAULT_VARIANTS = VARIANTS
 _CLEARED = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ADAPTREID_THREADS")
 
 

@@ -17,15 +17,19 @@ So each adaptreid process (every ``adaptreid`` command that computes, through
 * re-checks that share every few seconds from its long loops (:func:`refresh`: the trainer's
   batches, feature extraction), so that when the other process ends the survivor takes the
   cores back, and a process that starts later is made room for;
-* lets OpenMP threads sleep rather than spin when idle (``OMP_WAIT_POLICY=PASSIVE``, set by
-  :func:`passive_wait` before torch is imported, unless the user set the variable).
+* leaves OpenMP's wait policy as it is (threads spin between parallel regions): with the
+  fair share two processes no longer fight over the same cores, and a passive wait
+  (``OMP_WAIT_POLICY=PASSIVE``) made a process alone 29-30% slower in
+  ``benchmarks/shared_machine.py`` (2-core AMD EPYC, MobileNetV2 step: 54.5 against 76.3
+  img/s) for side-by-side rates of 46-47 img/s either way (BENCHMARKS.md, "Sharing a
+  machine"). Set it yourself where many processes share few cores.
 
 ``ADAPTREID_THREADS=N`` (a positive integer) fixes the count instead, and ``adaptreid
 evaluate --threads N`` does for that command. The share is only a default: processes other
 than adaptreid's are not counted.
 
 Below everything but ``config`` and ``errors``; torch is imported only when a thread count is
-applied, so that :func:`passive_wait` can run before it.
+applied.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ __all__ = [
     "claim",
     "fair_share",
     "live_processes",
-    "passive_wait",
     "refresh",
     "registry_dir",
     "threads_from_env",
@@ -69,22 +72,6 @@ RECHECK_S = 5.0
 # --------------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------------
-
-
-def passive_wait() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it; True if set.
-
-    OpenMP reads the policy once, when torch loads its runtime, so this must run before
-    ``import torch`` (the CLI module calls it on import). Passive threads sleep when a
-    parallel region ends instead of spinning for the next one. It is a trade, measured by
-    ``benchmarks/shared_machine.py`` (MobileNetV2 train step, 128x64, batch 32, 2-core AMD
-    EPYC, no loader): alone, a process ran 63.6 img/s instead of 83.8 (a wake-up per region);
-    two processes side by side ran 45.6 img/s each instead of 15.4. Where a machine is yours
-    alone, ``OMP_WAIT_POLICY=ACTIVE`` (or any value) in the environment keeps spinning."""
-    if os.environ.get("OMP_WAIT_POLICY"):
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
 
 
 def threads_from_env(environ: dict[str, str] | None = None) -> int | None:
