@@ -9,8 +9,8 @@ process (so that its peak RSS is its own):
   HDBSCAN (min_cluster_size 10) on the Jaccard distance and PAST's ranking table
   (``ranked_neighbors(jac, 2 eta, neighbors=table)``, eta = 20) from the same pass;
 * ``approximate``: the same with ``neighbors=NeighborSettings(mode="approximate", ...)``
-  (faiss IVF-Flat candidates, exact distances on them; ``--nlist`` / ``--nprobe``;
-  ``--codes fp16``: half-precision lists, half the memory).
+  (inverted lists from a faiss k-means, each list's rows searched against its ``--nprobe``
+  nearest lists' by dense products with exact distances; ``--nlist``, ``--drop``).
 
 Compared: top-k recall of the neighbour table (k = k1 + 1, the encoding's columns, and
 2 eta + 1, the ranking's; the row itself included), the k-th distance ratio, the row maxima
@@ -90,7 +90,7 @@ def worker(args) -> dict:
             mode="approximate",
             nlist=args.nlist,
             nprobe=args.nprobe,
-            codes=args.codes,
+            drop_components=args.drop,
             train_per_list=args.train_per_list,
             niter=args.niter,
         )
@@ -264,7 +264,7 @@ def _run(path: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", path, "--n", str(args.n)]
     cmd += ["--nlist", str(args.nlist), "--nprobe", str(args.nprobe)]
     cmd += ["--keep", str(args.keep), "--sample-rows", str(args.sample_rows)]
-    cmd += ["--rank", str(args.rank), "--codes", args.codes]
+    cmd += ["--rank", str(args.rank), "--drop", str(args.drop)]
     cmd += ["--train-per-list", str(args.train_per_list), "--niter", str(args.niter)]
     cmd += ["--verbose"] * args.verbose
     t0 = time.perf_counter()
@@ -288,9 +288,11 @@ def main(argv=None) -> None:
         default=0,
         help="identity centres in a random subspace of this dimension (0: all d, the default)",
     )
-    ap.add_argument("--train-per-list", type=int, default=8, help="k-means sample per list")
+    ap.add_argument("--train-per-list", type=int, default=32, help="k-means sample per list")
     ap.add_argument("--niter", type=int, default=10, help="k-means iterations")
-    ap.add_argument("--codes", choices=["flat", "fp16"], default="flat", help="IVF storage")
+    ap.add_argument(
+        "--drop", type=int, default=-1, help="components out of the list space (-1: by the gap)"
+    )
     ap.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact path")
     ap.add_argument("--reuse-exact", action="store_true", help="the exact arrays of --keep")
     ap.add_argument("--sample-rows", type=int, default=0, help="recall on sampled rows")
@@ -331,7 +333,7 @@ def main(argv=None) -> None:
     st = entry["approximate"]["approximate"]
     key = f"{args.n}_nlist{st['nlist']}_nprobe{st['nprobe']}"
     key += (f"_rank{args.rank}" if args.rank else "") + ("" if args.exact else "_noexact")
-    key += "_fp16" if args.codes == "fp16" else ""
+    key += "" if args.drop == -1 else f"_drop{args.drop}"
     key += f"_train{args.train_per_list}x{args.niter}"
     results["runs"][key] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,9 @@ def markdown(r: dict) -> str:
     a = r["approximate"]
     info = a["approximate"]
     lines = [
-        f"N = {r['n']:,}, nlist {info['nlist']}, nprobe {info['nprobe']}",
+        f"N = {r['n']:,}, nlist {info['nlist']}, nprobe {info['nprobe']}, "
+        f"components dropped {info['dropped']}, largest list {info['largest_list']}, "
+        f"pairs {info['pairs']:.4f} of N^2",
         "",
         "| path | Jaccard | ranking | DBSCAN | HDBSCAN | total | peak RSS | base RSS |",
         "|---|---|---|---|---|---|---|---|",

@@ -1,5 +1,5 @@
-"""Approximate neighbours (faiss IVF-Flat candidates, exact distances on them) and the ranking
-table read from the Jaccard pass's own neighbour table (issue 27, "A million images").
+"""Approximate neighbours (inverted lists searched by dense products, exact distances) and the
+ranking table read from the Jaccard pass's own neighbour table (issue 27, "A million images").
 
 * with an exhaustive candidate set (``nprobe = nlist``) the approximate path gives the exact
   path's neighbours (indices equal, distances to float rounding) and the same Jaccard distance;
@@ -61,17 +61,17 @@ def recall(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k,codes", [(1, "flat"), (7, "flat"), (21, "flat"), (21, "fp16")])
-def test_exhaustive_probes_give_the_exact_neighbours(k, codes):
-    """nprobe = nlist: every row is a candidate; the k + 8 faiss ranks first (by exact
-    float32 distances, or half-precision ones with fp16 codes) are re-ordered by the exact
-    path's formula, so the neighbours are the exact path's (on these unit rows no two
-    distances are within float rounding of each other at the k-th place)."""
+@pytest.mark.parametrize("k,drop", [(1, -1), (7, -1), (21, -1), (21, 0), (21, 3)])
+def test_exhaustive_probes_give_the_exact_neighbours(k, drop):
+    """nprobe = nlist: every row is searched against every row with the exact path's
+    formula, so the neighbours are the exact path's whatever space the lists are built in
+    (on these unit rows no two distances are within float rounding of each other at the
+    k-th place)."""
     pytest.importorskip("faiss")
     x, _ = _clustered()
     xt = torch.from_numpy(x)
     exact_keys, exact_max = _knn_torch(xt, None, k, 128, False)
-    st = NeighborSettings(mode="approximate", nlist=12, nprobe=12, codes=codes)
+    st = NeighborSettings(mode="approximate", nlist=12, nprobe=12, drop_components=drop)
     keys, rowmax, info = ann.approximate_knn(xt, k, st)
     assert info["nlist"] == info["nprobe"] == 12
     ed, ei = decode_keys(exact_keys)
@@ -111,18 +111,41 @@ def test_recall_is_reported_in_unit_interval():
     assert seen[-1] == 1.0 and seen[0] <= seen[1] <= seen[2]
 
 
-def test_rows_short_of_candidates_get_their_exact_neighbours():
-    """Tiny lists and one probe: fewer than k candidates for some rows, which are then
-    searched exactly: every row still has k distinct neighbours, itself first."""
+def test_lists_short_of_candidates_probe_more_lists():
+    """Tiny lists and one probe: a list's own rows are fewer than k, so it is searched
+    against more lists until they hold k rows: every row has k distinct neighbours, itself
+    first, at distances that are exact and sorted."""
     pytest.importorskip("faiss")
     x, _ = _clustered(n=300, ids=30)
-    keys, _, info = ann.approximate_knn(
-        torch.from_numpy(x), 25, NeighborSettings(nlist=30, nprobe=1)
-    )
-    _, idx = decode_keys(keys)
-    assert info["rows_exact"] > 0
+    xt = torch.from_numpy(x)
+    keys, _, info = ann.approximate_knn(xt, 25, NeighborSettings(nlist=30, nprobe=1))
+    dist, idx = decode_keys(keys)
+    assert info["largest_list"] < 25  # so every list needed more probes
     assert (idx[:, 0] == np.arange(len(x))).all()
     assert all(len(set(r)) == 25 for r in idx.tolist())
+    assert (np.diff(dist, axis=1) >= 0).all()
+    direct = ((x[:, None, :] - x[idx]) ** 2).sum(-1)
+    direct[:, 0] = 0.0
+    np.testing.assert_allclose(dist, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_list_space_drops_the_components_before_an_eigenvalue_gap():
+    """Three strong shared directions (camera offsets) over isotropic rows: the gap rule
+    projects exactly those three out; isotropic rows alone have no gap and keep everything;
+    ``drop`` fixes the number."""
+    rng = np.random.default_rng(0)
+    d = 24
+    base = rng.standard_normal((3000, d))
+    offsets = np.linalg.qr(rng.standard_normal((d, 3)))[0].T * 6.0  # three orthogonal axes
+    shifted = base + offsets[rng.integers(0, 3, 3000)] * rng.choice([-1, 1], (3000, 1))
+    mean, basis = ann.list_space(torch.from_numpy(shifted))
+    assert basis.shape == (d, 3)
+    # the dropped span is the offsets' span: projecting the offsets on it keeps them whole
+    proj = torch.from_numpy(offsets).float() @ basis
+    np.testing.assert_allclose(proj.norm(dim=1).numpy(), 6.0, rtol=0.05)
+    assert ann.list_space(torch.from_numpy(base))[1].shape == (d, 0)
+    assert ann.list_space(torch.from_numpy(base), drop=2)[1].shape == (d, 2)
+    assert ann.list_space(torch.from_numpy(base), drop=0)[1].shape == (d, 0)
 
 
 def test_approximate_mode_through_jaccard_with_neighbors_is_deterministic():
@@ -242,12 +265,12 @@ def test_neighbor_settings_are_validated():
         NeighborSettings(nprobe=-1)
     with pytest.raises(ConfigError, match="auto_min_n must be a positive integer"):
         NeighborSettings(auto_min_n=0)
-    with pytest.raises(ConfigError, match="Did you mean 'fp16'"):
-        NeighborSettings(codes="fp61")
+    with pytest.raises(ConfigError, match="drop_components must be an integer >= -1"):
+        NeighborSettings(drop_components=-2)
     with pytest.raises(TypeError, match="neighbors must be"):
         ann.resolve_neighbors(3, 10)
     st = NeighborSettings()
-    assert st.lists(200_000) == round(16 * 200_000**0.5) and st.lists(100) == 12
+    assert st.lists(200_000) == round(4 * 200_000**0.5) and st.lists(100) == 12
     assert st.probes(4) == 4 and NeighborSettings(nprobe=2).probes(10) == 2
 
 

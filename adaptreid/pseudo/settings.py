@@ -41,7 +41,6 @@ HdbscanImpl = Literal["sparse", "dense"]
 KMeansImpl = Literal["torch", "sklearn"]
 NeighborMode = Literal["exact", "approximate", "auto"]
 NEIGHBOR_MODES: tuple[str, ...] = ("exact", "approximate", "auto")
-IvfCodes = Literal["flat", "fp16"]
 
 #: HDBSCAN's min_cluster_size in the authors' released PAST code (the ``hdbscan`` default).
 RELEASED_CODE_MIN_CLUSTER_SIZE = 5
@@ -65,13 +64,12 @@ DEFAULT_MAX_PAIRS = 100_000_000
 #: 1,000,000 is where the exact search would take hours (25x the 200k step) and stops being
 #: a choice.
 APPROX_MIN_N = 1_000_000
-#: IVF lists per sqrt(N) (faiss's rule of thumb is 4 to 16 sqrt(N); the high end, measured:
-#: see :class:`NeighborSettings`).
-NLIST_PER_SQRT_N = 16
+#: IVF lists per sqrt(N) (faiss's rule of thumb is 4 to 16 sqrt(N)).
+NLIST_PER_SQRT_N = 4
 #: Fewest images per IVF list on average (caps nlist at small N).
 MIN_PER_LIST = 8
 #: Inverted lists probed per query by default (see :class:`NeighborSettings`).
-DEFAULT_NPROBE = 8
+DEFAULT_NPROBE = 4
 
 
 def _positive(owner: str, name: str, value: Any, *, zero: bool = False) -> None:
@@ -131,10 +129,11 @@ class NeighborSettings:
 
     * ``exact``: blocked matrix products over all pairs (:mod:`adaptreid.pseudo.topk`),
       O(N^2 d) time: 480 s of a 200,000-image step on 2 cores, 3 hours at 1,000,000;
-    * ``approximate``: faiss IVF-Flat candidates (``nlist`` inverted lists from a k-means of
-      a sample, ``nprobe`` lists searched per image), whose distances are then recomputed
-      exactly, by the same formula as the exact path; the row maxima of eq. 7's
-      normalisation from a set of far points. Needs the optional faiss
+    * ``approximate``: inverted lists (``nlist`` lists from a faiss k-means of a sample, in a
+      space without the few leading principal components that stand apart, e.g. camera
+      offsets); the rows of each list are searched against the rows of the ``nprobe`` lists
+      nearest to it by dense products, with the exact path's distance formula; the row
+      maxima of eq. 7's normalisation from a set of far points. Needs the optional faiss
       (``pip install 'adaptreid[faiss]'``);
     * ``auto``: ``approximate`` from ``auto_min_n`` images up when faiss is installed, else
       ``exact`` (with a warning above ``auto_min_n``).
@@ -146,17 +145,17 @@ class NeighborSettings:
     auto_min_n: int = APPROX_MIN_N
     """``auto`` searches approximately from this many images up."""
     nlist: int = 0
-    """IVF lists; 0: ``round(16 sqrt(N))`` (capped at N / 8)."""
+    """IVF lists; 0: ``round(4 sqrt(N))`` (capped at N / 8)."""
     nprobe: int = 0
-    """Lists searched per image; 0: :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches
-    everything: the exact neighbours, by a slower road."""
-    codes: IvfCodes = "flat"
-    """How the IVF lists store the features: ``flat`` (float32, IVF-Flat: 4 N d bytes, the
-    distances faiss ranks by are exact) | ``fp16`` (half precision, IVF-SQfp16: half the
-    memory; the candidates' distances are recomputed exactly from the float32 features
-    either way, so only which candidates come back can differ)."""
-    train_per_list: int = 8
-    """k-means training sample: this many images per list (at most N)."""
+    """Lists each list's rows are searched against (its own included); 0:
+    :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches everything: the exact neighbours,
+    by a slower road."""
+    drop_components: int = -1
+    """Leading principal components projected out of the space the lists are built in;
+    -1: those before an eigenvalue gap (:func:`adaptreid.pseudo.ann.list_space`)."""
+    train_per_list: int = 32
+    """k-means training sample: this many images per list (at most N and
+    :data:`adaptreid.pseudo.ann.MAX_TRAIN`)."""
     niter: int = 10
     """k-means iterations of the IVF training."""
     seed: int = 0
@@ -164,7 +163,12 @@ class NeighborSettings:
 
     def __post_init__(self) -> None:
         _check_choice("pseudo.neighbors", NEIGHBOR_MODES, self.mode)
-        _check_choice("NeighborSettings.codes", ("flat", "fp16"), self.codes)
+        drop = self.drop_components
+        if not isinstance(drop, int) or isinstance(drop, bool) or drop < -1:
+            raise ConfigError(
+                "NeighborSettings.drop_components must be an integer >= -1 (-1: by the "
+                f"eigenvalue gap), got {self.drop_components!r}"
+            )
         for name in ("nlist", "nprobe"):
             _positive("NeighborSettings", name, getattr(self, name), zero=True)
         for name in ("auto_min_n", "train_per_list", "niter"):
