@@ -34,7 +34,12 @@ RULES = ("agreement", "snd", "cross_camera", "last")
 
 
 def records(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        committed = Path(__file__).resolve().parent / "results" / "uda_runs" / run.name
+        hint = f" (the committed record: {committed})" if committed.is_dir() else ""
+        raise SystemExit(f"{path}: no such file; give a run folder{hint}")
+    lines = path.read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
