@@ -227,14 +227,15 @@ class PseudoConfig:
     neighbors: Literal["exact", "approximate", "auto"] = "exact"
     """How the Jaccard distance finds each image's k1 + 1 nearest neighbours (Zhong et al.
     2017, N(p, k1)): ``exact`` (blocked products over all pairs, O(N^2 d)) | ``approximate``
-    (faiss IVF-Flat candidates, exact distances on them; needs the optional faiss:
+    (inverted lists, each list's rows searched against its nearest lists' with exact
+    distances; needs the optional faiss:
     ``pip install 'adaptreid[faiss]'``) | ``auto`` (approximate from
     ``adaptreid.pseudo.settings.APPROX_MIN_N`` images up when faiss is installed, else
     exact). The default is exact: on 2 cores the approximate path was slower wherever it was
     measured, and how close its neighbours come depends on the features (BENCHMARKS.md,
     "Approximate neighbours")."""
     neighbors_nprobe: int = 0
-    """``approximate``: IVF lists searched per image (0: the default,
+    """``approximate``: lists each list's rows are searched against (0: the default,
     ``adaptreid.pseudo.settings.DEFAULT_NPROBE``); more is slower and closer to exact."""
     select: bool = True
     """Cluster selection (MSPLR section 3.4); the two rules below can be switched singly."""

@@ -10,7 +10,8 @@ process (so that its peak RSS is its own):
   (``ranked_neighbors(jac, 2 eta, neighbors=table)``, eta = 20) from the same pass;
 * ``approximate``: the same with ``neighbors=NeighborSettings(mode="approximate", ...)``
   (inverted lists from a faiss k-means, each list's rows searched against its ``--nprobe``
-  nearest lists' by dense products with exact distances; ``--nlist``, ``--drop``).
+  nearest lists' by dense products with exact distances; ``--nlist``, ``--nprobe``,
+  ``--spill``, ``--drop``).
 
 Compared: top-k recall of the neighbour table (k = k1 + 1, the encoding's columns, and
 2 eta + 1, the ranking's; the row itself included), the k-th distance ratio, the row maxima
@@ -91,6 +92,7 @@ def worker(args) -> dict:
             nlist=args.nlist,
             nprobe=args.nprobe,
             drop_components=args.drop,
+            spill=args.spill,
             train_per_list=args.train_per_list,
             niter=args.niter,
         )
@@ -264,7 +266,7 @@ def _run(path: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", path, "--n", str(args.n)]
     cmd += ["--nlist", str(args.nlist), "--nprobe", str(args.nprobe)]
     cmd += ["--keep", str(args.keep), "--sample-rows", str(args.sample_rows)]
-    cmd += ["--rank", str(args.rank), "--drop", str(args.drop)]
+    cmd += ["--rank", str(args.rank), "--drop", str(args.drop), "--spill", str(args.spill)]
     cmd += ["--train-per-list", str(args.train_per_list), "--niter", str(args.niter)]
     cmd += ["--verbose"] * args.verbose
     t0 = time.perf_counter()
@@ -293,6 +295,7 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--drop", type=int, default=-1, help="components out of the list space (-1: by the gap)"
     )
+    ap.add_argument("--spill", type=int, default=2, help="lists each row belongs to")
     ap.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact path")
     ap.add_argument("--reuse-exact", action="store_true", help="the exact arrays of --keep")
     ap.add_argument("--sample-rows", type=int, default=0, help="recall on sampled rows")
@@ -334,6 +337,7 @@ def main(argv=None) -> None:
     key = f"{args.n}_nlist{st['nlist']}_nprobe{st['nprobe']}"
     key += (f"_rank{args.rank}" if args.rank else "") + ("" if args.exact else "_noexact")
     key += "" if args.drop == -1 else f"_drop{args.drop}"
+    key += f"_spill{args.spill}"
     key += f"_train{args.train_per_list}x{args.niter}"
     results["runs"][key] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,8 @@ def test_lists_short_of_candidates_probe_more_lists():
     pytest.importorskip("faiss")
     x, _ = _clustered(n=300, ids=30)
     xt = torch.from_numpy(x)
-    keys, _, info = ann.approximate_knn(xt, 25, NeighborSettings(nlist=30, nprobe=1))
+    st = NeighborSettings(nlist=30, nprobe=1, spill=1)
+    keys, _, info = ann.approximate_knn(xt, 25, st)
     dist, idx = decode_keys(keys)
     assert info["largest_list"] < 25  # so every list needed more probes
     assert (idx[:, 0] == np.arange(len(x))).all()
@@ -127,6 +128,35 @@ def test_lists_short_of_candidates_probe_more_lists():
     direct = ((x[:, None, :] - x[idx]) ** 2).sum(-1)
     direct[:, 0] = 0.0
     np.testing.assert_allclose(dist, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_keeps_each_index_once_at_its_smaller_distance():
+    """A row searched from two lists finds a neighbour twice (two products, distances that
+    may differ in the last bit): the merge keeps it once, at the smaller distance, and the k
+    smallest of what is left, sorted."""
+    from adaptreid.pseudo.topk import _encode
+
+    d = torch.tensor([[0.0, 0.5, 0.2, 0.9, 0.5000001, 0.2, 0.7, 0.1]])
+    i = torch.tensor([[3, 7, 5, 1, 7, 5, 2, 9]])
+    dist, idx = decode_keys(ann._merge(_encode(d, i), 4))
+    np.testing.assert_array_equal(idx, [[3, 9, 5, 7]])
+    np.testing.assert_allclose(dist, [[0.0, 0.1, 0.2, 0.5]])
+
+
+def test_spilling_finds_the_neighbours_across_a_list_border():
+    """800 rows around 60 centres in 80 lists: k-means splits some groups across two lists.
+    With each row only in its nearest list and one probe, rows near a border miss the part
+    of their group across it; with each row in its two nearest lists (as a candidate and as
+    a query) more of the exact neighbours are found."""
+    pytest.importorskip("faiss")
+    x, _ = _clustered(n=800, ids=60)
+    xt = torch.from_numpy(x)
+    _, ei = decode_keys(_knn_torch(xt, None, 12, 256, False)[0])
+    got = {}
+    for spill in (1, 2):
+        st = NeighborSettings(nlist=80, nprobe=1, spill=spill)
+        got[spill] = recall(decode_keys(ann.approximate_knn(xt, 12, st)[0])[1], ei)
+    assert got[1] < got[2] <= 1.0
 
 
 def test_list_space_drops_the_components_before_an_eigenvalue_gap():
@@ -265,6 +295,8 @@ def test_neighbor_settings_are_validated():
         NeighborSettings(nprobe=-1)
     with pytest.raises(ConfigError, match="auto_min_n must be a positive integer"):
         NeighborSettings(auto_min_n=0)
+    with pytest.raises(ConfigError, match="spill must be a positive integer"):
+        NeighborSettings(spill=0)
     with pytest.raises(ConfigError, match="drop_components must be an integer >= -1"):
         NeighborSettings(drop_components=-2)
     with pytest.raises(TypeError, match="neighbors must be"):

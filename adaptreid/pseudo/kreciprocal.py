@@ -39,12 +39,12 @@ How it stays O(N k) in memory and close to the matrix-product floor in time:
   ``distributed=False`` computes everything in the calling process (e.g. on rank 0 alone).
   :func:`topk_neighbors` shards only with ``distributed=True`` (it also serves rank-0-only
   helpers). Re-ranking (:func:`k_reciprocal_rerank`) is not sharded;
-* ``neighbors="approximate"`` (:mod:`adaptreid.pseudo.ann`) replaces the exact top-k by faiss
-  IVF-Flat candidates whose distances are recomputed exactly, and the row maxima by lower
-  bounds over a set of far rows: O(N^1.5 d) instead of O(N^2 d), at a recall that depends on
-  the features; the rest is unchanged. :func:`jaccard_with_neighbors` also returns the
-  neighbour table of the same search (PAST's ranking table reads it instead of searching
-  again);
+* ``neighbors="approximate"`` (:mod:`adaptreid.pseudo.ann`) replaces the exact top-k by a
+  search of inverted lists (each list's rows against its nearest lists' rows, dense products,
+  exact distances), and the row maxima by lower bounds over a set of far rows: O(N^1.5 d)
+  instead of O(N^2 d), at a recall that depends on the features; the rest is unchanged.
+  :func:`jaccard_with_neighbors` also returns the neighbour table of the same search (PAST's
+  ranking table reads it instead of searching again);
 * k-reciprocal sets, the expansion test, the query expansion and the Jaccard sums are sparse
   matrix operations on the N x k neighbour table; the Jaccard sums ``sum min(.,.)`` are
   computed like the reference's inverted index, vectorised: one (p, g, min) triple per shared
@@ -483,7 +483,7 @@ def jaccard_distance(
             neighbours are never sharded (each calling process computes them).
         neighbors: how the k1 + 1 nearest neighbours N(p, k1) and the row maxima are found
             (:class:`~adaptreid.pseudo.settings.NeighborSettings` or its mode): ``"exact"``,
-            ``"approximate"`` (faiss IVF-Flat candidates with exact distances,
+            ``"approximate"`` (inverted lists searched with exact distances,
             :mod:`adaptreid.pseudo.ann`; needs faiss) or ``"auto"`` (approximate from
             ``NeighborSettings.auto_min_n`` samples up when faiss is installed, exact
             otherwise). None: the default, exact.

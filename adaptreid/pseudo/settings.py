@@ -4,7 +4,7 @@ to clustering (instead of loose keyword arguments, each layer with its own defau
 * :class:`ClusterSettings`: what :func:`adaptreid.pseudo.clustering.cluster` needs (the
   algorithm and its parameters, the implementation choices);
 * :class:`NeighborSettings`: how the k nearest neighbours of the k-reciprocal encoding are
-  found (exact blocked products, or faiss IVF-Flat candidates with exact distances);
+  found (exact blocked products, or inverted lists searched with exact distances);
 * :class:`PseudoSettings`: the whole MSPLR pipeline of
   :func:`adaptreid.pseudo.labels.make_pseudo_labels` (eq. 4 normalisation, the distance,
   clustering, cluster selection of section 3.4), holding a :class:`ClusterSettings` and a
@@ -150,6 +150,11 @@ class NeighborSettings:
     """Lists each list's rows are searched against (its own included); 0:
     :data:`DEFAULT_NPROBE`. ``nprobe >= nlist`` searches everything: the exact neighbours,
     by a slower road."""
+    spill: int = 2
+    """Lists each image belongs to: its nearest ``spill`` (as a candidate and as a query),
+    so that an image near the border of two lists finds the people in both; 1: its nearest
+    only (half the products; at N = 200,000 3% of the images then found almost none of
+    their identity's and were DBSCAN outliers, BENCHMARKS.md "Approximate neighbours")."""
     drop_components: int = -1
     """Leading principal components projected out of the space the lists are built in;
     -1: those before an eigenvalue gap (:func:`adaptreid.pseudo.ann.list_space`)."""
@@ -171,7 +176,7 @@ class NeighborSettings:
             )
         for name in ("nlist", "nprobe"):
             _positive("NeighborSettings", name, getattr(self, name), zero=True)
-        for name in ("auto_min_n", "train_per_list", "niter"):
+        for name in ("auto_min_n", "train_per_list", "niter", "spill"):
             _positive("NeighborSettings", name, getattr(self, name))
 
     def approximate(self, n: int) -> bool:
