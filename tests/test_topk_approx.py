@@ -159,6 +159,28 @@ def test_spilling_finds_the_neighbours_across_a_list_border():
     assert got[1] < got[2] <= 1.0
 
 
+def test_weak_rows_are_searched_again_among_themselves(monkeypatch):
+    """150 people, 20 lists from a 20-row sample: most people have no list that stands for
+    them, so their rows are weak (their nearest centroid barely more similar than the 8th).
+    Searching the weak rows again among themselves finds more of the exact neighbours than
+    the first level alone; with the weak rows few enough, that search is exact, so each
+    weak row's neighbours among the weak rows are the exact ones."""
+    pytest.importorskip("faiss")
+    x, _ = _clustered(n=900, d=64, ids=150)
+    xt = torch.from_numpy(x)
+    _, ei = decode_keys(_knn_torch(xt, None, 6, 256, False)[0])
+    st = NeighborSettings(nlist=20, nprobe=1, spill=1, train_per_list=1)
+    keys, _, info = ann.approximate_knn(xt, 6, st)
+    first = info["levels"][0]
+    assert first["weak"] > 0 and info["levels"][1]["exact"] and info["weak_left"] == 0
+    monkeypatch.setattr(ann, "MAX_LEVELS", 1)
+    alone, _, info1 = ann.approximate_knn(xt, 6, st)
+    assert len(info1["levels"]) == 1
+    r_levels = recall(decode_keys(keys)[1], ei)
+    r_alone = recall(decode_keys(alone)[1], ei)
+    assert r_alone < r_levels <= 1.0
+
+
 def test_list_space_drops_the_components_before_an_eigenvalue_gap():
     """Three strong shared directions (camera offsets) over isotropic rows: the gap rule
     projects exactly those three out; isotropic rows alone have no gap and keep everything;
