@@ -20,7 +20,10 @@ preset, checked to be the only difference; issue 26 (best recipe): MSPLR's
 ``method.memory`` (none), ``memory_weight`` (1.0), ``temperature`` (0.05), ``momentum``
 (0.2), ``inter_weight`` (0.5) and ``hard_negatives`` (50) in every preset whose method is
 MSPLR (the method default, so the source presets too), checked to be the only difference,
-and the two new ``msplr/*_memory_cpu.yaml`` presets."""
+and the two new ``msplr/*_memory_cpu.yaml`` presets; issue 27 (the approximate search
+reworked): ``pseudo.neighbors`` now ``auto`` (approximate from
+``adaptreid.pseudo.settings.APPROX_MIN_N`` images up) in every preset, checked to be the only
+difference."""
 
 from __future__ import annotations
 

@@ -334,4 +334,4 @@ def test_config_key_is_validated_and_reaches_the_settings():
     cfg = load_config(overrides=["pseudo.neighbors=approximate", "pseudo.neighbors_nprobe=16"])
     st = PseudoSettings.from_config(cfg.pseudo, seed=3)
     assert st.neighbors == NeighborSettings(mode="approximate", nprobe=16, seed=3)
-    assert PseudoSettings.from_config(load_config().pseudo).neighbors.mode == "exact"
+    assert PseudoSettings.from_config(load_config().pseudo).neighbors.mode == "auto"
