@@ -17,12 +17,12 @@ them:
    section 3.5's reason for eq. 4): k-means on the raw features splits them first, so one
    person's images seen by two cameras land in lists far apart, and the lists near a row's
    own hold other people of its camera. Measured on the 2048-d synthetic re-ID features
-   (BENCHMARKS.md, "Approximate neighbours"): without the projection the lists are
-   camera-bound and uneven (at N = 20,000, 566 lists, the largest 1,358 rows) and half the
-   true same-identity neighbours are missed whatever the probes; with it the largest list
-   has 91 rows and the same-identity share of the first 16 neighbours is the exact path's.
-   Features that are camera-normalised already (eq. 4) have no such gap and nothing is
-   dropped. ``drop_components`` fixes the number instead;
+   (BENCHMARKS.md, "Approximate neighbours", N = 20,000, 566 lists): without the projection
+   the lists are camera-bound and uneven (the largest 1,402 rows) and DBSCAN's labels have
+   nothing to do with the exact path's (ARI 0.015); with it the largest list has 87 rows and
+   the labels are the exact path's (ARI 0.9999). The same features camera-normalised by eq.
+   4 have no such gap and nothing is dropped. ``drop_components`` fixes the number
+   instead;
 2. **lists**: spherical k-means (faiss, ``niter`` iterations, seeded) of the sample in that
    space into ``nlist = round(4 sqrt(N))`` unit centroids (faiss's rule of thumb is 4 to 16
    sqrt(N)); every row belongs to its ``spill`` nearest lists (blocked matrix products,
