@@ -12,7 +12,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ConfigError
-from .cluster_base import as_numpy, check_distance, finite_float, relabel
+from .cluster_base import (
+    as_numpy,
+    check_distance,
+    chunk_rows,
+    finite_float,
+    relabel,
+    row_chunks,
+)
 
 __all__ = [
     "hdbscan_labels",
@@ -59,12 +66,20 @@ def _offdiag_csr(distance, fill: float) -> tuple[sp.csr_matrix, int]:
         d.sum_duplicates()
     n = d.shape[0]
     dtype = np.float32 if d.dtype == np.float32 and float(np.float32(fill)) == fill else np.float64
-    counts = np.diff(d.indptr)
-    keep = d.indices != np.repeat(np.arange(n, dtype=d.indices.dtype), counts)
-    kept_before = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum(keep, out=kept_before[1:])
-    indptr = kept_before[d.indptr]
-    del kept_before
+    # the diagonal entries dropped a chunk of rows at a time (no array of all the entries'
+    # row indices); at most one a row in canonical format, so the new row starts are the old
+    # ones less the entries dropped from the rows before
+    keep = np.empty(d.nnz, dtype=bool)
+    for r0, r1 in row_chunks(d.indptr):
+        s, e = d.indptr[r0], d.indptr[r1]
+        keep[s:e] = d.indices[s:e] != chunk_rows(d.indptr, r0, r1)
+    dropped = np.flatnonzero(~keep)
+    before = np.zeros(n + 1, dtype=np.int64)
+    if len(dropped):
+        rows = np.searchsorted(d.indptr, dropped, side="right") - 1
+        np.cumsum(np.bincount(rows, minlength=n), out=before[1:])
+    indptr = d.indptr.astype(np.int64) - before
+    del dropped, before
     data = d.data[keep].astype(dtype, copy=False)
     indices = d.indices[keep]
     del keep

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from adaptreid.errors import ConfigError
+from adaptreid.pseudo.cluster_base import chunk_rows, row_chunks
 
 __all__ = ["ranked_neighbors"]
 
@@ -76,19 +77,24 @@ def ranked_neighbors(jaccard, num: int, *, features=None, neighbors=None) -> np.
             f"ranked_neighbors: {num} ranks asked but only {n - 1} other samples exist "
             f"(RTL needs 2 * eta <= N - 1: use a smaller eta)"
         )
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(dist.indptr))
-    cols = dist.indices.astype(np.int64)
-    vals = np.asarray(dist.data, dtype=np.float64)
-    keep = (cols != rows) & (vals < 1.0)
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    order = np.lexsort((cols, vals, rows))  # by row, then distance, then index
-    rows, cols = rows[order], cols[order]
-    counts = np.bincount(rows, minlength=n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(len(rows), dtype=np.int64) - starts[rows]
-    take = pos < num
+    # row by row in chunks of stored entries (row_chunks): the same order within each row
     out = np.full((n, num), -1, dtype=np.int64)
-    out[rows[take], pos[take]] = cols[take]
+    counts = np.zeros(n, dtype=np.int64)
+    for r0, r1 in row_chunks(dist.indptr):
+        s, e = dist.indptr[r0], dist.indptr[r1]
+        rows = chunk_rows(dist.indptr, r0, r1)
+        cols = dist.indices[s:e].astype(np.int64)
+        vals = np.asarray(dist.data[s:e], dtype=np.float64)
+        keep = (cols != rows) & (vals < 1.0)
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        order = np.lexsort((cols, vals, rows))  # by row, then distance, then index
+        rows, cols = rows[order], cols[order]
+        local = np.bincount(rows - r0, minlength=r1 - r0)
+        counts[r0:r1] = local
+        starts = np.cumsum(local) - local
+        pos = np.arange(len(rows), dtype=np.int64) - starts[rows - r0]
+        take = pos < num
+        out[rows[take], pos[take]] = cols[take]
 
     if neighbors is not None:
         neighbors = np.asarray(neighbors)
