@@ -82,7 +82,24 @@ def metrics_row(name: str, m: dict, lo: float | None, hi: float | None, extra: s
     )
 
 
-def table1(sup: Path | None, runs: list[tuple[str, Path]]) -> list[str]:
+def direct_transfer(run: Path) -> dict:
+    """A source run's evaluation of its best.pt on the other dataset (its 'final' record)."""
+    recs = records(run)
+    final = [r for r in recs if r.get("kind") == "final" and r.get("stage") == "direct_transfer"]
+    if not final:
+        raise SystemExit(f"{run}: no 'final' direct_transfer record in metrics.jsonl")
+    return final[-1]
+
+
+def table1(
+    sup: Path | None,
+    runs: list[tuple[str, Path]],
+    other_sup: list[tuple[str, Path]] = (),
+    other_direct: list[tuple[str, Path]] = (),
+) -> list[str]:
+    """``other_sup`` / ``other_direct``: (label, source run) of another network family (the
+    PCB source models), their supervised-on-the-target and direct-transfer rows beside the
+    first family's; the gap closed stays measured on the first family's two rows."""
     out = [
         "| method | rank-1 | rank-5 | rank-10 | mAP | gap closed | step (of) / wall time |",
         "|---|---|---|---|---|---|---|",
@@ -93,6 +110,12 @@ def table1(sup: Path | None, runs: list[tuple[str, Path]]) -> list[str]:
     if sup:
         out.append(metrics_row("supervised on the target", supervised(sup), lo, hi, wall(sup)))
     out.append(metrics_row("direct transfer (no adaptation)", first[0], lo, hi, "-"))
+    for label, run in other_sup:
+        out.append(
+            metrics_row(f"{label}, supervised on the target", supervised(run), lo, hi, wall(run))
+        )
+    for label, run in other_direct:
+        out.append(metrics_row(f"{label}, direct transfer", direct_transfer(run), lo, hi, "-"))
     for label, run in runs:
         steps = steps_of(run)
         rule = config(run).get("adapt", {}).get("select", "last")
@@ -219,6 +242,20 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="run folders, or LABEL=FOLDER")
     p.add_argument("--supervised", type=Path, help="table1: the source run trained on the target")
     p.add_argument(
+        "--other-supervised",
+        action="append",
+        default=[],
+        metavar="LABEL=FOLDER",
+        help="table1: another family's source run trained on the target (e.g. the PCB one)",
+    )
+    p.add_argument(
+        "--other-direct",
+        action="append",
+        default=[],
+        metavar="LABEL=FOLDER",
+        help="table1: another family's source run, its direct transfer to the target",
+    )
+    p.add_argument(
         "--recorded",
         action="append",
         default=[],
@@ -228,7 +265,9 @@ def main() -> None:
     args = p.parse_args()
     runs = _runs(args.runs)
     if args.table == "table1":
-        lines = table1(args.supervised, runs)
+        lines = table1(
+            args.supervised, runs, _runs(args.other_supervised), _runs(args.other_direct)
+        )
     elif args.table == "steps":
         lines = []
         for label, run in runs:

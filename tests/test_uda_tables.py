@@ -1,0 +1,78 @@
+"""benchmarks/uda_tables.py table1's rows of a second network family (issue 29: the PCB
+source models' own supervised and direct-transfer rows beside the BNNeck ones), from hand-made
+run records: each figure is the record's, and the gap closed stays on the first family's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_selection import _load_script
+
+
+def _write(folder, records, config=None):
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (folder / "config.yaml").write_text(json.dumps(config or {}))
+    (folder / "wall_time.json").write_text(json.dumps([{"seconds": 600.0}, {"seconds": 120.0}]))
+
+
+def _m(map_, r1):
+    return {"mAP": map_, "rank1": r1, "rank5": r1 + 0.1, "rank10": r1 + 0.15}
+
+
+def _cells(row):
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_table1_other_family_rows(tmp_path):
+    tables = _load_script("uda_tables")
+    _write(tmp_path / "sup", [{"kind": "final", "stage": "source", **_m(0.50, 0.70)}])
+    _write(
+        tmp_path / "pcb_src",
+        [
+            {"kind": "final", "stage": "direct_transfer", **_m(0.20, 0.40)},
+            {"kind": "final", "stage": "source", **_m(0.65, 0.80)},
+        ],
+    )
+    _write(tmp_path / "pcb_tgt", [{"kind": "final", "stage": "source", **_m(0.60, 0.78)}])
+    _write(
+        tmp_path / "run",
+        [
+            {"kind": "step", "step": 0, **_m(0.10, 0.30)},
+            {"kind": "step", "step": 1, **_m(0.40, 0.60)},
+        ],
+        {"adapt": {"select": "last"}},
+    )
+    rows = tables.table1(
+        tmp_path / "sup",
+        [("M", tmp_path / "run")],
+        [("PCB", tmp_path / "pcb_tgt")],
+        [("PCB", tmp_path / "pcb_src")],
+    )[2:]
+    cells = {_cells(r)[0]: _cells(r)[1:] for r in rows}
+    assert list(cells)[:4] == [
+        "supervised on the target",
+        "direct transfer (no adaptation)",
+        "PCB, supervised on the target",
+        "PCB, direct transfer",
+    ]
+    # the other family's figures, the gap on the first family's rows (10 -> 50)
+    assert cells["PCB, supervised on the target"] == [
+        "78.0",
+        "88.0",
+        "93.0",
+        "60.0",
+        "125%",
+        "12 min",
+    ]
+    assert cells["PCB, direct transfer"] == ["40.0", "50.0", "55.0", "20.0", "25%", "-"]
+    assert cells["M, label-free pick (last)"][3:5] == ["40.0", "75%"]
+
+
+def test_table1_other_direct_needs_the_record(tmp_path):
+    tables = _load_script("uda_tables")
+    _write(tmp_path / "src", [{"kind": "final", "stage": "source", **_m(0.5, 0.7)}])
+    with pytest.raises(SystemExit, match="no 'final' direct_transfer record"):
+        tables.direct_transfer(tmp_path / "src")
