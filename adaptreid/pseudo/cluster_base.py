@@ -15,9 +15,11 @@ from ..errors import ConfigError
 from .settings import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_PAIRS, HDBSCAN_DENSE_LIMIT
 
 __all__ = [
+    "CHUNK_ENTRIES",
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_MAX_PAIRS",
     "HDBSCAN_DENSE_LIMIT",
+    "chunk_rows",
     "relabel",
     "row_chunks",
     "within_radius",
