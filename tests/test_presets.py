@@ -23,7 +23,8 @@ MSPLR (the method default, so the source presets too), checked to be the only di
 and the two new ``msplr/*_memory_cpu.yaml`` presets; issue 27 (the approximate search
 reworked): ``pseudo.neighbors`` now ``auto`` (approximate from
 ``adaptreid.pseudo.settings.APPROX_MIN_N`` images up) in every preset, checked to be the only
-difference."""
+difference; issue 29 (B): the two CPU PAST presets of Market-1501 <-> DukeMTMC-reID start from
+the PCB source models (``adapt.init_checkpoint``), checked to be the only difference."""
 
 from __future__ import annotations
 
