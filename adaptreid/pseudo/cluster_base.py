@@ -90,17 +90,19 @@ def sorted_csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, n: int) -> 
     return sp.csr_matrix((data[order], cols[order].astype(np.int32), indptr), shape=(n, n))
 
 
-def row_chunks(indptr: np.ndarray, budget: int | None = None):
+def row_chunks(indptr: np.ndarray, budget: int | None = None, max_rows: int | None = None):
     """Consecutive row ranges ``(r0, r1)`` of a CSR matrix covering every row, each holding
     at most ``budget`` (default :data:`CHUNK_ENTRIES`) stored entries, or a single longer
-    row."""
+    row, and at most ``max_rows`` rows. ``indptr`` may be any cumulative per-row cost that
+    starts at 0."""
     budget = CHUNK_ENTRIES if budget is None else int(budget)
     n = len(indptr) - 1
+    max_rows = n if max_rows is None else int(max_rows)
     r0 = 0
     while r0 < n:
         # the last row whose end stays within the budget, at least one row
         r1 = int(np.searchsorted(indptr, indptr[r0] + budget, side="right")) - 1
-        r1 = min(n, max(r0 + 1, r1))
+        r1 = min(n, max(r0 + 1, r1), r0 + max_rows)
         yield r0, r1
         r0 = r1
 

@@ -73,6 +73,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .ann import approximate_knn, resolve_neighbors
+from .cluster_base import row_chunks
 from .settings import NeighborSettings
 from .topk import (
     DEFAULT_BLOCK_SIZE,
@@ -249,14 +250,7 @@ class _Inverted:
 
 def _row_chunks(row_cost: np.ndarray, budget: int, max_rows: int) -> Iterator[tuple[int, int]]:
     """Split rows into consecutive chunks of at most ``budget`` triples and ``max_rows`` rows."""
-    n = len(row_cost)
-    csum = np.concatenate([[0], np.cumsum(row_cost)])
-    r0 = 0
-    while r0 < n:
-        r1 = int(np.searchsorted(csum, csum[r0] + budget, side="right")) - 1
-        r1 = min(max(r1, r0 + 1), n, r0 + max_rows)
-        yield r0, r1
-        r0 = r1
+    return row_chunks(np.concatenate([[0], np.cumsum(row_cost)]), budget, max_rows)
 
 
 def _triples(vq: sp.csr_matrix, inv: _Inverted, r0: int, r1: int, upper_offset: int | None):
