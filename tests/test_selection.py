@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -299,6 +300,21 @@ def test_benchmark_queue_skips_recorded_runs_but_trains_a_missing_source(tmp_pat
             "wall_time.json",
         ]
     assert runs.needs_running(src) and not runs.needs_running(ada)
+
+
+def test_benchmark_queue_prepares_a_missing_input_once(tmp_path, monkeypatch):
+    """benchmarks/uda_runs.py: a run's ``prepare`` command runs when its path is missing (and
+    its failure is reported), and not when the path is there."""
+    runs = _load_script("uda_runs")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    make = [sys.executable, "-c", "import pathlib; pathlib.Path('made').write_text('x')"]
+    run = runs.Run("ada", "adapt", "msplr/x.yaml", prepare=("made", make))
+    assert runs.prepare(run) == 0 and (tmp_path / "made").read_text() == "x"
+    (tmp_path / "made").write_text("kept")
+    assert runs.prepare(run) == 0 and (tmp_path / "made").read_text() == "kept"
+    failing = runs.Run("b", "adapt", "x.yaml", prepare=("absent", [sys.executable, "-c", "1/0"]))
+    assert runs.prepare(failing) != 0 and not (tmp_path / "absent").exists()
+    assert runs.prepare(runs.Run("c", "adapt", "x.yaml")) == 0
 
 
 def test_choose_holdout_takes_multi_camera_clusters_and_never_more_than_half():
