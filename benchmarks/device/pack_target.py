@@ -34,18 +34,24 @@ SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
 
 def main(src: str, dst: str, quality: int) -> None:
-    total = 0
+    """Write into ``dst.part`` and rename it to ``dst`` at the end, so that a killed pack never
+    leaves a ``dst`` that looks complete (``uda_runs.py`` packs when ``dst`` is missing)."""
     for split in SPLITS:
         if not (Path(src) / split).is_dir():
             sys.exit(f"{src}/{split}: no such folder (expected the standard re-ID layout)")
-        os.makedirs(f"{dst}/{split}", exist_ok=True)
+    if Path(dst).exists():
+        sys.exit(f"{dst} exists already; remove it to pack again")
+    part, total = Path(f"{dst}.part"), 0
+    for split in SPLITS:
+        os.makedirs(part / split, exist_ok=True)
         for f in sorted((Path(src) / split).glob("*.jpg")):
             im = Image.open(f).convert("RGB")
             if im.size != (64, 128):
                 im = im.resize((64, 128), Image.BILINEAR)
-            out = Path(dst) / split / f.name
+            out = part / split / f.name
             im.save(out, quality=quality, optimize=True)
             total += out.stat().st_size
+    part.rename(dst)
     print(f"{total / 2**20:.1f} MiB in {dst}")
 
 
