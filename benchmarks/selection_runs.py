@@ -36,7 +36,7 @@ from pathlib import Path
 
 import uda_runs as U
 
-from adaptreid.report.report import pick_step
+from adaptreid.report.report import gap_text, pick_step, step_difference
 
 ROOT = U.ROOT
 RECORDS = ROOT / "benchmarks" / "results" / "selection_runs"
@@ -220,14 +220,20 @@ def rule_table(names: list[str]) -> str:
     """Markdown: per run made without patience, the oracle step and mAP, then each column's
     step and its mAP minus the oracle's; at the bottom, how many runs each column keeps
     within 1 / 2 mAP of the oracle, and on how many it keeps the source model (step 0)
-    although adaptation helped."""
+    although adaptation helped. Runs with per-query records (made since 2026-12-07) also
+    show each gap's 90% interval over the test identities, and the footer counts the picks
+    whose interval holds 0 (the test split cannot tell them from the oracle's)."""
     titles = [c[0] for c in COLUMNS]
     head = "| run | steps | mAP by step | oracle (step: mAP) | " + " | ".join(titles) + " |"
     lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
-    near = {c: [0, 0, 0, 0] for c in titles}  # within 1, within 2, runs, source kept
+    # within 1, within 2, runs, source kept, interval holds 0, runs with an interval
+    near = {c: [0, 0, 0, 0, 0, 0] for c in titles}
+    intervals = False
     for name in names:
         recs = _records(name)
         steps = _steps(recs)
+        per_query = any(r.get("kind") == "per_query" for r in recs)
+        intervals |= per_query
         if len(steps) < 2 or any(r.get("kind") == "stop" for r in recs):
             continue  # a run that patience stopped early: own_table
         oracle = pick_step(recs, "target_map")
@@ -244,7 +250,11 @@ def rule_table(names: list[str]) -> str:
             n[1] += d >= -2
             n[2] += 1
             n[3] += s == 0 and oracle != 0
-            cells.append(f"{s}: {d:+.1f}")
+            if per_query:  # the pick's difference from the oracle's, over the identities
+                diff = step_difference(recs, s, oracle) if s != oracle else None
+                n[4] += s == oracle or (diff is not None and diff.contains(0.0))
+                n[5] += 1
+            cells.append(f"{s}: {gap_text(recs, s, oracle)}")
         curve = " ".join(f"{100 * steps[s]['mAP']:.1f}" for s in sorted(steps))
         done = "" if any(r.get("kind") == "final" for r in recs) else " (running)"
         lines.append(
@@ -252,7 +262,12 @@ def rule_table(names: list[str]) -> str:
             + " | ".join(cells)
             + " |"
         )
-    foot = [f"{n[0]}/{n[2]} within 1, {n[1]}/{n[2]} within 2" for n in near.values()]
+    # the interval count only where some run has per-query records (and says over how many)
+    foot = [
+        f"{n[0]}/{n[2]} within 1, {n[1]}/{n[2]} within 2"
+        + (f", {n[4]}/{n[5]} within the interval" if intervals else "")
+        for n in near.values()
+    ]
     src = [f"{n[3]}" for n in near.values()]
     lines.append("| **all runs** | | | | " + " | ".join(foot) + " |")
     lines.append("| source model kept where adaptation helped | | | | " + " | ".join(src) + " |")

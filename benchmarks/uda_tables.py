@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptreid.report.report import pick_step  # noqa: E402
+from adaptreid.report.report import gap_text, pick_step  # noqa: E402
 
 RULES = ("agreement", "snd", "cross_camera", "last")
 
@@ -195,8 +195,7 @@ def select_table(runs: list[tuple[str, Path]]) -> list[str]:
             if p is None:
                 cells.append("-")
                 continue
-            d = 100 * (steps[p]["mAP"] - steps[o]["mAP"])
-            cells.append(f"{p} / {pct(steps[p]['mAP'])} / {d:+.1f}")
+            cells.append(f"{p} / {pct(steps[p]['mAP'])} / {gap_text(recs, p, o)}")
         out.append(f"| {label} | {o} / {pct(steps[o]['mAP'])} | " + " | ".join(cells) + " |")
     return out
 

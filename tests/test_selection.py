@@ -29,7 +29,7 @@ from adaptreid.evaluation.label_free import (
     label_agreement,
     label_free_scores,
 )
-from adaptreid.report.report import pick_step, selection_rows
+from adaptreid.report.report import pick_step, selection_rows, step_difference
 from adaptreid.rundir.checkpoint import load_checkpoint
 from adaptreid.rundir.model_io import model_from_checkpoint
 
@@ -478,3 +478,26 @@ def test_eval_steps_final_evaluates_only_the_kept_model(source):
             _tiny_adapt_cfg(source, "final_oracle", "eval.steps=final", "adapt.select=target_map"),
             verbose=False,
         )
+
+
+@pytest.mark.slow
+def test_each_evaluated_step_records_its_queries_aps_and_the_report_compares_steps(rule_runs):
+    """The ``per_query`` record of every evaluated step averages to the step's mAP, and the
+    report states the kept step's difference from the oracle's with its interval."""
+    run = rule_runs["agreement"]  # kept: the worst adapted step (the score is 1 - mAP)
+    recs = _records(run)
+    maps = _step_maps(recs)
+    per = {r["step"]: r for r in recs if r["kind"] == "per_query"}
+    assert sorted(per) == sorted(maps)
+    for step, rec in per.items():
+        aps = [a for a in rec["ap"] if a is not None]
+        assert len(rec["ap"]) == len(rec["pid"]) and aps
+        assert np.mean(aps) == pytest.approx(maps[step], abs=1e-4)  # APs rounded to 1e-5
+    kept, oracle = pick_step(recs, "agreement"), pick_step(recs, "target_map")
+    d = step_difference(recs, kept, oracle)
+    assert d.value == pytest.approx(maps[kept] - maps[oracle], abs=1e-4)
+    assert d.low <= d.value <= d.high
+    report = (run.path / "report.md").read_text()
+    if kept != oracle:
+        assert f"step {kept} (kept) minus the oracle's step {oracle}" in report
+    assert f"minus the direct transfer, step 0: {100 * (maps[kept] - maps[0]):+.1f} mAP" in report

@@ -325,15 +325,30 @@ def format_metrics(m: dict) -> str:
 
 
 def evaluate_on(
-    cfg: Config, model: ReidModel, dataset: ReidDataset, device, **kw
-) -> dict[str, float]:
+    cfg: Config, model: ReidModel, dataset: ReidDataset, device, *, per_query: bool = False, **kw
+) -> dict[str, Any]:
     """CMC / mAP / mINP of ``model`` on ``dataset``'s query/gallery: :func:`evaluate_cfg` on
     rank 0 only, the metrics broadcast so every rank takes the same decisions (what training
-    and adaptation call). ``kw``: of :func:`evaluate_cfg`."""
+    and adaptation call). ``kw``: of :func:`evaluate_cfg`. With ``per_query``, the dict also
+    holds ``"per_query"``: ``{"ap": [...], "pid": [...]}``, each evaluated query's AP (None
+    for a skipped one) and identity, in query order, for
+    :func:`~adaptreid.evaluation.map_interval` and its paired form."""
     metrics = None
     if D.is_main():
-        metrics = evaluate_cfg(cfg, model, dataset, device, **kw).metrics()
+        out = evaluate_cfg(cfg, model, dataset, device, **kw)
+        metrics = out.metrics()
+        if per_query:
+            metrics["per_query"] = per_query_record(out.result.ap, out.query.pids)
     return D.broadcast_object(metrics)
+
+
+def per_query_record(ap: np.ndarray, pids: np.ndarray) -> dict[str, list]:
+    """``{"ap": [...], "pid": [...]}`` as plain JSON: APs rounded to 5 decimals (None where
+    the query was skipped), identities as ints."""
+    return {
+        "ap": [None if np.isnan(x) else round(float(x), 5) for x in np.asarray(ap)],
+        "pid": [int(x) for x in np.asarray(pids)],
+    }
 
 
 def finish_run(

@@ -503,7 +503,10 @@ class AdaptationLoop:
     # ------------------------------------------------------------------ helpers
     def _evaluate(self, model: ReidModel) -> dict[str, float] | None:
         """The step's target test metrics (None without query / gallery, or with
-        ``eval.steps: final``: then only ``best.pt`` is evaluated, at the end)."""
+        ``eval.steps: final``: then only ``best.pt`` is evaluated, at the end). Each query's
+        AP and identity go to a ``per_query`` record before the step's, so that two steps, or
+        a rule's pick and the oracle's, can be compared with
+        :func:`~adaptreid.evaluation.map_difference_interval`."""
         target = self.ctx.target
         if not (target.query and target.gallery) or self.cfg.eval.steps == "final":
             return None
@@ -519,8 +522,11 @@ class AdaptationLoop:
             bad_images=self.ctx.bad_images,
             image_cache_dir=self.ctx.image_cache_dir,
             on_bad=lambda bad: self.run_dir.note_bad(bad, f"step {self.state.step} evaluation"),
+            per_query=True,
         )
         self._add_time("evaluate", time.perf_counter() - t0)
+        per_query = out.pop("per_query")
+        self.run_dir.log_metrics({"kind": "per_query", "step": self.state.step, **per_query})
         return out
 
     def _not_evaluated(self) -> str:
