@@ -44,3 +44,6 @@ _.embed
 # ImageCache's per-process counters of decoded images, read by tests/test_image_cache.py and
 # benchmarks/image_cache.py
 _.misses
+# report.gap_text: a rule's gap to the oracle with its interval, for the tables of
+# benchmarks/uda_tables.py and benchmarks/selection_runs.py (and tests/test_bootstrap.py)
+gap_text
