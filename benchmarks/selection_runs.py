@@ -4,6 +4,8 @@
     python benchmarks/selection_runs.py                 # run every unfinished one, in order
     python benchmarks/selection_runs.py --only pku      # those whose name contains a string
     python benchmarks/selection_runs.py --table         # every rule on every run (markdown)
+    python benchmarks/selection_runs.py --redo          # again, the runs recorded without
+                                                        # per-query APs (replaces their records)
 
 The Market -> Duke / Duke -> Market benchmark runs improve at almost every step, so any rule
 that grows with training picks well there. A user's own small camera network does not: a
@@ -354,6 +356,12 @@ def main() -> int:
         action="store_true",
         help="print the Market <-> Duke records' step with and without patience 2, and exit",
     )
+    ap.add_argument(
+        "--redo",
+        action="store_true",
+        help="run again the finished runs whose records have no per-query APs (made before "
+        "2026-12-07), replacing their records, so that the table shows each gap's interval",
+    )
     args = ap.parse_args()
     if args.presets_check:
         print(presets_check())
@@ -373,13 +381,19 @@ def main() -> int:
         if any(name in " ".join(r.overrides) for r in runs):
             duke_subset(name, cams)
     for r in runs:
-        if not U.needs_running(r, RECORDS):
+        if not (U.needs_running(r, RECORDS) or (args.redo and _without_per_query(r))):
             continue
         if U.execute(r, RECORDS) != 0:
             print(f"{r.name} failed: fix it, then run the queue again (it resumes)", flush=True)
             return 1
         rescore(r.name)
     return 0
+
+
+def _without_per_query(run: U.Run) -> bool:
+    """Finished in an earlier checkout (only its records are here), before per-query APs."""
+    recorded = U.status(run, RECORDS) == "recorded"
+    return recorded and not any(r.get("kind") == "per_query" for r in _records(run.name))
 
 
 def rescore(name: str) -> int:

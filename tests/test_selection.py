@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -501,3 +502,24 @@ def test_each_evaluated_step_records_its_queries_aps_and_the_report_compares_ste
     if kept != oracle:
         assert f"step {kept} (kept) minus the oracle's step {oracle}" in report
     assert f"minus the direct transfer, step 0: {100 * (maps[kept] - maps[0]):+.1f} mAP" in report
+
+
+def test_selection_queue_redoes_only_finished_runs_recorded_without_per_query_aps(
+    tmp_path, monkeypatch
+):
+    """benchmarks/selection_runs.py --redo: a run whose committed records lack per-query APs
+    is run again; one that has them, or whose folder is still here, is not."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sel = _load_script("selection_runs")  # it imports uda_runs from there, as U
+    monkeypatch.setattr(sel.U, "ROOT", tmp_path)
+    monkeypatch.setattr(sel, "ROOT", tmp_path)
+    monkeypatch.setattr(sel, "RECORDS", tmp_path / "records")
+    final = '{"kind": "step", "step": 0, "mAP": 0.1}\n{"kind": "final"}\n'
+    old, new = sel.U.Run("old", "adapt", "x.yaml"), sel.U.Run("new", "adapt", "x.yaml")
+    for run, extra in ((old, ""), (new, '{"kind": "per_query", "step": 0, "ap": [], "pid": []}\n')):
+        (tmp_path / "records" / run.name).mkdir(parents=True)
+        (tmp_path / "records" / run.name / "metrics.jsonl").write_text(extra + final)
+    assert sel._without_per_query(old) and not sel._without_per_query(new)
+    (tmp_path / "runs" / "old").mkdir(parents=True)  # its folder, finished, is here
+    (tmp_path / "runs" / "old" / "metrics.jsonl").write_text(final)
+    assert not sel._without_per_query(old)
