@@ -53,7 +53,9 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.datasets import open_dataset
+    from .engine.builders import per_query_record
     from .engine.evaluator import evaluate_model
+    from .evaluation import map_interval
     from .models import build_model
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
@@ -61,6 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
+    compare = _load_compare(Path(args.compare)) if args.compare else None
     device = resolve_device(args.device)
     t_start = time.perf_counter()
     dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
@@ -106,6 +109,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(title)
     print(out.result.format_table())
+    m = map_interval(out.result.ap, out.query.pids)
+    print(
+        f"mAP {100 * m.value:.2f}%, 90% interval [{100 * m.low:.2f}, {100 * m.high:.2f}] "
+        f"when the {m.num_identities} query identities are resampled"
+    )
+    if compare is not None:
+        print(_compare_line(out, compare))
     print(f"wall time {wall:.1f} s (extract {out.seconds['extract']:.1f} s)")
     if args.out:
         outdir = Path(args.out)
@@ -120,11 +130,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "amp": amp,
             "channels_last": channels_last,
             **out.metrics(),
+            "mAP_interval_90": [round(m.low, 6), round(m.high, 6)],
             "wall_time_s": round(wall, 2),
+            "per_query": per_query_record(out.result.ap, out.query.pids),
         }
         (outdir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {outdir / 'metrics.json'}")
     return 0
+
+
+def _load_compare(folder: Path) -> dict:
+    """The ``per_query`` field of ``folder/metrics.json`` (an earlier ``--out``), read before
+    any feature is extracted; a clear error when it is missing."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        raise AdaptReIDError(f"--compare {folder}: no metrics.json there (write one with --out)")
+    other = json.loads(path.read_text()).get("per_query")
+    if not isinstance(other, dict) or "ap" not in other or "pid" not in other:
+        raise AdaptReIDError(
+            f"{path}: no 'per_query' field (written by an adaptreid evaluate older than "
+            "--compare); evaluate that model again with --out"
+        )
+    return {**other, "path": str(path)}
+
+
+def _compare_line(out, other: dict) -> str:
+    """This evaluation's mAP minus ``other``'s (:func:`_load_compare`), with the paired
+    bootstrap interval over the identities; a clear error when the queries differ."""
+    import numpy as np
+
+    from .evaluation import map_difference_interval
+
+    pids = [int(x) for x in out.query.pids]
+    if other["pid"] != pids:
+        raise AdaptReIDError(
+            f"{other['path']}: its {len(other['pid'])} queries are not this evaluation's "
+            f"{len(pids)} (another dataset or split, or other unreadable images): nothing to pair"
+        )
+    theirs = np.array([np.nan if a is None else a for a in other["ap"]], dtype=float)
+    d = map_difference_interval(out.result.ap, theirs, np.asarray(pids))
+    verdict = (
+        "the test identities cannot tell the two models apart at that level"
+        if d.contains(0.0)
+        else "the difference holds at that level"
+    )
+    return (
+        f"mAP minus {other['path']}'s: {100 * d.value:+.2f}, 90% interval "
+        f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}] over {d.num_identities} identities "
+        f"({d.num_queries} queries ranked by both): {verdict}"
+    )
 
 
 # ----------------------------------------------------------------------------- train
@@ -436,7 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (0: $ADAPTREID_THREADS, else a fair share of the cores "
         "among the adaptreid processes on this machine)",
     )
-    ev.add_argument("--out", help="folder to write metrics.json into")
+    ev.add_argument(
+        "--out", help="folder to write metrics.json into (with each query's AP, for --compare)"
+    )
+    ev.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="an earlier --out folder of another model on the same split: print this model's "
+        "mAP minus that one's, with a 90%% interval from resampling the test identities",
+    )
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.add_argument(
         "--allow-absolute-paths",

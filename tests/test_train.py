@@ -154,6 +154,27 @@ def test_cli_train_then_evaluate_checkpoint(tmp_path, capsys):
     # a range, not a value: a one-epoch model's mAP depends on the CPU's float paths
     assert 0.0 <= metrics["mAP"] <= 1.0
     assert metrics["num_queries"] == 3  # every query of the test split was evaluated
+    lo, hi = metrics["mAP_interval_90"]
+    assert lo <= metrics["mAP"] <= hi and "90% interval" in printed
+    aps = [a for a in metrics["per_query"]["ap"] if a is not None]
+    assert len(metrics["per_query"]["pid"]) == 3 and np.mean(aps) == pytest.approx(
+        metrics["mAP"], abs=1e-4
+    )
+    # the same model against its own saved evaluation: a difference of 0, within noise
+    ev = ["evaluate", "--checkpoint", str(ckpt), "--dataset", "market1501", "--root", str(data)]
+    ev += ["--num-workers", "0", "-q"]
+    assert main([*ev, "--compare", str(out)]) == 0
+    assert "mAP minus" in (line := capsys.readouterr().out) and ": +0.00, 90% interval" in line
+    assert "cannot tell the two models apart" in line
+    # a folder without a saved evaluation, or another query list: clear errors
+    assert main([*ev, "--compare", str(tmp_path)]) == 2
+    assert "no metrics.json there" in capsys.readouterr().err
+    saved = json.loads((out / "metrics.json").read_text())
+    saved["per_query"]["pid"] = saved["per_query"]["pid"][:2]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").write_text(json.dumps(saved))
+    assert main([*ev, "--compare", str(tmp_path / "other")]) == 2
+    assert "its 2 queries are not this evaluation's 3" in capsys.readouterr().err
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path):
