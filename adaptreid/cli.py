@@ -184,10 +184,37 @@ def _compare_line(out, other: dict) -> str:
 # ----------------------------------------------------------------------------- train
 
 
+def import_whole_package() -> list[str]:
+    """Import every adaptreid module now; the names of those that could not be (an optional
+    dependency missing: such a module is then not used).
+
+    ``train``, ``adapt`` and ``demo`` call it first, so that a run keeps the code it started
+    with. The package imports many modules only where they are used (the report at the end of
+    a run, a method's pseudo-label step); a checkout changed while a run goes on (``git
+    pull``, an edit) would otherwise hand the run newer modules next to the older ones it has
+    already loaded. A source training ended so on 2026-12-07 after 62 minutes: its closing
+    report imported a name that the loaded ``adaptreid.evaluation`` did not have yet."""
+    import importlib
+    import pkgutil
+
+    import adaptreid
+
+    missing = []
+    for m in pkgutil.walk_packages(adaptreid.__path__, "adaptreid."):
+        if m.name.endswith(".__main__"):
+            continue
+        try:
+            importlib.import_module(m.name)
+        except ImportError:
+            missing.append(m.name)
+    return missing
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.supervised import train_source
 
+    import_whole_package()
     cfg = load_config(args.config, args.overrides, command="train")
     run = train_source(cfg, resume=args.resume, verbose=not args.quiet)
     print(f"run folder: {run.path}")
@@ -199,6 +226,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.loop import adapt
 
+    import_whole_package()
     cfg = load_config(args.config, args.overrides, command="adapt")
     run = adapt(cfg, resume=args.resume, verbose=not args.quiet)
     print(f"run folder: {run.path}")
@@ -208,6 +236,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo_table, run_demo
 
+    import_whole_package()
     out = args.out or ("runs/demo" if args.data is None else "runs/demo-real")
     result = run_demo(
         out,
