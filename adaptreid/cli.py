@@ -57,13 +57,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluator import evaluate_model
     from .evaluation import map_interval
     from .models import build_model
+    from .report.compare import compare_text, load_per_query
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
     from .runtime.precision import resolve_precision
 
     if bool(args.checkpoint) == bool(args.backbone):
         raise AdaptReIDError("give either --checkpoint PATH or --backbone NAME [--weights PATH]")
-    compare = _load_compare(Path(args.compare)) if args.compare else None
+    compare = load_per_query(Path(args.compare)) if args.compare else None
     device = resolve_device(args.device)
     t_start = time.perf_counter()
     dataset = open_dataset(args.dataset, args.root, allow_absolute_paths=args.allow_absolute_paths)
@@ -115,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"when the {m.num_identities} query identities are resampled"
     )
     if compare is not None:
-        print(_compare_line(out, compare))
+        print(compare_text(out.result.ap, out.query.pids, compare))
     print(f"wall time {wall:.1f} s (extract {out.seconds['extract']:.1f} s)")
     if args.out:
         outdir = Path(args.out)
@@ -137,48 +138,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         (outdir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {outdir / 'metrics.json'}")
     return 0
-
-
-def _load_compare(folder: Path) -> dict:
-    """The ``per_query`` field of ``folder/metrics.json`` (an earlier ``--out``), read before
-    any feature is extracted; a clear error when it is missing."""
-    path = folder / "metrics.json"
-    if not path.is_file():
-        raise AdaptReIDError(f"--compare {folder}: no metrics.json there (write one with --out)")
-    other = json.loads(path.read_text()).get("per_query")
-    if not isinstance(other, dict) or "ap" not in other or "pid" not in other:
-        raise AdaptReIDError(
-            f"{path}: no 'per_query' field (written by an adaptreid evaluate older than "
-            "--compare); evaluate that model again with --out"
-        )
-    return {**other, "path": str(path)}
-
-
-def _compare_line(out, other: dict) -> str:
-    """This evaluation's mAP minus ``other``'s (:func:`_load_compare`), with the paired
-    bootstrap interval over the identities; a clear error when the queries differ."""
-    import numpy as np
-
-    from .evaluation import map_difference_interval
-
-    pids = [int(x) for x in out.query.pids]
-    if other["pid"] != pids:
-        raise AdaptReIDError(
-            f"{other['path']}: its {len(other['pid'])} queries are not this evaluation's "
-            f"{len(pids)} (another dataset or split, or other unreadable images): nothing to pair"
-        )
-    theirs = np.array([np.nan if a is None else a for a in other["ap"]], dtype=float)
-    d = map_difference_interval(out.result.ap, theirs, np.asarray(pids))
-    verdict = (
-        "the test identities cannot tell the two models apart at that level"
-        if d.contains(0.0)
-        else "the difference holds at that level"
-    )
-    return (
-        f"mAP minus {other['path']}'s: {100 * d.value:+.2f}, 90% interval "
-        f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}] over {d.num_identities} identities "
-        f"({d.num_queries} queries ranked by both): {verdict}"
-    )
 
 
 # ----------------------------------------------------------------------------- train
@@ -277,6 +236,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from .data.transforms import build_transforms
     from .engine.extract import extract_features
     from .engine.pseudo_step import StepFeatures
+    from .report.sweep import format_sweep
     from .rundir.model_io import model_from_checkpoint
     from .runtime.device import resolve_device
     from .runtime.precision import Precision, resolve_precision
@@ -399,32 +359,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise AdaptReIDError(f"{run_dir} is not a run folder (no metrics.jsonl in it)")
     print(f"report written to {write_report(run_dir)}")
     return 0
-
-
-def format_sweep(rows: list[dict]) -> str:
-    """The eps sweep as an aligned table (quality columns only when ground truth exists)."""
-    cols = [
-        ("eps", "eps", "{:.3f}"),
-        ("clusters_before", "DBSCAN clusters", "{:d}"),
-        ("clusters", "kept clusters", "{:d}"),
-        ("outliers", "images left out", "{:d}"),
-        ("portion_kept", "portion kept", "{:.1%}"),
-        ("multi_camera_fraction", "multi-camera", "{:.1%}"),
-    ]
-    if rows and "f1" in rows[0]:
-        cols += [
-            ("precision", "precision", "{:.3f}"),
-            ("recall", "recall", "{:.3f}"),
-            ("f1", "F1", "{:.3f}"),
-            ("nmi", "NMI", "{:.3f}"),
-        ]
-    table = [[title for _, title, _ in cols]]
-    for r in rows:
-        table.append([fmt.format(r[key]) if key in r else "-" for key, _, fmt in cols])
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

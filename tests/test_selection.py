@@ -24,6 +24,7 @@ from adaptreid.engine import loop as loop_mod
 from adaptreid.engine.loop import adapt
 from adaptreid.engine.supervised import train_source
 from adaptreid.errors import ConfigError
+from adaptreid.evaluation import map_difference_interval
 from adaptreid.evaluation.label_free import (
     choose_holdout,
     holdout_map,
@@ -245,7 +246,14 @@ def test_benchmark_tables_read_the_picks_from_the_run_records(source, rule_runs)
     pick = pick_step(_records(rule_runs["agreement"]), "agreement")
     gap = 100 * (maps["agreement"][pick] - maps["agreement"][oracle["agreement"]])
     assert pick != oracle["agreement"] and gap < 0
-    assert cells[2] == f"{pick} / {100 * maps['agreement'][pick]:.1f} / {gap:+.1f}"
+    # the runs record per-query APs, so the gap carries its paired 90% interval over the
+    # test identities, computed here from the per_query records themselves
+    per = {r["step"]: r for r in _records(rule_runs["agreement"]) if r.get("kind") == "per_query"}
+    ap = {s: np.array([np.nan if a is None else a for a in per[s]["ap"]]) for s in per}
+    d = map_difference_interval(ap[pick], ap[oracle["agreement"]], np.asarray(per[pick]["pid"]))
+    assert abs(100 * d.value - gap) < 1e-3  # per-query APs are recorded to 6 decimals
+    interval = f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    assert cells[2] == f"{pick} / {100 * maps['agreement'][pick]:.1f} / {gap:+.1f} {interval}"
 
     tmp = source[0]
     t1 = tables.table1(tmp / "src", [("M", rule_runs["agreement"].path)])
