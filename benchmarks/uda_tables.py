@@ -66,10 +66,17 @@ def steps_of(run: Path) -> dict[int, dict]:
 
 
 def supervised(run: Path) -> dict:
-    """The source run's in-domain evaluation of its best.pt (the 'final' record)."""
+    """The source run's in-domain evaluation of its best.pt (the 'final' record); for a run
+    that ended before writing it (source_market1501_pcb_cpu, 2026-12-07: its closing step
+    failed), the last epoch's evaluation of the same model (``train.keep: last``)."""
     recs = records(run)
     final = [r for r in recs if r.get("kind") == "final" and r.get("stage") == "source"]
-    return final[-1]
+    if final:
+        return final[-1]
+    evaluated = [r for r in recs if r.get("kind") == "epoch" and "source_mAP" in r]
+    if not evaluated:
+        raise SystemExit(f"{run}: no source evaluation in its metrics.jsonl")
+    return {k[len("source_") :]: v for k, v in evaluated[-1].items() if k.startswith("source_")}
 
 
 def metrics_row(name: str, m: dict, lo: float | None, hi: float | None, extra: str) -> str:

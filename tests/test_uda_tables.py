@@ -76,3 +76,22 @@ def test_table1_other_direct_needs_the_record(tmp_path):
     _write(tmp_path / "src", [{"kind": "final", "stage": "source", **_m(0.5, 0.7)}])
     with pytest.raises(SystemExit, match="no 'final' direct_transfer record"):
         tables.direct_transfer(tmp_path / "src")
+
+
+def test_supervised_row_of_a_source_run_without_its_final_record(tmp_path):
+    """A source run whose closing step failed has no 'final' source record: the row reads the
+    last evaluated epoch (the kept model under train.keep: last), never an earlier one."""
+    tables = _load_script("uda_tables")
+    epochs = [
+        {"kind": "epoch", "stage": "source", "epoch": 4, "source_mAP": 0.3, "source_rank1": 0.5},
+        {"kind": "epoch", "stage": "source", "epoch": 5, "loss": 1.0},
+        {"kind": "epoch", "stage": "source", "epoch": 8, "source_mAP": 0.6, "source_rank1": 0.8},
+        {"kind": "epoch", "stage": "source", "epoch": 9, "loss": 0.9},
+    ]
+    _write(tmp_path / "src", epochs)
+    assert tables.supervised(tmp_path / "src") == {"mAP": 0.6, "rank1": 0.8}
+    _write(tmp_path / "done", [*epochs, {"kind": "final", "stage": "source", **_m(0.61, 0.81)}])
+    assert tables.supervised(tmp_path / "done")["mAP"] == 0.61
+    _write(tmp_path / "none", epochs[1::2])
+    with pytest.raises(SystemExit, match="no source evaluation"):
+        tables.supervised(tmp_path / "none")
