@@ -29,10 +29,11 @@ from adaptreid.runtime.device import autocast
 from adaptreid.runtime.precision import machine_id, resolve_precision
 
 OUT = Path(__file__).resolve().parent / "results" / "compile_probe.json"
+CPU = torch.device("cpu")
 
 
 def _train_step(model, opt, x, y, amp):
-    with autocast("cpu", amp):
+    with autocast(CPU, amp):
         out = model(x)
     loss = torch.nn.functional.cross_entropy(out["logits"].float(), y)
     opt.zero_grad(set_to_none=True)
@@ -42,7 +43,7 @@ def _train_step(model, opt, x, y, amp):
 
 
 def _extract(model, x, amp):
-    with torch.no_grad(), autocast("cpu", amp):
+    with torch.no_grad(), autocast(CPU, amp):
         return model(x)
 
 
@@ -108,6 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--amp", default="auto", choices=["auto", "none", "bf16"])
     ap.add_argument("--modes", nargs="+", default=["extract", "train"])
+    ap.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT.name} in results/")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     base = build_model("mobilenet_v2", num_classes=751, pretrained=None)
@@ -123,7 +125,7 @@ def main(argv=None) -> None:
             f" ms (ratio {row['ratio']}); |difference| {row['abs_diff']:.2e}",
             flush=True,
         )
-    OUT.write_text(
+    args.out.write_text(
         json.dumps(
             {
                 "machine": machine_id("cpu"),

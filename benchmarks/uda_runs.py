@@ -227,6 +227,22 @@ RUNS: list[Run] = [
         "cpu_gpu27",
         prepare=PACK_Q70,
     ),
+    # issue 27 item 1 (15 min on a Zen 5-class 2-core machine): the preset's schedule halved,
+    # 6 steps x 2 epochs (one at the base rate, one at x0.1) without the frozen and warm-up
+    # epochs, every step still evaluated so that the curve shows where the mAP goes
+    Run(
+        "msplr_m2d_short",
+        "adapt",
+        f"msplr/{M2D}",
+        [
+            f"adapt.init_checkpoint={SHARED_M}",
+            "adapt.epochs_per_step=2",
+            "optim.warmup_epochs=0",
+            "optim.milestones=[1]",
+            "train.freeze_epochs=0",
+        ],
+        "fast27",
+    ),
     # ... and all three Duke -> Market (the preset's Duke source: source_dukemtmc_mobilenet_cpu)
     Run(
         "cc_d2m_cn_sel_cap",
