@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptreid.evaluation import map_difference_interval, map_interval
+from adaptreid.evaluation import ap_from_record, map_difference_interval, map_interval
 from adaptreid.evaluation.bootstrap import resampled_means
 from adaptreid.report.report import gap_text, step_difference
 
@@ -101,3 +101,18 @@ def test_run_records_give_the_difference_of_two_steps_only_with_both_steps_per_q
     assert step_difference(old, 1, 0) is None and gap_text(old, 0, 1) == "-42.5"
     moved = recs + [{"kind": "per_query", "step": 2, "ap": [0.5] * 4, "pid": [1, 2, 3, 4]}]
     assert step_difference(moved, 2, 1) is None  # another query list: not paired
+
+
+def test_ap_from_record_reads_nulls_as_queries_without_a_match():
+    """A per_query record stores NaN APs as null (JSON has no NaN); read back, they are NaN
+    again, so map_interval skips the same queries as on the array the record was made from."""
+    import json
+
+    ap = np.array([0.5, np.nan, 1.0, 0.25])
+    stored = json.loads(json.dumps([None if np.isnan(a) else float(a) for a in ap]))
+    back = ap_from_record(stored)
+    assert back.dtype == np.float64
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(ap))
+    np.testing.assert_array_equal(back[~np.isnan(back)], ap[~np.isnan(ap)])
+    pids = np.array([1, 1, 2, 3])
+    assert map_interval(back, pids).value == map_interval(ap, pids).value

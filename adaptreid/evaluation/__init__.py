@@ -12,7 +12,7 @@ k-reciprocal re-ranking (``adaptreid evaluate --rerank``) is
 pseudo-labels use too.
 """
 
-from .bootstrap import MapInterval, map_difference_interval, map_interval
+from .bootstrap import MapInterval, ap_from_record, map_difference_interval, map_interval
 from .distance import pairwise_distance
 from .metrics import RankResult, SingleGalleryShot, evaluate_rank
 from .ranklist import top_k_matches
@@ -21,6 +21,7 @@ __all__ = [
     "MapInterval",
     "RankResult",
     "SingleGalleryShot",
+    "ap_from_record",
     "evaluate_rank",
     "map_difference_interval",
     "map_interval",

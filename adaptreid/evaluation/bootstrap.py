@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MapInterval", "map_difference_interval", "map_interval"]
+__all__ = ["MapInterval", "ap_from_record", "map_difference_interval", "map_interval"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class MapInterval:
     def contains(self, x: float) -> bool:
         """Whether ``x`` lies within the interval (ends included)."""
         return self.low <= x <= self.high
+
+
+def ap_from_record(values) -> np.ndarray:
+    """The per-query APs of a ``per_query`` record (a run's ``metrics.jsonl``, an ``adaptreid
+    evaluate --out`` file), where a query without a true match is stored as null, as the float
+    array the functions here take (NaN for those queries)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _check(ap: np.ndarray, name: str, n: int | None) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AdaptReIDError
-from ..evaluation import map_difference_interval
+from ..evaluation import ap_from_record, map_difference_interval
 
 
 def load_per_query(folder: Path) -> dict:
@@ -37,8 +37,7 @@ def compare_text(ap, query_pids, other: dict) -> str:
             f"{other['path']}: its {len(other['pid'])} queries are not this evaluation's "
             f"{len(pids)} (another dataset or split, or other unreadable images): nothing to pair"
         )
-    theirs = np.array([np.nan if a is None else a for a in other["ap"]], dtype=float)
-    d = map_difference_interval(np.asarray(ap), theirs, np.asarray(pids))
+    d = map_difference_interval(np.asarray(ap), ap_from_record(other["ap"]), np.asarray(pids))
     verdict = (
         "the test identities cannot tell the two models apart at that level"
         if d.contains(0.0)

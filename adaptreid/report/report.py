@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from ..evaluation import MapInterval, map_difference_interval  # noqa: E402
+from ..evaluation import MapInterval, ap_from_record, map_difference_interval  # noqa: E402
 from ..rundir.run import RunDir  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -90,10 +90,12 @@ def step_difference(
     if step_a not in per or step_b not in per or per[step_a]["pid"] != per[step_b]["pid"]:
         return None
 
-    def ap(step: int) -> np.ndarray:
-        return np.array([np.nan if x is None else x for x in per[step]["ap"]], dtype=float)
-
-    return map_difference_interval(ap(step_a), ap(step_b), np.asarray(per[step_a]["pid"]), **kw)
+    return map_difference_interval(
+        ap_from_record(per[step_a]["ap"]),
+        ap_from_record(per[step_b]["ap"]),
+        np.asarray(per[step_a]["pid"]),
+        **kw,
+    )
 
 
 def gap_text(records: Sequence[dict], step: int, oracle: int) -> str:
