@@ -214,6 +214,23 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # the three switches at MSPLR's wall time (item 1: equal wall time on one machine): 12 steps
+    # of one pass each, x0.1 after step 9 (the preset's 8 steps, x0.1 after 6, took 15 min
+    # without the switches on a Zen 5, MSPLR 29-30 min)
+    Run(
+        "cc_m2d_cn_sel_cap_12",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [
+            f"adapt.init_checkpoint={SHARED_M}",
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=12",
+            "optim.milestones=[9]",
+        ],
+        "cc26",
+    ),
     # MSPLR's preset from the same shared source: the equal-wall-time pair for the cc26 runs on
     # one machine (and issue 27's CPU reading: fp32 where amp auto picks it, original images)
     Run("msplr_m2d", "adapt", f"msplr/{M2D}", [f"adapt.init_checkpoint={SHARED_M}"], "cc26"),
@@ -251,6 +268,16 @@ RUNS: list[Run] = [
         ["pseudo.camera_norm=true", "pseudo.select=true", *CAP],
         "cc26",
     ),
+    Run(
+        "cc_d2m_cn_sel_cap_12",
+        "adapt",
+        f"cluster_contrast/{D2M}",
+        ["pseudo.camera_norm=true", "pseudo.select=true", *CAP, "adapt.max_steps=12"]
+        + ["optim.milestones=[9]"],
+        "cc26",
+    ),
+    # MSPLR Duke -> Market from the same Duke source, on the same machine as the cc_d2m runs
+    Run("msplr_d2m", "adapt", f"msplr/{D2M}", [], "cc26"),
     # issue 26, the best recipe adaptreid can make: MSPLR (labels and eq. 5 losses) + CAP's
     # camera-aware proxy memory term, from the shared source model M -> D as the cc26 runs
     Run(
