@@ -61,6 +61,34 @@ def wall(run: Path) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+#: AMD's CPU family / model numbers as wall_time.json records them (family 25 = 19h holds both
+#: Zen 3 and Zen 4, told apart by model; 26 = 1Ah is Zen 5)
+_ZEN4_MODELS = set(range(0x10, 0x20)) | set(range(0x60, 0x80)) | set(range(0xA0, 0xB0))
+
+
+def cpu_name(recorded: str) -> str:
+    """A short name for a recorded machine: 'AMD EPYC [family 25 model 1]' -> 'Zen 3',
+    'NVIDIA H200 (lent device, ...)' -> 'NVIDIA H200'; anything else as recorded."""
+    import re
+
+    m = re.search(r"family (\d+) model (\d+)", recorded)
+    if recorded.startswith("AMD") and m:
+        family, model = int(m.group(1)), int(m.group(2))
+        if family == 26:
+            return "Zen 5"
+        if family == 25:
+            return "Zen 4" if model in _ZEN4_MODELS else "Zen 3"
+    return recorded.split(" (")[0].strip()
+
+
+def machine(run: Path) -> str:
+    """The machines a run's invocations ran on (wall_time.json), '-' where none is recorded."""
+    path = run / "wall_time.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    names = dict.fromkeys(cpu_name(e["machine"]) for e in entries if e.get("machine"))
+    return " + ".join(names) or "-"
+
+
 def steps_of(run: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records(run) if r.get("kind") == "step" and "mAP" in r}
 
@@ -79,13 +107,15 @@ def supervised(run: Path) -> dict:
     return {k[len("source_") :]: v for k, v in evaluated[-1].items() if k.startswith("source_")}
 
 
-def metrics_row(name: str, m: dict, lo: float | None, hi: float | None, extra: str) -> str:
+def metrics_row(
+    name: str, m: dict, lo: float | None, hi: float | None, extra: str, where: str = "-"
+) -> str:
     gap = "-"
     if lo is not None and hi is not None and hi > lo:
         gap = f"{100 * (m['mAP'] - lo) / (hi - lo):.0f}%"
     return (
         f"| {name} | {pct(m.get('rank1'))} | {pct(m.get('rank5'))} | {pct(m.get('rank10'))} | "
-        f"{pct(m['mAP'])} | {gap} | {extra} |"
+        f"{pct(m['mAP'])} | {gap} | {extra} | {where} |"
     )
 
 
@@ -108,21 +138,35 @@ def table1(
     PCB source models), their supervised-on-the-target and direct-transfer rows beside the
     first family's; the gap closed stays measured on the first family's two rows."""
     out = [
-        "| method | rank-1 | rank-5 | rank-10 | mAP | gap closed | step (of) / wall time |",
-        "|---|---|---|---|---|---|---|",
+        "| method | rank-1 | rank-5 | rank-10 | mAP | gap closed | step (of) / wall time "
+        "| machine |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     hi = supervised(sup)["mAP"] if sup else None
     first = steps_of(runs[0][1])
     lo = first[0]["mAP"]
     if sup:
-        out.append(metrics_row("supervised on the target", supervised(sup), lo, hi, wall(sup)))
-    out.append(metrics_row("direct transfer (no adaptation)", first[0], lo, hi, "-"))
+        row = metrics_row(
+            "supervised on the target", supervised(sup), lo, hi, wall(sup), machine(sup)
+        )
+        out.append(row)
+    out.append(
+        metrics_row("direct transfer (no adaptation)", first[0], lo, hi, "-", machine(runs[0][1]))
+    )
     for label, run in other_sup:
         out.append(
-            metrics_row(f"{label}, supervised on the target", supervised(run), lo, hi, wall(run))
+            metrics_row(
+                f"{label}, supervised on the target",
+                supervised(run),
+                lo,
+                hi,
+                wall(run),
+                machine(run),
+            )
         )
     for label, run in other_direct:
-        out.append(metrics_row(f"{label}, direct transfer", direct_transfer(run), lo, hi, "-"))
+        dt = direct_transfer(run)
+        out.append(metrics_row(f"{label}, direct transfer", dt, lo, hi, "-", machine(run)))
     for label, run in runs:
         steps = steps_of(run)
         rule = config(run).get("adapt", {}).get("select", "last")
@@ -135,6 +179,7 @@ def table1(
                 lo,
                 hi,
                 f"step {pick} of {n} / {wall(run)}",
+                machine(run),
             )
         )
         out.append(
@@ -144,6 +189,7 @@ def table1(
                 lo,
                 hi,
                 f"step {oracle} of {n}",
+                machine(run),
             )
         )
     return out

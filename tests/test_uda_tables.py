@@ -15,7 +15,9 @@ def _write(folder, records, config=None):
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (folder / "config.yaml").write_text(json.dumps(config or {}))
-    (folder / "wall_time.json").write_text(json.dumps([{"seconds": 600.0}, {"seconds": 120.0}]))
+    machine = "AMD EPYC [family 25 model 1]"
+    walls = [{"seconds": 600.0, "machine": machine}, {"seconds": 120.0, "machine": machine}]
+    (folder / "wall_time.json").write_text(json.dumps(walls))
 
 
 def _m(map_, r1):
@@ -66,8 +68,9 @@ def test_table1_other_family_rows(tmp_path):
         "60.0",
         "125%",
         "12 min",
+        "Zen 3",
     ]
-    assert cells["PCB, direct transfer"] == ["40.0", "50.0", "55.0", "20.0", "25%", "-"]
+    assert cells["PCB, direct transfer"] == ["40.0", "50.0", "55.0", "20.0", "25%", "-", "Zen 3"]
     assert cells["M, label-free pick (last)"][3:5] == ["40.0", "75%"]
 
 
@@ -95,3 +98,37 @@ def test_supervised_row_of_a_source_run_without_its_final_record(tmp_path):
     _write(tmp_path / "none", epochs[1::2])
     with pytest.raises(SystemExit, match="no source evaluation"):
         tables.supervised(tmp_path / "none")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "name"),
+    [
+        ("AMD EPYC [family 25 model 1]", "Zen 3"),
+        ("AMD EPYC [family 25 model 17 avx512f avx512_bf16]", "Zen 4"),
+        ("AMD EPYC [family 26 model 2 avx512f avx512_bf16]", "Zen 5"),
+        (
+            "NVIDIA H200 (lent device, 16 CPU cores; torch 2.11.0+cu130), 9 runs at once",
+            "NVIDIA H200",
+        ),
+        ("Intel(R) Xeon(R) Platinum 8488C", "Intel(R) Xeon(R) Platinum 8488C"),
+    ],
+)
+def test_cpu_name(recorded, name):
+    assert _load_script("uda_tables").cpu_name(recorded) == name
+
+
+def test_machine_column_joins_a_resumed_runs_machines(tmp_path):
+    """A run resumed on another machine names both, in order; none recorded reads '-'."""
+    tables = _load_script("uda_tables")
+    run = tmp_path / "run"
+    run.mkdir()
+    entries = [
+        {"seconds": 1.0, "machine": "AMD EPYC [family 25 model 1]"},
+        {"seconds": 1.0, "machine": "AMD EPYC [family 25 model 1]"},
+        {"seconds": 1.0, "machine": "AMD EPYC [family 26 model 2]"},
+    ]
+    (run / "wall_time.json").write_text(json.dumps(entries))
+    assert tables.machine(run) == "Zen 3 + Zen 5"
+    (run / "wall_time.json").write_text(json.dumps([{"seconds": 1.0}]))
+    assert tables.machine(run) == "-"
+    assert tables.machine(tmp_path / "missing") == "-"
