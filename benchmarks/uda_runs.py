@@ -214,11 +214,12 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
-    # the three switches at MSPLR's wall time (item 1: equal wall time on one machine): 12 steps
-    # of one pass each, x0.1 after step 9 (the preset's 8 steps, x0.1 after 6, took 15 min
-    # without the switches on a Zen 5, MSPLR 29-30 min)
+    # the three switches at MSPLR's wall time (item 1: equal wall time on one machine): 20 steps
+    # of one pass each, x0.1 after step 15 (the preset's proportions: 8 steps, x0.1 after 6).
+    # With the switches a step took 77-91 s on a Zen 5 (a first 12-step try, stopped at step 6
+    # as it would have ended at 18 min), MSPLR's preset 29-30 min there
     Run(
-        "cc_m2d_cn_sel_cap_12",
+        "cc_m2d_cn_sel_cap_20",
         "adapt",
         f"cluster_contrast/{M2D}",
         [
@@ -226,8 +227,8 @@ RUNS: list[Run] = [
             "pseudo.camera_norm=true",
             "pseudo.select=true",
             *CAP,
-            "adapt.max_steps=12",
-            "optim.milestones=[9]",
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
         ],
         "cc26",
     ),
@@ -269,11 +270,11 @@ RUNS: list[Run] = [
         "cc26",
     ),
     Run(
-        "cc_d2m_cn_sel_cap_12",
+        "cc_d2m_cn_sel_cap_20",
         "adapt",
         f"cluster_contrast/{D2M}",
-        ["pseudo.camera_norm=true", "pseudo.select=true", *CAP, "adapt.max_steps=12"]
-        + ["optim.milestones=[9]"],
+        ["pseudo.camera_norm=true", "pseudo.select=true", *CAP, "adapt.max_steps=20"]
+        + ["optim.milestones=[15]"],
         "cc26",
     ),
     # MSPLR Duke -> Market from the same Duke source, on the same machine as the cc_d2m runs
