@@ -24,7 +24,9 @@ and the two new ``msplr/*_memory_cpu.yaml`` presets; issue 27 (the approximate s
 reworked): ``pseudo.neighbors`` now ``auto`` (approximate from
 ``adaptreid.pseudo.settings.APPROX_MIN_N`` images up) in every preset, checked to be the only
 difference; issue 29 (B): the two CPU PAST presets of Market-1501 <-> DukeMTMC-reID start from
-the PCB source models (``adapt.init_checkpoint``), checked to be the only difference."""
+the PCB source models (``adapt.init_checkpoint``), checked to be the only difference; issue 26
+(equal wall time): the two new ``cluster_contrast/*_camera_cpu.yaml`` presets, added as they
+resolve (and checked below to be their measured runs)."""
 
 from __future__ import annotations
 
@@ -102,3 +104,30 @@ def test_method_bases_restate_nothing_of_the_recipe(rel):
     own = _leaves({k: v for k, v in _raw(rel).items() if k != "_base_"})
     restated = sorted(k for k, v in own.items() if k in recipe and recipe[k] == v)
     assert restated == [], f"{rel} restates {restated} of {RECIPE}"
+
+
+@pytest.mark.parametrize(
+    ("pair", "run"),
+    [
+        ("market1501_to_dukemtmc", "cc_m2d_cn_sel_cap_20"),
+        ("dukemtmc_to_market1501", "cc_d2m_cn_sel_cap_20"),
+    ],
+)
+def test_camera_cluster_contrast_presets_are_the_measured_runs(pair, run):
+    """Issue 26: ``cluster_contrast/*_camera_cpu.yaml`` are the cluster contrast CPU pair with
+    the overrides of the benchmark run measured for it (benchmarks/uda_runs.py), nothing else:
+    only the source checkpoint's path may differ (the Market -> Duke run starts from
+    ../shared/checkpoints' copy of the same model)."""
+    from tests.test_selection import _load_script
+
+    runs = {r.name: r for r in _load_script("uda_runs").RUNS}
+    overrides = [o for o in runs[run].overrides if not o.startswith("adapt.init_checkpoint=")]
+    assert runs[run].config == f"cluster_contrast/{pair}_cpu.yaml"
+    measured = to_dict(load_config(f"cluster_contrast/{pair}_cpu.yaml", overrides, command="adapt"))
+    camera = to_dict(load_config(f"cluster_contrast/{pair}_camera_cpu.yaml", command="adapt"))
+    assert camera.pop("name") == f"cc_{pair}_camera_cpu"
+    assert measured.pop("name") == f"cc_{pair}_cpu"
+    assert camera == measured
+    # and the switches are on (a preset equal to a run without them would pass the line above)
+    assert camera["pseudo"]["camera_norm"] and camera["pseudo"]["select"]
+    assert camera["method"]["memory"] == "camera_proxy"
