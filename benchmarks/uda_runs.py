@@ -273,8 +273,13 @@ RUNS: list[Run] = [
         "cc_d2m_cn_sel_cap_20",
         "adapt",
         f"cluster_contrast/{D2M}",
-        ["pseudo.camera_norm=true", "pseudo.select=true", *CAP, "adapt.max_steps=20"]
-        + ["optim.milestones=[15]"],
+        [
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+        ],
         "cc26",
     ),
     # MSPLR Duke -> Market from the same Duke source, on the same machine as the cc_d2m runs

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -53,12 +54,17 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def wall(run: Path) -> str:
+def invocations(run: Path) -> list[dict]:
+    """The run's wall_time.json entries (one per invocation); none when it has no such file."""
     path = run / "wall_time.json"
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def wall(run: Path) -> str:
+    entries = invocations(run)
+    if not entries:
         return "-"
-    seconds = sum(e["seconds"] for e in json.loads(path.read_text()))
-    return f"{seconds / 60:.0f} min"
+    return f"{sum(e['seconds'] for e in entries) / 60:.0f} min"
 
 
 #: AMD's CPU family / model numbers as wall_time.json records them (family 25 = 19h holds both
@@ -69,8 +75,6 @@ _ZEN4_MODELS = set(range(0x10, 0x20)) | set(range(0x60, 0x80)) | set(range(0xA0,
 def cpu_name(recorded: str) -> str:
     """A short name for a recorded machine: 'AMD EPYC [family 25 model 1]' -> 'Zen 3',
     'NVIDIA H200 (lent device, ...)' -> 'NVIDIA H200'; anything else as recorded."""
-    import re
-
     m = re.search(r"family (\d+) model (\d+)", recorded)
     if recorded.startswith("AMD") and m:
         family, model = int(m.group(1)), int(m.group(2))
@@ -83,9 +87,7 @@ def cpu_name(recorded: str) -> str:
 
 def machine(run: Path) -> str:
     """The machines a run's invocations ran on (wall_time.json), '-' where none is recorded."""
-    path = run / "wall_time.json"
-    entries = json.loads(path.read_text()) if path.is_file() else []
-    names = dict.fromkeys(cpu_name(e["machine"]) for e in entries if e.get("machine"))
+    names = dict.fromkeys(cpu_name(e["machine"]) for e in invocations(run) if e.get("machine"))
     return " + ".join(names) or "-"
 
 
@@ -146,10 +148,10 @@ def table1(
     first = steps_of(runs[0][1])
     lo = first[0]["mAP"]
     if sup:
-        row = metrics_row(
-            "supervised on the target", supervised(sup), lo, hi, wall(sup), machine(sup)
+        sup_row = supervised(sup)
+        out.append(
+            metrics_row("supervised on the target", sup_row, lo, hi, wall(sup), machine(sup))
         )
-        out.append(row)
     out.append(
         metrics_row("direct transfer (no adaptation)", first[0], lo, hi, "-", machine(runs[0][1]))
     )
