@@ -120,6 +120,22 @@ RUNS: list[Run] = [
         [],
         "cc",
     ),
+    # issue 26 item 3: the best recipe (MSPLR, its CPU schedule) fully unsupervised, from the
+    # ImageNet weights alone
+    Run(
+        "msplr_market1501_unsupervised_cpu",
+        "adapt",
+        "msplr/market1501_unsupervised_cpu.yaml",
+        [],
+        "unsup26",
+    ),
+    Run(
+        "msplr_dukemtmc_unsupervised_cpu",
+        "adapt",
+        "msplr/dukemtmc_unsupervised_cpu.yaml",
+        [],
+        "unsup26",
+    ),
     # PAST closes ~36% of the gap with the paper's settings: tries the evidence points to
     # (impure HDBSCAN clusters without camera normalisation; SGD at the paper's small learning
     # rates for a stage 20x shorter than the authors' 40 epochs)
@@ -279,6 +295,40 @@ RUNS: list[Run] = [
             *CAP,
             "adapt.max_steps=20",
             "optim.milestones=[15]",
+        ],
+        "cc26",
+    ),
+    # ... with the authors' fixed eps instead of the label-free one (0.6 on Market, 0.7 on Duke,
+    # Jaccard distance with k1 = 30, cluster_contrast/base.yaml and the unsupervised presets):
+    # the label-free eps kept 15-55% of the images D -> M (0.25-0.3), where MSPLR's kept 30-95%
+    Run(
+        "cc_d2m_camera_eps06",
+        "adapt",
+        f"cluster_contrast/{D2M}",
+        [
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+            "pseudo.auto_eps=false",
+            "pseudo.eps=0.6",
+        ],
+        "cc26",
+    ),
+    Run(
+        "cc_m2d_camera_eps07",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [
+            f"adapt.init_checkpoint={SHARED_M}",
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+            "pseudo.auto_eps=false",
+            "pseudo.eps=0.7",
         ],
         "cc26",
     ),

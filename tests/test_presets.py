@@ -26,7 +26,9 @@ reworked): ``pseudo.neighbors`` now ``auto`` (approximate from
 difference; issue 29 (B): the two CPU PAST presets of Market-1501 <-> DukeMTMC-reID start from
 the PCB source models (``adapt.init_checkpoint``), checked to be the only difference; issue 26
 (equal wall time): the two new ``cluster_contrast/*_camera_cpu.yaml`` presets, added as they
-resolve (and checked below to be their measured runs)."""
+resolve (and checked below to be their measured runs); issue 26 (item 3): the two new
+``msplr/*_unsupervised_cpu.yaml`` presets, added as they resolve (and checked below to be
+the UDA recipe from ImageNet weights)."""
 
 from __future__ import annotations
 
@@ -131,3 +133,24 @@ def test_camera_cluster_contrast_presets_are_the_measured_runs(pair, run):
     # and the switches are on (a preset equal to a run without them would pass the line above)
     assert camera["pseudo"]["camera_norm"] and camera["pseudo"]["select"]
     assert camera["method"]["memory"] == "camera_proxy"
+
+
+@pytest.mark.parametrize(
+    ("target", "uda"),
+    [("market1501", "dukemtmc_to_market1501"), ("dukemtmc", "market1501_to_dukemtmc")],
+)
+def test_unsupervised_msplr_presets_are_the_uda_recipe_from_imagenet(target, uda):
+    """Issue 26 item 3: ``msplr/*_unsupervised_cpu.yaml`` run the MSPLR CPU preset of the same
+    target (pseudo-labels, schedule, losses, data) with no source model: the network is the
+    source presets' ImageNet MobileNetV2 and no source data is read. Nothing else differs."""
+    unsup = to_dict(load_config(f"msplr/{target}_unsupervised_cpu.yaml", command="adapt"))
+    recipe = to_dict(load_config(f"msplr/{uda}_cpu.yaml", command="adapt"))
+    source = to_dict(load_config(f"source/{target}_mobilenet_cpu.yaml", command="train"))
+    assert unsup["adapt"].pop("init_checkpoint") == ""
+    assert recipe["adapt"].pop("init_checkpoint").startswith("runs/source_")
+    assert unsup.pop("model") == source["model"]  # the network the source model was made from
+    assert unsup["data"]["target"] == recipe["data"]["target"] == target
+    for d in (unsup, recipe):
+        d.pop("name"), d.pop("model", None)
+        d["data"].pop("source"), d["data"].pop("source_root")
+    assert unsup == recipe
