@@ -332,6 +332,9 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # ... and each switch alone D -> M (the preset's 8 steps), as cc_m2d_cn / cc_m2d_sel
+    Run("cc_d2m_cn", "adapt", f"cluster_contrast/{D2M}", ["pseudo.camera_norm=true"], "cc26"),
+    Run("cc_d2m_sel", "adapt", f"cluster_contrast/{D2M}", ["pseudo.select=true"], "cc26"),
     # MSPLR Duke -> Market from the same Duke source, on the same machine as the cc_d2m runs
     Run("msplr_d2m", "adapt", f"msplr/{D2M}", [], "cc26"),
     # issue 26, the best recipe adaptreid can make: MSPLR (labels and eq. 5 losses) + CAP's
@@ -345,6 +348,8 @@ RUNS: list[Run] = [
     ),
     Run("best_d2m_memory", "adapt", "msplr/dukemtmc_to_market1501_memory_cpu.yaml", [], "best26"),
     *_seeds("msplr_m2d", f"msplr/{M2D}", "seeds"),
+    # issue 26 item 2: the best recipe's (MSPLR's) seed spread Duke -> Market too
+    *_seeds("msplr_d2m", f"msplr/{D2M}", "seeds"),
     # MSPLR Table 3 (each component added in turn) and Table 4 (k-means), Market -> Duke
     Run(
         "msplr_m2d_da",
