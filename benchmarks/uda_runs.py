@@ -314,40 +314,6 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
-    # ... with the authors' fixed eps instead of the label-free one (0.6 on Market, 0.7 on Duke,
-    # Jaccard distance with k1 = 30, cluster_contrast/base.yaml and the unsupervised presets):
-    # the label-free eps kept 15-55% of the images D -> M (0.25-0.3), where MSPLR's kept 30-95%
-    Run(
-        "cc_d2m_camera_eps06",
-        "adapt",
-        f"cluster_contrast/{D2M}",
-        [
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
-            "pseudo.auto_eps=false",
-            "pseudo.eps=0.6",
-        ],
-        "cc26",
-    ),
-    Run(
-        "cc_m2d_camera_eps07",
-        "adapt",
-        f"cluster_contrast/{M2D}",
-        [
-            f"adapt.init_checkpoint={SHARED_M}",
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
-            "pseudo.auto_eps=false",
-            "pseudo.eps=0.7",
-        ],
-        "cc26",
-    ),
     # ... and each switch alone D -> M (the preset's 8 steps), as cc_m2d_cn / cc_m2d_sel
     Run("cc_d2m_cn", "adapt", f"cluster_contrast/{D2M}", ["pseudo.camera_norm=true"], "cc26"),
     Run("cc_d2m_sel", "adapt", f"cluster_contrast/{D2M}", ["pseudo.select=true"], "cc26"),
