@@ -132,3 +132,21 @@ def test_machine_column_joins_a_resumed_runs_machines(tmp_path):
     (run / "wall_time.json").write_text(json.dumps([{"seconds": 1.0}]))
     assert tables.machine(run) == "-"
     assert tables.machine(tmp_path / "missing") == "-"
+
+
+def test_table1_names_the_start_of_a_run_without_a_source_model(tmp_path):
+    """A fully unsupervised run (issue 26 item 3) starts from ``model.pretrained``: its step-0
+    row says so instead of "direct transfer"."""
+    tables = _load_script("uda_tables")
+    _write(tmp_path / "sup", [{"kind": "final", "stage": "source", **_m(0.50, 0.70)}])
+    steps = [
+        {"kind": "step", "step": 0, **_m(0.03, 0.10)},
+        {"kind": "step", "step": 1, **_m(0.4, 0.6)},
+    ]
+    config = {
+        "adapt": {"select": "last", "init_checkpoint": ""},
+        "model": {"pretrained": "w/in.pth"},
+    }
+    _write(tmp_path / "run", steps, config)
+    rows = tables.table1(tmp_path / "sup", [("U", tmp_path / "run")])[2:]
+    assert _cells(rows[1])[0] == "no source model: the pretrained weights of in.pth (no adaptation)"

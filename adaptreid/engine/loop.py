@@ -43,7 +43,7 @@ from ..evaluation.label_free import choose_holdout, holdout_map, label_free_scor
 from ..models import ReidModel
 from ..models.build import model_from_arch
 from ..rundir.model_io import load_model_state, model_from_checkpoint
-from ..rundir.run import RunDir
+from ..rundir.run import RunDir, start_name
 from ..rundir.step_labels import save_step_labels
 from ..runtime import distributed as D
 from ..runtime.faults import crash_point
@@ -208,7 +208,12 @@ class AdaptationLoop:
             {"kind": "step", "step": 0, "stage": "direct_transfer", **(metrics or {})}
         )
         if metrics:
-            log.info("step 0 (direct transfer): %s", format_metrics(metrics))
+            a, m = self.cfg.adapt, self.cfg.model
+            log.info(
+                "step 0 (%s): %s",
+                start_name(a.init_checkpoint, m.pretrained),
+                format_metrics(metrics),
+            )
         s = self.state
         if self.rule == "target_map" and metrics:
             s.best_score = metrics["mAP"]

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from ..evaluation import MapInterval, ap_from_record, map_difference_interval  # noqa: E402
-from ..rundir.run import RunDir  # noqa: E402
+from ..rundir.run import RunDir, start_name  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: what each ``adapt.select`` rule is called in reports
@@ -107,14 +107,18 @@ def gap_text(records: Sequence[dict], step: int, oracle: int) -> str:
     return text if d is None else f"{text} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
 
 
-def _difference_lines(records: Sequence[dict], rule: str) -> list[str]:
-    """How far the kept step stands from the oracle's and from the direct transfer, with the
-    interval the test identities allow (per-query records; nothing without them)."""
+def _difference_lines(
+    records: Sequence[dict], rule: str, start: str = "direct transfer"
+) -> list[str]:
+    """How far the kept step stands from the oracle's and from step 0 (the direct transfer,
+    or the starting weights: ``start``), with the interval the test identities allow
+    (per-query records; nothing without them)."""
     pick, oracle = pick_step(records, rule), pick_step(records, "target_map")
     if pick is None or oracle is None:
         return []
     lines = []
-    for other, name in ((oracle, "the oracle's"), (0, "the direct transfer,")):
+    zero = "the direct transfer," if start == "direct transfer" else "the starting model,"
+    for other, name in ((oracle, "the oracle's"), (0, zero)):
         if other == pick:
             continue
         d = step_difference(records, pick, other)
@@ -153,9 +157,12 @@ def _bad_images_section(run_dir: Path) -> list[str]:
     return text.splitlines() + [""] if text else []
 
 
-def plot_steps(records: Sequence[dict], path: str | Path, rule: str = "last") -> Path | None:
-    """Target rank-1 / mAP per step (step 0 = direct transfer), with the step ``rule`` picks
-    and the oracle's, and the pseudo-labels' portion kept / pairwise F1 per step."""
+def plot_steps(
+    records: Sequence[dict], path: str | Path, rule: str = "last", start: str = "direct transfer"
+) -> Path | None:
+    """Target rank-1 / mAP per step (step 0 = ``start``: the direct transfer, or the starting
+    weights of a run without a source model), with the step ``rule`` picks and the oracle's,
+    and the pseudo-labels' portion kept / pairwise F1 per step."""
     steps = [r for r in records if r.get("kind") == "step" and "mAP" in r]
     labels = [r for r in records if r.get("kind") == "labels" and not r.get("probe")]
     if not steps and not labels:
@@ -183,7 +190,7 @@ def plot_steps(records: Sequence[dict], path: str | Path, rule: str = "last") ->
                 color=colour,
             )
         ax.set_xticks(x)
-    ax.set_xlabel("adaptation step (0 = direct transfer)")
+    ax.set_xlabel(f"adaptation step (0 = {start.split(':')[0]})")
     ax.set_ylabel("target metric (%)")
     ax.set_title("target query / gallery")
     ax.grid(alpha=0.3)
@@ -332,7 +339,7 @@ def write_report(run_dir: str | Path) -> Path:
     records = RunDir(run_dir).read_metrics()
     lines = [f"# Run report: {run_dir.name}", ""]
     cfg_path = run_dir / "config.yaml"
-    rule = "last"
+    rule, cfg = "last", None
     if cfg_path.is_file():
         import yaml
 
@@ -355,7 +362,14 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"- best.pt (reported, exported): {RULE_NAMES.get(rule, rule)}")
             lines += _stop_lines(records)
         lines.append("")
-    summary = _summary_rows(records, rule)
+    start = "direct transfer"  # a source run's, or a run folder without its config
+    if cfg and not any(r.get("stage") == "source" for r in records):
+        start = start_name(
+            (cfg.get("adapt") or {}).get("init_checkpoint"),
+            (cfg.get("model") or {}).get("pretrained"),
+        )
+    zero = "the direct transfer" if start == "direct transfer" else f"the starting model ({start})"
+    summary = _summary_rows(records, rule, start)
     if summary:
         lines += [
             "## Results",
@@ -366,7 +380,7 @@ def write_report(run_dir: str | Path) -> Path:
         for name, r in summary:
             lines.append(f"| {name} | " + " | ".join(_fmt_pct(r.get(m)) for m in METRICS) + " |")
         lines.append("")
-        lines += _difference_lines(records, rule)
+        lines += _difference_lines(records, rule, start)
     steps = [r for r in records if r.get("kind") == "step"]
     labels = {r["step"]: r for r in records if r.get("kind") == "labels" and not r.get("probe")}
     selects = {r["step"]: r for r in records if r.get("kind") == "select"}
@@ -403,7 +417,7 @@ def write_report(run_dir: str | Path) -> Path:
             )
         lines += [
             "",
-            "Step 0 is direct transfer. Precision / F1 / NMI (pairwise, of the pseudo-labels) "
+            f"Step 0 is {zero}. Precision / F1 / NMI (pairwise, of the pseudo-labels) "
             "and rank-1 / mAP use the target's identities, which training and the label-free "
             "selection never see (analysis only).",
             "",
@@ -411,7 +425,7 @@ def write_report(run_dir: str | Path) -> Path:
     if (run_dir / "bad_images.json").is_file():
         lines += _bad_images_section(run_dir)
     figs = []
-    if plot_steps(records, run_dir / "steps.png", rule):
+    if plot_steps(records, run_dir / "steps.png", rule, start):
         figs.append(("Metric and pseudo-labels per step", "steps.png"))
     if plot_loss(records, run_dir / "loss.png"):
         figs.append(("Training loss", "loss.png"))
@@ -429,13 +443,15 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
-def _summary_rows(records: Sequence[dict], rule: str = "last") -> list[tuple[str, dict]]:
+def _summary_rows(
+    records: Sequence[dict], rule: str = "last", start: str = "direct transfer"
+) -> list[tuple[str, dict]]:
     rows = []
     if any(r.get("kind") == "step" and r.get("step", 0) > 0 for r in records):
         rows += [(title, rec) for title, _, rec in selection_rows(records, rule)]
     direct = [r for r in records if r.get("stage") == "direct_transfer" and "mAP" in r]
     if direct:
-        rows.append(("direct transfer (step 0)", direct[-1]))
+        rows.append((f"{start} (step 0)", direct[-1]))
     src = [r for r in records if "source_mAP" in r]
     if src:
         best = max(src, key=lambda r: r["source_mAP"])

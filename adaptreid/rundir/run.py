@@ -40,6 +40,17 @@ CHECKPOINT_VERSION = 2
 log = logging.getLogger("adaptreid")
 
 
+def start_name(init_checkpoint: str | None, pretrained: str | None = None) -> str:
+    """What an adaptation run's step 0 is, for its log, report and plots: the direct transfer
+    of its source model, or, with no ``adapt.init_checkpoint`` (fully unsupervised), the
+    network's own starting weights (``model.pretrained``'s file, or a random initialisation)."""
+    if init_checkpoint:
+        return "direct transfer"
+    if pretrained:
+        return f"no source model: the pretrained weights of {Path(str(pretrained)).name}"
+    return "no source model: random initial weights"
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
