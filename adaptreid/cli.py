@@ -366,7 +366,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in output_dir/name from its last checkpoint",
+        help="continue the run in output_dir/name from its last checkpoint (with its saved "
+        "config; a larger adapt.max_steps given alone extends an adaptation run)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5")

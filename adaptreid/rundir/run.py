@@ -85,7 +85,8 @@ class RunDir:
         """Create (or reopen, with ``resume``) the folder ``cfg.output_dir / cfg.name``.
 
         A new run refuses a folder that already holds a checkpoint (so nothing is overwritten);
-        a resumed run takes its config from the folder, not from the command line."""
+        a resumed run takes its config from the folder, not from the command line, except a
+        larger ``adapt.max_steps`` when that is the only difference (:func:`_extends`)."""
         run = cls(Path(cfg.output_dir) / cfg.name)
         if resume:
             if not run.config_file.is_file():
@@ -96,8 +97,18 @@ class RunDir:
             import yaml
 
             saved = config_from_saved(yaml.safe_load(run.config_file.read_text()))
-            if to_dict(saved) != to_dict(cfg):
-                changed = _diff(to_dict(saved), to_dict(cfg))
+            changed = _diff(to_dict(saved), to_dict(cfg))
+            if _extends(saved, cfg, changed):
+                log.info(
+                    "extending %s from %d to %d adaptation steps (adapt.max_steps)",
+                    run.path,
+                    saved.adapt.max_steps,
+                    cfg.adapt.max_steps,
+                )
+                saved.adapt.max_steps = cfg.adapt.max_steps
+                if D.is_main():
+                    save_config(saved, run.config_file)
+            elif changed:
                 log.warning(
                     "resuming with the config saved in %s; ignoring differences: %s",
                     run.config_file,
@@ -300,6 +311,17 @@ class RunDir:
             self.bad_log.save(self.path)
             for _, path, reason in items:
                 log.warning("skipping unreadable image %s (%s) in %s", path, reason, where)
+
+
+def _extends(saved: Config, cfg: Config, changed: list[str]) -> bool:
+    """A resume whose command differs from the saved run in a larger ``adapt.max_steps`` only:
+    the run goes on to that many steps (a finished run too; nothing else reads the number, so
+    it ends as a run started with it would, from the saved state on)."""
+    return (
+        len(changed) == 1
+        and changed[0].startswith("adapt.max_steps=")
+        and cfg.adapt.max_steps > saved.adapt.max_steps
+    )
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
