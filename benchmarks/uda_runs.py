@@ -146,13 +146,6 @@ RUNS: list[Run] = [
         ["adapt.max_steps=10"],
         "unsup26",
     ),
-    Run(
-        "msplr_dukemtmc_unsupervised_10",
-        "adapt",
-        "msplr/dukemtmc_unsupervised_cpu.yaml",
-        ["adapt.max_steps=10"],
-        "unsup26",
-    ),
     # PAST closes ~36% of the gap with the paper's settings: tries the evidence points to
     # (impure HDBSCAN clusters without camera normalisation; SGD at the paper's small learning
     # rates for a stage 20x shorter than the authors' 40 epochs)
