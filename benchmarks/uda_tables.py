@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptreid.report.report import gap_text, pick_step  # noqa: E402
-from adaptreid.rundir.run import start_name  # noqa: E402
+from adaptreid.rundir.run import start_of  # noqa: E402
 
 RULES = ("agreement", "snd", "cross_camera", "last")
 
@@ -153,9 +153,7 @@ def table1(
         out.append(
             metrics_row("supervised on the target", sup_row, lo, hi, wall(sup), machine(sup))
         )
-    start, c = "direct transfer", config(runs[0][1]) or {}
-    if (c.get("adapt") or {}).get("init_checkpoint", "?") == "":  # no source model (issue 26)
-        start = start_name("", (c.get("model") or {}).get("pretrained"))
+    start = start_of(config(runs[0][1]) or {})  # no source model: issue 26 item 3
     out.append(metrics_row(f"{start} (no adaptation)", first[0], lo, hi, "-", machine(runs[0][1])))
     for label, run in other_sup:
         out.append(

@@ -66,3 +66,13 @@ def test_a_source_run_report_still_names_its_direct_transfer(tmp_path):
     run = train_source(cfg, verbose=False)
     report = (run.path / "report.md").read_text()
     assert "| direct transfer (step 0) |" in report and "no source model" not in report
+
+
+def test_start_of_reads_a_run_folders_config():
+    from adaptreid.rundir.run import start_of
+
+    assert start_of({"adapt": {"init_checkpoint": "src.pt"}}) == "direct transfer"
+    assert start_of({"adapt": {}}) == start_of({}) == "direct transfer"  # no key: not claimed
+    assert start_of({"adapt": {"init_checkpoint": ""}, "model": {"pretrained": "a/w.pth"}}) == (
+        "no source model: the pretrained weights of w.pth"
+    )

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from ..evaluation import MapInterval, ap_from_record, map_difference_interval  # noqa: E402
-from ..rundir.run import RunDir, start_name  # noqa: E402
+from ..rundir.run import RunDir, start_of  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 #: what each ``adapt.select`` rule is called in reports
@@ -339,7 +339,7 @@ def write_report(run_dir: str | Path) -> Path:
     records = RunDir(run_dir).read_metrics()
     lines = [f"# Run report: {run_dir.name}", ""]
     cfg_path = run_dir / "config.yaml"
-    rule, cfg = "last", None
+    rule, start = "last", "direct transfer"  # a source run's, or a folder without its config
     if cfg_path.is_file():
         import yaml
 
@@ -352,6 +352,7 @@ def write_report(run_dir: str | Path) -> Path:
             method = "supervised source training"
         else:
             rule = (cfg.get("adapt") or {}).get("select", "last")
+            start = start_of(cfg)
         lines += [
             f"- method: {method}; backbone `{_backbone(run_dir, cfg)}`",
             f"- source: `{d.get('source') or '-'}`; target: `{d.get('target') or '-'}`",
@@ -362,12 +363,6 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"- best.pt (reported, exported): {RULE_NAMES.get(rule, rule)}")
             lines += _stop_lines(records)
         lines.append("")
-    start = "direct transfer"  # a source run's, or a run folder without its config
-    if cfg and not any(r.get("stage") == "source" for r in records):
-        start = start_name(
-            (cfg.get("adapt") or {}).get("init_checkpoint"),
-            (cfg.get("model") or {}).get("pretrained"),
-        )
     zero = "the direct transfer" if start == "direct transfer" else f"the starting model ({start})"
     summary = _summary_rows(records, rule, start)
     if summary:

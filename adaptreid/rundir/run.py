@@ -51,6 +51,16 @@ def start_name(init_checkpoint: str | None, pretrained: str | None = None) -> st
     return "no source model: random initial weights"
 
 
+def start_of(cfg: dict[str, Any]) -> str:
+    """:func:`start_name` of an adaptation run folder's ``config.yaml`` (as a dict): a run
+    whose ``adapt.init_checkpoint`` is empty started without a source model; one that names
+    a checkpoint, or a config without the key, is a direct transfer."""
+    adapt = cfg.get("adapt") or {}
+    if adapt.get("init_checkpoint", "?") != "":
+        return "direct transfer"
+    return start_name("", (cfg.get("model") or {}).get("pretrained"))
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
