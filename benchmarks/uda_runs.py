@@ -311,6 +311,7 @@ RUNS: list[Run] = [
     # ... and each switch alone D -> M (the preset's 8 steps), as cc_m2d_cn / cc_m2d_sel
     Run("cc_d2m_cn", "adapt", f"cluster_contrast/{D2M}", ["pseudo.camera_norm=true"], "cc26"),
     Run("cc_d2m_sel", "adapt", f"cluster_contrast/{D2M}", ["pseudo.select=true"], "cc26"),
+    Run("cc_d2m_cap", "adapt", f"cluster_contrast/{D2M}", CAP, "cc26"),
     # MSPLR Duke -> Market from the same Duke source, on the same machine as the cc_d2m runs
     Run("msplr_d2m", "adapt", f"msplr/{D2M}", [], "cc26"),
     # issue 26, the best recipe adaptreid can make: MSPLR (labels and eq. 5 losses) + CAP's
