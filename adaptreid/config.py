@@ -206,6 +206,12 @@ class PseudoConfig:
     max_kept_growth: float = 0.0
     """With ``auto_eps``: the portion of the images kept in selected clusters may grow by at
     most this much a step (0.1: 10 points; 0: no cap). BENCHMARKS.md, "On small targets"."""
+    kept_never_shrinks: bool = False
+    """With ``auto_eps``: only the eps that keep at least the last step's portion of the images
+    are candidates (none keeping that many: the one keeping the most), so that the training set
+    does not shrink from step to step while the model is meant to improve progressively (MSPLR
+    section 3.2), instead of swinging with the sweep's score. The giant-cluster guard still
+    comes first. BENCHMARKS.md, "Cluster contrast with the field's camera handling"."""
 
     min_samples: int = 4
     """DBSCAN's core-point size, the point itself counted (MSPLR: 4). HDBSCAN: see

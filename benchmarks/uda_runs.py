@@ -308,6 +308,23 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # ... and with a floor on the kept portion (pseudo.kept_never_shrinks): the label-free eps
+    # settled at 0.175-0.35 there and the portion kept swung between 27% and 50% from step 3
+    # on (cc_d2m_cn_sel_cap_20's labels records)
+    Run(
+        "cc_d2m_cn_sel_cap_20_floor",
+        "adapt",
+        f"cluster_contrast/{D2M}",
+        [
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+            "pseudo.kept_never_shrinks=true",
+        ],
+        "cc26",
+    ),
     # ... and each switch alone D -> M (the preset's 8 steps), as cc_m2d_cn / cc_m2d_sel
     Run("cc_d2m_cn", "adapt", f"cluster_contrast/{D2M}", ["pseudo.camera_norm=true"], "cc26"),
     Run("cc_d2m_sel", "adapt", f"cluster_contrast/{D2M}", ["pseudo.select=true"], "cc26"),

@@ -28,7 +28,8 @@ the PCB source models (``adapt.init_checkpoint``), checked to be the only differ
 (equal wall time): the two new ``cluster_contrast/*_camera_cpu.yaml`` presets, added as they
 resolve (and checked below to be their measured runs); issue 26 (item 3): the two new
 ``msplr/*_unsupervised_cpu.yaml`` presets, added as they resolve (and checked below to be
-the UDA recipe from ImageNet weights)."""
+the UDA recipe from ImageNet weights); issue 26 (a kept-portion floor):
+``pseudo.kept_never_shrinks`` (false) in every preset, checked to be the only difference."""
 
 from __future__ import annotations
 

@@ -530,6 +530,37 @@ def test_recommend_eps_keeps_under_the_growth_cap():
         recommend_eps(rows, max_portion=0.0)
 
 
+def test_recommend_eps_keeps_at_least_the_floor():
+    """``pseudo.kept_never_shrinks``: eps keeping fewer than ``min_portion`` are left out; when
+    none keeps as many, the one keeping the most is taken; a chained eps is never forced."""
+    from adaptreid.pseudo.labels import recommend_eps
+
+    def row(eps, clusters, kept, biggest=10):
+        return {
+            "eps": eps,
+            "clusters": clusters,
+            "portion_kept": kept,
+            "score": clusters * kept,
+            "max_cluster_size": biggest,
+            "median_cluster_size": 8,
+        }
+
+    rows = [row(0.2, 30, 0.2), row(0.3, 28, 0.3), row(0.4, 16, 0.45), row(0.5, 12, 0.55)]
+    assert recommend_eps(rows)[0] == 0.3  # 8.4, the best score
+    eps, reason = recommend_eps(rows, min_portion=0.4)
+    assert eps == 0.4 and "at least the last labels' 40.0%" in reason  # 7.2 beats 6.6
+    assert recommend_eps(rows, min_portion=0.3) == recommend_eps(rows)  # 0.3 reaches it
+    eps, reason = recommend_eps(rows, min_portion=0.9)
+    assert eps == 0.5 and "the one keeping the most" in reason
+    # the giant-cluster guard first: 0.5 chains, so a floor of 0.5 falls back to 0.4
+    chained = [*rows[:3], row(0.5, 12, 0.55, biggest=200)]
+    assert recommend_eps(chained, min_portion=0.5)[0] == 0.4
+    # both bounds: at least 25%, at most 50%
+    assert recommend_eps(rows, max_portion=0.5, min_portion=0.25)[0] == 0.3
+    with pytest.raises(ConfigError, match="min_portion"):
+        recommend_eps(rows, min_portion=1.5)
+
+
 def test_one_cluster_holding_most_images_counts_as_chained():
     from adaptreid.pseudo.labels import recommend_eps
 

@@ -448,6 +448,30 @@ def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
         assert cap == pytest.approx(min(1.0, prev["portion_kept"] + 0.05), abs=1e-6)
 
 
+@pytest.mark.slow
+def test_kept_floor_reaches_the_eps_sweep(source, monkeypatch):
+    """``pseudo.kept_never_shrinks``: from step 2 on, the label-free eps sweep keeps at least
+    the last labels' portion; step 1 has no floor; off, there is none."""
+    from adaptreid.engine import pseudo_step
+
+    seen = []
+    auto_eps = pseudo_step.auto_eps
+
+    def spy(features, camids, settings, **kw):
+        seen.append(settings.min_portion)
+        return auto_eps(features, camids, settings, **kw)
+
+    monkeypatch.setattr(pseudo_step, "auto_eps", spy)
+    run = _run(source, "sel_floor", "holdout", monkeypatch, "pseudo.kept_never_shrinks=true")
+    labels = [r for r in _records(run) if r["kind"] == "labels"]
+    assert seen[0] == 0.0 and len(seen) == len(labels) >= 3
+    for prev, floor in zip(labels, seen[1:]):  # which eps it then takes: test_pseudo.py
+        assert floor == pytest.approx(prev["portion_kept"], abs=1e-6) and floor > 0
+    seen.clear()
+    _run(source, "sel_no_floor", "holdout", monkeypatch)
+    assert seen and set(seen) == {0.0}
+
+
 def _tiny_adapt_cfg(source, name, *extra):
     tmp, ckpt, roots = source
     return load_config(

@@ -286,6 +286,7 @@ class AdaptationLoop:
             step=step,
             true_pids=self.ctx.true_pids,
             max_portion=self._max_portion(),
+            min_portion=self._min_portion(),
             ranking=self.method.ranking_width(),
         )
         if D.world_size() > 1 and self.method.uses_jaccard() and sf.shards_jaccard():
@@ -308,6 +309,13 @@ class AdaptationLoop:
         if growth <= 0 or s.step == 0:
             return 1.0
         return min(1.0, s.portion_kept + growth)
+
+    def _min_portion(self) -> float:
+        """``pseudo.kept_never_shrinks``: the last labels' portion kept; 0 when off or at
+        step 1."""
+        if not self.cfg.pseudo.kept_never_shrinks or self.state.step == 0:
+            return 0.0
+        return self.state.portion_kept
 
     def _hold_back(self, labels: np.ndarray) -> np.ndarray:
         """``adapt.holdout``: on the first labels, choose the held-back clusters; at every

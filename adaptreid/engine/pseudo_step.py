@@ -51,6 +51,7 @@ class StepFeatures:
             never used to make labels.
         max_portion: the most of the images the label-free eps may keep (the loop's
             ``pseudo.max_kept_growth`` cap; 1: none).
+        min_portion: the fewest it may keep (``pseudo.kept_never_shrinks``; 0: no floor).
         ranking: the ranks of PAST's ranking table the method will ask :meth:`ranked` for
             (``2 eta``; 0: none): the Jaccard pass then keeps ``ranking + 1`` euclidean
             neighbours per image, and the table needs no search of its own.
@@ -65,6 +66,7 @@ class StepFeatures:
         step: int = 0,
         true_pids: np.ndarray | None = None,
         max_portion: float = 1.0,
+        min_portion: float = 0.0,
         ranking: int = 0,
     ) -> None:
         self.features = feats.feats
@@ -76,7 +78,7 @@ class StepFeatures:
         self.cameras_known = bool(len(self.camids)) and bool((self.camids >= 0).all())
         self.settings = PseudoSettings.from_config(
             pseudo, self.seed, cameras_known=self.cameras_known
-        ).replace(max_portion=max_portion)
+        ).replace(max_portion=max_portion, min_portion=min_portion)
         """The step's :class:`~adaptreid.pseudo.settings.PseudoSettings`, built once."""
         self.seconds: dict[str, float] = {"distance": 0.0, "cluster": 0.0}
         self._prepared: torch.Tensor | None = None

@@ -423,7 +423,14 @@ def _chained(row: dict) -> bool:
     )
 
 
-def recommend_eps(rows: list[dict], max_portion: float = 1.0) -> tuple[float, str]:
+def _top(rows: list[dict]) -> dict:
+    """The row of the best score; ties go to the smaller eps."""
+    return max(rows, key=lambda r: (r["score"], -r["eps"]))
+
+
+def recommend_eps(
+    rows: list[dict], max_portion: float = 1.0, min_portion: float = 0.0
+) -> tuple[float, str]:
     """Pick an eps from :func:`sweep_eps` rows without ground truth.
 
     Rule: maximise ``score = selected clusters x portion of images kept``, over the eps
@@ -445,6 +452,11 @@ def recommend_eps(rows: list[dict], max_portion: float = 1.0) -> tuple[float, st
     that portion of the images; when every eps with a cluster does, the one keeping the
     fewest is taken.
 
+    ``min_portion`` > 0 (``pseudo.kept_never_shrinks``: the last labels' portion) leaves out
+    the eps that keep fewer images than that, among those the giant-cluster guard admits; when
+    none of them keeps as many, the one keeping the most is taken. The guard comes first: a
+    floor never forces a chained eps.
+
     Raises:
         TrainingError: no eps of the sweep produced a selected cluster.
     """
@@ -452,12 +464,19 @@ def recommend_eps(rows: list[dict], max_portion: float = 1.0) -> tuple[float, st
         raise ConfigError("recommend_eps needs at least one sweep row")
     if not 0 < max_portion <= 1:
         raise ConfigError(f"max_portion must be in (0, 1], got {max_portion}")
+    if not 0 <= min_portion <= 1:
+        raise ConfigError(f"min_portion must be in [0, 1], got {min_portion}")
     capped = [r for r in rows if r["score"] > 0 and r["portion_kept"] > max_portion]
     under = [r for r in rows if r["portion_kept"] <= max_portion]
     if capped and not any(r["score"] > 0 for r in under):
         under = [min(capped, key=lambda r: (r["portion_kept"], r["eps"]))]
     admissible = [r for r in under if r["score"] > 0 and not _chained(r)]
-    best = max(admissible or under or rows, key=lambda r: (r["score"], -r["eps"]))
+    # the floor is named in the reason only where it changed the choice
+    below_floor = bool(admissible) and _top(admissible)["portion_kept"] < min_portion
+    if below_floor:
+        floored = [r for r in admissible if r["portion_kept"] >= min_portion]
+        admissible = floored or [max(admissible, key=lambda r: (r["portion_kept"], -r["eps"]))]
+    best = _top(admissible or under or rows)
     if best["score"] <= 0:
         top = max(r["eps"] for r in rows)
         raise TrainingError(
@@ -473,6 +492,14 @@ def recommend_eps(rows: list[dict], max_portion: float = 1.0) -> tuple[float, st
         reason += (
             f", among the eps that keep at most {max_portion:.1%} of the images "
             "(pseudo.max_kept_growth)"
+        )
+    if below_floor:
+        reason += (
+            f", among the eps that keep at least the last labels' {min_portion:.1%} of the "
+            "images (pseudo.kept_never_shrinks)"
+            if best["portion_kept"] >= min_portion
+            else f"; no admissible eps keeps the last labels' {min_portion:.1%} of the images "
+            "(pseudo.kept_never_shrinks): the one keeping the most"
         )
     chained = [r["eps"] for r in under if r["score"] > 0 and _chained(r)]
     if chained and admissible:
@@ -544,5 +571,5 @@ def auto_eps(
     rows = sweep_eps(
         features, camids, candidates, st, true_pids=true_pids, jaccard=graph, prepared=x
     )
-    eps, reason = recommend_eps(rows, st.max_portion)
+    eps, reason = recommend_eps(rows, st.max_portion, st.min_portion)
     return eps, rows, reason

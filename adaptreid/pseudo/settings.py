@@ -222,6 +222,9 @@ class PseudoSettings:
     max_portion: float = 1.0
     """The label-free sweep considers only the eps that keep at most this portion of the
     images (set per step from ``pseudo.max_kept_growth``; 1: no cap)."""
+    min_portion: float = 0.0
+    """... and at least this portion (set per step from ``pseudo.kept_never_shrinks``: the
+    last labels' portion; 0: no floor)."""
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     neighbors: NeighborSettings = field(default_factory=NeighborSettings)
     """How the Jaccard distance's k nearest neighbours are found (``pseudo.neighbors``)."""
