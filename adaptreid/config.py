@@ -212,6 +212,10 @@ class PseudoConfig:
     does not shrink from step to step while the model is meant to improve progressively (MSPLR
     section 3.2), instead of swinging with the sweep's score. The giant-cluster guard still
     comes first. BENCHMARKS.md, "Cluster contrast with the field's camera handling"."""
+    giant_factor: float = 5.0
+    """With ``auto_eps``: an eps whose largest cluster holds more than this many times the
+    median cluster's images counts as DBSCAN chaining people together and is not a candidate
+    (the giant-cluster guard of ``adaptreid.pseudo.labels.recommend_eps``). Must be > 1."""
 
     min_samples: int = 4
     """DBSCAN's core-point size, the point itself counted (MSPLR: 4). HDBSCAN: see

@@ -325,6 +325,23 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # ... the floor never bound there: the giant-cluster guard (largest cluster > 5x the
+    # median) left out every eps above 0.3 (a 46-image largest cluster against a median of 9 on
+    # the step-20 model's sweep), so a looser guard, 10x
+    Run(
+        "cc_d2m_cn_sel_cap_20_giant10",
+        "adapt",
+        f"cluster_contrast/{D2M}",
+        [
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+            "pseudo.giant_factor=10",
+        ],
+        "cc26",
+    ),
     # ... and each switch alone D -> M (the preset's 8 steps), as cc_m2d_cn / cc_m2d_sel
     Run("cc_d2m_cn", "adapt", f"cluster_contrast/{D2M}", ["pseudo.camera_norm=true"], "cc26"),
     Run("cc_d2m_sel", "adapt", f"cluster_contrast/{D2M}", ["pseudo.select=true"], "cc26"),

@@ -29,7 +29,8 @@ the PCB source models (``adapt.init_checkpoint``), checked to be the only differ
 resolve (and checked below to be their measured runs); issue 26 (item 3): the two new
 ``msplr/*_unsupervised_cpu.yaml`` presets, added as they resolve (and checked below to be
 the UDA recipe from ImageNet weights); issue 26 (a kept-portion floor):
-``pseudo.kept_never_shrinks`` (false) in every preset, checked to be the only difference."""
+``pseudo.kept_never_shrinks`` (false) and ``pseudo.giant_factor`` (5.0) in every preset,
+checked to be the only difference."""
 
 from __future__ import annotations
 

@@ -555,6 +555,12 @@ def test_recommend_eps_keeps_at_least_the_floor():
     # the giant-cluster guard first: 0.5 chains, so a floor of 0.5 falls back to 0.4
     chained = [*rows[:3], row(0.5, 12, 0.55, biggest=200)]
     assert recommend_eps(chained, min_portion=0.5)[0] == 0.4
+    # a looser guard (pseudo.giant_factor) admits the 0.5 whose largest cluster is 25x the
+    # median: it keeps the most, so the floor of 0.5 takes it
+    assert recommend_eps(chained, min_portion=0.5, giant_factor=30)[0] == 0.5
+    assert recommend_eps(chained, giant_factor=30)[0] == 0.3  # no floor: the best score
+    with pytest.raises(ConfigError, match="giant_factor"):
+        recommend_eps(rows, giant_factor=1.0)
     # both bounds: at least 25%, at most 50%
     assert recommend_eps(rows, max_portion=0.5, min_portion=0.25)[0] == 0.3
     with pytest.raises(ConfigError, match="min_portion"):

@@ -462,13 +462,13 @@ def test_kept_floor_reaches_the_eps_sweep(source, monkeypatch):
         return auto_eps(features, camids, settings, **kw)
 
     monkeypatch.setattr(pseudo_step, "auto_eps", spy)
-    run = _run(source, "sel_floor", "holdout", monkeypatch, "pseudo.kept_never_shrinks=true")
+    run = _run(source, "sel_floor", "agreement", monkeypatch, "pseudo.kept_never_shrinks=true")
     labels = [r for r in _records(run) if r["kind"] == "labels"]
     assert seen[0] == 0.0 and len(seen) == len(labels) >= 3
     for prev, floor in zip(labels, seen[1:]):  # which eps it then takes: test_pseudo.py
         assert floor == pytest.approx(prev["portion_kept"], abs=1e-6) and floor > 0
     seen.clear()
-    _run(source, "sel_no_floor", "holdout", monkeypatch)
+    _run(source, "sel_no_floor", "agreement", monkeypatch)
     assert seen and set(seen) == {0.0}
 
 

@@ -108,6 +108,8 @@ class AdaptationLoop:
             raise ConfigError(
                 f"pseudo.max_kept_growth must be in [0, 1], got {cfg.pseudo.max_kept_growth}"
             )
+        if not cfg.pseudo.giant_factor > 1:
+            raise ConfigError(f"pseudo.giant_factor must be > 1, got {cfg.pseudo.giant_factor}")
         if cfg.adapt.max_steps < 1:
             raise ConfigError(f"adapt.max_steps must be >= 1, got {cfg.adapt.max_steps}")
         if cfg.adapt.select == "target_map" and cfg.eval.steps != "every":

@@ -197,7 +197,7 @@ class StepFeatures:
             jaccard=jac,
             prepared=x,
         )
-        return (rows, *recommend_eps(rows))
+        return (rows, *recommend_eps(rows, giant_factor=st.giant_factor))
 
     def _jaccard_for(self, st: PseudoSettings) -> sp.csr_matrix | None:
         """The step's Jaccard distance when ``st`` clusters on it (k-means never does)."""

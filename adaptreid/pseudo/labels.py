@@ -408,19 +408,18 @@ def sweep_eps(
 
 
 #: :func:`recommend_eps` ignores an eps whose largest kept cluster is more than this many times
-#: the median kept cluster: the sign of DBSCAN chaining different people into one cluster.
+#: the median kept cluster: the sign of DBSCAN chaining different people into one cluster
+#: (``pseudo.giant_factor``'s default).
 GIANT_CLUSTER_FACTOR = 5.0
 
 
-def _chained(row: dict) -> bool:
-    """A giant cluster: > GIANT_CLUSTER_FACTOR x the median cluster, or more than half of the
-    kept images in one cluster (with few clusters the median is itself giant)."""
+def _chained(row: dict, factor: float = GIANT_CLUSTER_FACTOR) -> bool:
+    """A giant cluster: > ``factor`` x the median cluster, or more than half of the kept
+    images in one cluster (with few clusters the median is itself giant)."""
     largest = row.get("max_cluster_size", 0)
     med = row.get("median_cluster_size") or 0
     kept = row.get("images_kept", 0)
-    return (bool(med) and largest > GIANT_CLUSTER_FACTOR * med) or (
-        kept >= 50 and largest > 0.5 * kept
-    )
+    return (bool(med) and largest > factor * med) or (kept >= 50 and largest > 0.5 * kept)
 
 
 def _top(rows: list[dict]) -> dict:
@@ -429,14 +428,18 @@ def _top(rows: list[dict]) -> dict:
 
 
 def recommend_eps(
-    rows: list[dict], max_portion: float = 1.0, min_portion: float = 0.0
+    rows: list[dict],
+    max_portion: float = 1.0,
+    min_portion: float = 0.0,
+    giant_factor: float = GIANT_CLUSTER_FACTOR,
 ) -> tuple[float, str]:
     """Pick an eps from :func:`sweep_eps` rows without ground truth.
 
     Rule: maximise ``score = selected clusters x portion of images kept``, over the eps
-    whose largest kept cluster is at most :data:`GIANT_CLUSTER_FACTOR` times the median one
-    (all eps if none is); ties go to the smaller eps. The score is MSPLR's "balance the number
-    of clusters selected and the number of outliers" (section 3.3.2) made explicit: growing eps
+    whose largest kept cluster is at most ``giant_factor`` (``pseudo.giant_factor``, default
+    :data:`GIANT_CLUSTER_FACTOR`) times the median one (all eps if none is); ties go to the
+    smaller eps. The score is MSPLR's "balance the number of clusters selected and the number
+    of outliers" (section 3.3.2) made explicit: growing eps
     first adds images to clusters and lets more clusters pass the >= K images / >= 2 cameras
     rules (both terms grow), until clusters of different people merge. Merging does not
     always lower the score (a giant cluster keeps many images), so the giant-cluster guard
@@ -466,11 +469,13 @@ def recommend_eps(
         raise ConfigError(f"max_portion must be in (0, 1], got {max_portion}")
     if not 0 <= min_portion <= 1:
         raise ConfigError(f"min_portion must be in [0, 1], got {min_portion}")
+    if not giant_factor > 1:
+        raise ConfigError(f"giant_factor must be > 1, got {giant_factor}")
     capped = [r for r in rows if r["score"] > 0 and r["portion_kept"] > max_portion]
     under = [r for r in rows if r["portion_kept"] <= max_portion]
     if capped and not any(r["score"] > 0 for r in under):
         under = [min(capped, key=lambda r: (r["portion_kept"], r["eps"]))]
-    admissible = [r for r in under if r["score"] > 0 and not _chained(r)]
+    admissible = [r for r in under if r["score"] > 0 and not _chained(r, giant_factor)]
     # the floor is named in the reason only where it changed the choice
     below_floor = bool(admissible) and _top(admissible)["portion_kept"] < min_portion
     if below_floor:
@@ -501,10 +506,10 @@ def recommend_eps(
             else f"; no admissible eps keeps the last labels' {min_portion:.1%} of the images "
             "(pseudo.kept_never_shrinks): the one keeping the most"
         )
-    chained = [r["eps"] for r in under if r["score"] > 0 and _chained(r)]
+    chained = [r["eps"] for r in under if r["score"] > 0 and _chained(r, giant_factor)]
     if chained and admissible:
         reason += (
-            f", among the eps whose largest cluster is at most {GIANT_CLUSTER_FACTOR:g}x the "
+            f", among the eps whose largest cluster is at most {giant_factor:g}x the "
             f"median (from eps={min(chained):g} DBSCAN chains people into giant clusters)"
         )
     if "f1" in best:
@@ -571,5 +576,5 @@ def auto_eps(
     rows = sweep_eps(
         features, camids, candidates, st, true_pids=true_pids, jaccard=graph, prepared=x
     )
-    eps, reason = recommend_eps(rows, st.max_portion, st.min_portion)
+    eps, reason = recommend_eps(rows, st.max_portion, st.min_portion, st.giant_factor)
     return eps, rows, reason

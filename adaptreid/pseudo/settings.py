@@ -225,6 +225,9 @@ class PseudoSettings:
     min_portion: float = 0.0
     """... and at least this portion (set per step from ``pseudo.kept_never_shrinks``: the
     last labels' portion; 0: no floor)."""
+    giant_factor: float = 5.0
+    """The label-free sweep leaves out the eps whose largest cluster is more than this many
+    times the median one (``adaptreid.pseudo.labels.GIANT_CLUSTER_FACTOR``)."""
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     neighbors: NeighborSettings = field(default_factory=NeighborSettings)
     """How the Jaccard distance's k nearest neighbours are found (``pseudo.neighbors``)."""
@@ -245,6 +248,7 @@ class PseudoSettings:
             min_size=p.min_size if p.enforce_size else 1,
             min_cameras=p.min_cameras if (p.enforce_cameras and cameras_known) else 1,
             auto_eps=p.auto_eps,
+            giant_factor=p.giant_factor,
             cluster=ClusterSettings(
                 method=p.method,
                 eps=p.eps,
