@@ -258,6 +258,22 @@ RUNS: list[Run] = [
         ],
         "cc26",
     ),
+    # ... with the looser giant-cluster guard of cc_d2m_cn_sel_cap_20_giant10 (below)
+    Run(
+        "cc_m2d_cn_sel_cap_20_giant10",
+        "adapt",
+        f"cluster_contrast/{M2D}",
+        [
+            f"adapt.init_checkpoint={SHARED_M}",
+            "pseudo.camera_norm=true",
+            "pseudo.select=true",
+            *CAP,
+            "adapt.max_steps=20",
+            "optim.milestones=[15]",
+            "pseudo.giant_factor=10",
+        ],
+        "cc26",
+    ),
     # MSPLR's preset from the same shared source: the equal-wall-time pair for the cc26 runs on
     # one machine (and issue 27's CPU reading: fp32 where amp auto picks it, original images)
     Run("msplr_m2d", "adapt", f"msplr/{M2D}", [f"adapt.init_checkpoint={SHARED_M}"], "cc26"),
