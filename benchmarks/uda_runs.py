@@ -87,6 +87,14 @@ PACK_Q70 = (
 
 #: CAP's camera-aware proxy memory (Wang et al., AAAI 2021) with its tau and momentum
 CAP = ["method.memory=camera_proxy", "method.temperature=0.07", "method.momentum=0.2"]
+#: the three camera switches over 20 steps (x0.1 after 15): the ``*_camera_cpu.yaml`` presets
+CAMERA_20 = [
+    "pseudo.camera_norm=true",
+    "pseudo.select=true",
+    *CAP,
+    "adapt.max_steps=20",
+    "optim.milestones=[15]",
+]
 
 
 def _seeds(prefix: str, config: str, group: str) -> list[Run]:
@@ -250,11 +258,7 @@ RUNS: list[Run] = [
         f"cluster_contrast/{M2D}",
         [
             f"adapt.init_checkpoint={SHARED_M}",
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
+            *CAMERA_20,
         ],
         "cc26",
     ),
@@ -265,11 +269,7 @@ RUNS: list[Run] = [
         f"cluster_contrast/{M2D}",
         [
             f"adapt.init_checkpoint={SHARED_M}",
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
+            *CAMERA_20,
             "pseudo.giant_factor=10",
         ],
         "cc26",
@@ -316,11 +316,7 @@ RUNS: list[Run] = [
         "adapt",
         f"cluster_contrast/{D2M}",
         [
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
+            *CAMERA_20,
         ],
         "cc26",
     ),
@@ -332,11 +328,7 @@ RUNS: list[Run] = [
         "adapt",
         f"cluster_contrast/{D2M}",
         [
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
+            *CAMERA_20,
             "pseudo.kept_never_shrinks=true",
         ],
         "cc26",
@@ -349,11 +341,7 @@ RUNS: list[Run] = [
         "adapt",
         f"cluster_contrast/{D2M}",
         [
-            "pseudo.camera_norm=true",
-            "pseudo.select=true",
-            *CAP,
-            "adapt.max_steps=20",
-            "optim.milestones=[15]",
+            *CAMERA_20,
             "pseudo.giant_factor=10",
         ],
         "cc26",

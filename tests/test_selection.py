@@ -420,20 +420,26 @@ def test_default_rule_and_patience_keep_the_step_before_a_degradation(source, mo
     assert "stopped early** after step 3 of at most 6" in report and "best.pt is step 1" in report
 
 
-@pytest.mark.slow
-def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
-    """``pseudo.max_kept_growth``: from step 2 on, the label-free eps sweep may keep at most
-    the last labels' portion (held-back images counted) plus the growth; step 1 is free."""
+def _spy_on_eps_sweep(monkeypatch, field):
+    """Record ``settings.<field>`` at each label-free eps sweep of the loop."""
     from adaptreid.engine import pseudo_step
 
     seen = []
     auto_eps = pseudo_step.auto_eps
 
     def spy(features, camids, settings, **kw):
-        seen.append(settings.max_portion)
+        seen.append(getattr(settings, field))
         return auto_eps(features, camids, settings, **kw)
 
     monkeypatch.setattr(pseudo_step, "auto_eps", spy)
+    return seen
+
+
+@pytest.mark.slow
+def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
+    """``pseudo.max_kept_growth``: from step 2 on, the label-free eps sweep may keep at most
+    the last labels' portion (held-back images counted) plus the growth; step 1 is free."""
+    seen = _spy_on_eps_sweep(monkeypatch, "max_portion")
     run = _run(
         source,
         "sel_growth",
@@ -452,16 +458,7 @@ def test_kept_growth_cap_reaches_the_eps_sweep(source, monkeypatch):
 def test_kept_floor_reaches_the_eps_sweep(source, monkeypatch):
     """``pseudo.kept_never_shrinks``: from step 2 on, the label-free eps sweep keeps at least
     the last labels' portion; step 1 has no floor; off, there is none."""
-    from adaptreid.engine import pseudo_step
-
-    seen = []
-    auto_eps = pseudo_step.auto_eps
-
-    def spy(features, camids, settings, **kw):
-        seen.append(settings.min_portion)
-        return auto_eps(features, camids, settings, **kw)
-
-    monkeypatch.setattr(pseudo_step, "auto_eps", spy)
+    seen = _spy_on_eps_sweep(monkeypatch, "min_portion")
     run = _run(source, "sel_floor", "agreement", monkeypatch, "pseudo.kept_never_shrinks=true")
     labels = [r for r in _records(run) if r["kind"] == "labels"]
     assert seen[0] == 0.0 and len(seen) == len(labels) >= 3
