@@ -209,6 +209,8 @@ RUNS: list[Run] = [
         ["adapt.init_checkpoint=runs/source_dukemtmc_pcb_cpu/checkpoints/best.pt"],
         "past29",
     ),
+    # the preset without RTL: CTL alone beat CTL + RTL (27.5 against 25.7) at 0.44x the time
+    Run("past_m2d_no_rtl", "adapt", f"past/{M2D}", ["method.use_rtl=false"], "past29"),
     # issue 26: cluster contrast from the shared source model, today's preset, then each camera
     # switch on its own (eq. 4 camera normalisation, >= 2-camera cluster selection, CAP's
     # camera-aware proxy memory at CAP's tau 0.07 / momentum 0.2), then all three
